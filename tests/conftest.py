@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random-weight encoders built from a config, saved like a real model."""
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = ("good great fine lovely happy bad awful poor sad ugly the a film movie food team game was is "
+         "very quite not really and but today this that it").split()
+
+
+def _vocab() -> list[str]:
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list(string.ascii_lowercase + string.digits + ".,!?'-")
+    return specials + chars + ["##" + c for c in chars] + WORDS
+
+
+def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel, \
+        RobertaConfig, RobertaModel
+
+    torch.manual_seed(seed)
+    vocab = _vocab()
+    if kind == "bert":
+        model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+    elif kind == "roberta":
+        model = RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=64,
+                                           max_position_embeddings=70, pad_token_id=0))
+    elif kind == "distilbert":
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2,
+                                                 hidden_dim=64, max_position_embeddings=64))
+    else:
+        raise ValueError(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def other_bert(tmp_path_factory) -> Path:
+    """Same architecture, other weights: a different PLM as far as banks are concerned."""
+    return save_tiny(tmp_path_factory.mktemp("other-bert"), "bert", seed=1)
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Short texts whose label is carried by one word: learnable by a tiny random model."""
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "lovely", "happy", "fine"], ["bad", "awful", "poor", "sad", "ugly"]
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(pos if label == "pos" else neg)
+        subj = rng.choice(["the film", "the food", "the team", "this game", "that movie"])
+        rows.append({"text": f"{subj} was {rng.choice(['very', 'quite', 'really'])} {word} today", "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def sentiment_files(tmp_path) -> tuple[Path, Path]:
+    return (write_jsonl(tmp_path / "train.jsonl", sentiment_rows(48, 0)),
+            write_jsonl(tmp_path / "test.jsonl", sentiment_rows(20, 1)))

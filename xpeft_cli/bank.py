@@ -1,0 +1,249 @@
+"""The adapter bank: N LoRA adapters per site, shared by every profile.
+
+A bank is a folder with `bank.json` (the manifest, see formats/bank.md) and, for trained
+or materialised banks, `adapters.safetensors`. A random bank stores no tensors: it is
+regenerated from its seed by the portable generator in rng.py and checked against the
+recorded bank hash, so a random bank and its materialised copy have the same hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import rng
+from .atomic import atomic_write_text, atomic_write_with
+from .errors import DataError, IntegrityError, UsageError
+from .plm import PLMRef, default_targets, resolve_model
+
+MANIFEST = "bank.json"
+TENSORS = "adapters.safetensors"
+BANK_FORMAT = "xpeft-bank/1"
+ENV_BANK = "XPEFT_BANK"
+MAX_ADAPTERS = 65535  # the .xpm header stores N in 16 bits
+
+
+@dataclass(frozen=True)
+class Site:
+    """One adapted nn.Linear of the PLM."""
+
+    name: str
+    d_in: int
+    d_out: int
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """How a site applies the mixed adapter: y = W x + scale * LN(x Â) B̂."""
+
+    ln: bool = True
+    ln_eps: float = 1e-5
+    scale: float = 1.0
+    pooling: str = "mean"  # how the head reads the encoder: mean over tokens
+
+    def to_json(self) -> dict:
+        return {"ln": self.ln, "ln_eps": self.ln_eps, "scale": self.scale, "pooling": self.pooling}
+
+
+@dataclass
+class Bank:
+    plm: PLMRef
+    model_type: str
+    sites: list[Site]
+    n: int
+    rank: int
+    A: list[torch.Tensor]  # per site: (N, d_in, b)
+    B: list[torch.Tensor]  # per site: (N, b, d_out)
+    kind: str = "random"   # random | trained
+    generator: dict | None = None
+    config: SiteConfig = field(default_factory=SiteConfig)
+    bank_hash: str = ""
+    folder: Path | None = None
+
+    # ---- identity -------------------------------------------------------------------
+    def canonical_header(self) -> bytes:
+        """What the hash covers besides the tensors: everything that changes a profile's meaning."""
+        header = {
+            "format": BANK_FORMAT,
+            "plm_fingerprint": self.plm.fingerprint,
+            "n": self.n,
+            "rank": self.rank,
+            "dtype": "float32",
+            "sites": [[s.name, s.d_in, s.d_out] for s in self.sites],
+            "config": self.config.to_json(),
+        }
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    def compute_hash(self) -> str:
+        """SHA-256 over b'XPEFT-BANK\\0', u32 header length, header, then A[0],B[0],A[1],… as float32 LE."""
+        head = self.canonical_header()
+        h = hashlib.sha256(b"XPEFT-BANK\0" + struct.pack("<I", len(head)) + head)
+        for a, b in zip(self.A, self.B):
+            for t in (a, b):
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
+        return h.hexdigest()
+
+    @property
+    def L(self) -> int:
+        return len(self.sites)
+
+    # ---- creation -------------------------------------------------------------------
+    @classmethod
+    def create_random(
+        cls,
+        plm: PLMRef,
+        encoder: torch.nn.Module,
+        n: int,
+        rank: int | None = None,
+        seed: int = 0,
+        targets: str | None = None,
+        init_scale: float = 1.0,
+        config: SiteConfig | None = None,
+    ) -> "Bank":
+        if not 1 <= n <= MAX_ADAPTERS:
+            raise UsageError(f"-n must be between 1 and {MAX_ADAPTERS}, got {n}")
+        model_type = encoder.config.model_type
+        sites = find_sites(encoder, targets or default_targets(model_type))
+        hidden = int(encoder.config.hidden_size)
+        rank = rank or max(1, hidden // 16)
+        if rank < 1 or rank > 65535:
+            raise UsageError(f"--rank must be between 1 and 65535, got {rank}")
+        gen = {
+            "name": rng.GENERATOR_NAME,
+            "seed": int(seed),
+            # A ~ U(±sqrt(3/d_in)): unit-variance projections; B ~ U(±init_scale*sqrt(3/b)).
+            "init_scale": float(init_scale),
+        }
+        bank = cls(plm=plm, model_type=model_type, sites=sites, n=n, rank=rank, A=[], B=[],
+                   kind="random", generator=gen, config=config or SiteConfig())
+        bank.A, bank.B = regenerate(sites, n, rank, gen)
+        bank.bank_hash = bank.compute_hash()
+        return bank
+
+    # ---- persistence ----------------------------------------------------------------
+    def manifest(self, materialized: bool) -> dict:
+        return {
+            "format": BANK_FORMAT,
+            "kind": self.kind,
+            "bank_hash": self.bank_hash,
+            "plm": {"ref": self.plm.ref, "fingerprint": self.plm.fingerprint, "model_type": self.model_type},
+            "n_adapters": self.n,
+            "rank": self.rank,
+            "dtype": "float32",
+            "sites": [{"name": s.name, "d_in": s.d_in, "d_out": s.d_out} for s in self.sites],
+            "config": self.config.to_json(),
+            "generator": self.generator,
+            "tensors": TENSORS if materialized else None,
+        }
+
+    def save(self, folder: str | Path, materialize: bool = False) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.kind != "random":
+            materialize = True  # trained banks cannot be regenerated
+        if materialize:
+            from safetensors.torch import save_file
+
+            tensors = {}
+            for i, (a, b) in enumerate(zip(self.A, self.B)):
+                tensors[f"sites.{i}.A"] = a.contiguous()
+                tensors[f"sites.{i}.B"] = b.contiguous()
+            atomic_write_with(folder / TENSORS, lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash}))
+        atomic_write_text(folder / MANIFEST, json.dumps(self.manifest(materialize), indent=2) + "\n")
+        self.folder = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, model: str | None = None) -> "Bank":
+        """Load and verify a bank. `model` overrides where the PLM is found (its hash must match)."""
+        folder = Path(folder)
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise DataError(f"no bank at {folder} ({MANIFEST} missing); create one with 'xpeft bank create'")
+        try:
+            m = json.loads(path.read_text(encoding="utf-8"))
+            if m.get("format") != BANK_FORMAT:
+                raise IntegrityError(f"{path}: not an {BANK_FORMAT} manifest")
+            sites = [Site(str(s["name"]), int(s["d_in"]), int(s["d_out"])) for s in m["sites"]]
+            n, rank = int(m["n_adapters"]), int(m["rank"])
+            config = SiteConfig(**m.get("config", {}))
+            plm_info = m["plm"]
+        except IntegrityError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"{path}: malformed bank manifest ({exc.__class__.__name__}: {exc})") from None
+        plm = resolve_model(model or plm_info["ref"])
+        if plm.fingerprint != plm_info["fingerprint"]:
+            raise IntegrityError(
+                f"model {plm.ref} (sha256 {plm.fingerprint[:12]}…) is not the PLM this bank was made for "
+                f"(sha256 {plm_info['fingerprint'][:12]}…)"
+            )
+        bank = cls(plm=plm, model_type=plm_info.get("model_type", ""), sites=sites, n=n, rank=rank, A=[], B=[],
+                   kind=m.get("kind", "random"), generator=m.get("generator"), config=config, folder=folder)
+        if m.get("tensors"):
+            bank.A, bank.B = _load_tensors(folder / m["tensors"], sites, n, rank)
+        elif bank.generator and bank.generator.get("name") == rng.GENERATOR_NAME:
+            bank.A, bank.B = regenerate(sites, n, rank, bank.generator)
+        else:
+            raise IntegrityError(f"{path}: bank has neither tensors nor a known generator")
+        bank.bank_hash = bank.compute_hash()
+        if bank.bank_hash != m.get("bank_hash"):
+            raise IntegrityError(
+                f"bank at {folder} does not match its recorded hash "
+                f"(recorded {str(m.get('bank_hash'))[:16]}…, computed {bank.bank_hash[:16]}…)"
+            )
+        return bank
+
+
+def find_sites(encoder: torch.nn.Module, targets: str) -> list[Site]:
+    """Every nn.Linear whose module name ends with one of the comma-separated suffixes."""
+    suffixes = [t.strip() for t in targets.split(",") if t.strip()]
+    sites = []
+    for name, module in encoder.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name == s or name.endswith("." + s) for s in suffixes):
+            sites.append(Site(name, module.in_features, module.out_features))
+    if not sites:
+        raise UsageError(f"--targets {targets!r} matches no nn.Linear module of this model")
+    return sites
+
+
+def regenerate(sites: list[Site], n: int, rank: int, gen: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    seed, scale = int(gen["seed"]), float(gen.get("init_scale", 1.0))
+    As, Bs = [], []
+    for l, s in enumerate(sites):
+        a = rng.uniform_block(seed, l, rng.TENSOR_A, range(n), s.d_in * rank, math.sqrt(3.0 / s.d_in))
+        b = rng.uniform_block(seed, l, rng.TENSOR_B, range(n), rank * s.d_out, scale * math.sqrt(3.0 / rank))
+        As.append(torch.from_numpy(a).view(n, s.d_in, rank))
+        Bs.append(torch.from_numpy(b).view(n, rank, s.d_out))
+    return As, Bs
+
+
+def _load_tensors(path: Path, sites: list[Site], n: int, rank: int):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise IntegrityError(f"bank tensors {path} missing")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise IntegrityError(f"{path}: unreadable safetensors ({exc})") from None
+    As, Bs = [], []
+    for i, s in enumerate(sites):
+        a, b = tensors.get(f"sites.{i}.A"), tensors.get(f"sites.{i}.B")
+        if a is None or b is None or tuple(a.shape) != (n, s.d_in, rank) or tuple(b.shape) != (n, rank, s.d_out):
+            raise IntegrityError(f"{path}: tensors for site {i} missing or of the wrong shape")
+        As.append(a.float())
+        Bs.append(b.float())
+    return As, Bs
+
+
+def default_bank_dir() -> Path:
+    import os
+
+    return Path(os.environ.get(ENV_BANK, "bank"))

@@ -1,0 +1,70 @@
+"""Entry point: builds the Typer app and turns every error into one line and an exit code."""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from ..errors import EXIT_INTERNAL, EXIT_USAGE, XpeftError
+
+app = typer.Typer(
+    name="xpeft",
+    help="X-PEFT profiles: fit tiny per-user masks over one shared bank of LoRA adapters.\n\n"
+         "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input data, 4 integrity failure, 5 model missing.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    from . import bank_cmd, eval_cmd, fit_cmd, inspect_cmd, report_cmd
+
+    app.add_typer(bank_cmd.app, name="bank")
+    app.add_typer(report_cmd.app, name="report")
+    app.command("fit")(fit_cmd.fit)
+    app.command("inspect")(inspect_cmd.inspect)
+    app.command("eval")(eval_cmd.evaluate)
+
+
+_register()
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; never lets a traceback reach the user unless XPEFT_DEBUG=1."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="xpeft", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except XpeftError as exc:
+        print(f"xpeft: error: {_one_line(exc)}", file=sys.stderr)
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        print("xpeft: aborted", file=sys.stderr)
+        code = 130
+    except click.ClickException as exc:  # bad options: click's UsageError, BadParameter, …
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see '{ctx.command_path} --help')"
+        print(f"xpeft: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
+        code = exc.exit_code if exc.exit_code else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("xpeft: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug: still one line, with a way to see more
+        if os.environ.get("XPEFT_DEBUG"):
+            raise
+        print(f"xpeft: internal error: {exc.__class__.__name__}: {_one_line(exc)[:300]} "
+              "(set XPEFT_DEBUG=1 for a traceback)", file=sys.stderr)
+        code = EXIT_INTERNAL
+    sys.exit(code)

@@ -1,0 +1,51 @@
+"""`xpeft eval`: score a profile on labelled data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..atomic import atomic_write_text
+from ..bank import Bank
+from ..data import Columns, load_examples
+from ..evaluate import evaluate_profile
+from ..xpm import read_xpm
+from . import output
+from .common import BankOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol
+
+
+def evaluate(
+    profile: Path = typer.Option(..., "--profile", "-p", help="Profile file (.xpm)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled data to score."),
+    bank_dir: Path = BankOpt,
+    batch_size: int = typer.Option(64, "--batch-size"),
+    max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default: as fitted)."),
+    text_column: str = TextCol,
+    text_pair_column: OptStr = PairCol,
+    label_column: str = LabelCol,
+    predictions: OptPath = typer.Option(None, "--predictions", help="Also write one JSON line per row."),
+    device: str = typer.Option("auto", "--device"),
+    model: OptStr = ModelOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Accuracy, macro-F1 and MCC (classification) or Pearson/Spearman (regression)."""
+    prof = read_xpm(profile)
+    examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column))
+    bank = Bank.load(bank_dir, model=model)
+    metrics, preds = evaluate_profile(bank, prof, examples, batch_size=batch_size, max_length=max_length,
+                                      device=device)
+    if predictions:
+        lines = [json.dumps({"text": t, "label": y, "prediction": p})
+                 for t, y, p in zip(examples.texts, examples.labels, preds)]
+        atomic_write_text(predictions, "\n".join(lines) + "\n")
+    res = {"profile": prof.name, "file": str(profile), "data": str(data), "task": prof.task, "metrics": metrics}
+    if json_out:
+        output.emit_json(res)
+        return
+    t = Table("metric", "value", box=None, title=f"{prof.name} on {data} ({metrics['n']} rows)")
+    for k, v in metrics.items():
+        if k != "n":
+            t.add_row(k, f"{v:.4f}")
+    output.stdout.print(t)

@@ -1,0 +1,82 @@
+"""`xpeft fit`: fit one profile from a labelled file and write PROFILE.xpm."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..bank import Bank
+from ..data import Columns, load_examples
+from ..errors import UsageError
+from ..train import FitConfig, fit_profile
+from ..xpm import read_xpm_full, write_xpm
+from . import output
+from .common import BankOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol
+
+D = FitConfig()
+
+
+def fit(
+    profile: str = typer.Option(..., "--profile", "-p", help="Profile name (stored in the file)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Training data: .jsonl, .json, .csv, .tsv or .parquet."),
+    bank_dir: Path = BankOpt,
+    out: OptPath = typer.Option(None, "--output", "-o", help="Output file (default: PROFILE.xpm)."),
+    mask: str = typer.Option(D.mask, "--mask", help="hard (k-hot bits, Algorithm 1) or soft (softmax weights)."),
+    k: int = typer.Option(D.k, "--k", help="Adapters selected per site by a hard mask (capped at N)."),
+    epochs: int = typer.Option(D.epochs, "--epochs"),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size"),
+    lr_masks: float = typer.Option(D.lr_masks, "--lr-masks", help="Learning rate of the mask logits."),
+    lr_ln: float = typer.Option(D.lr_ln, "--lr-ln", help="Learning rate of the bottleneck LayerNorm affine."),
+    lr_head: float = typer.Option(D.lr_head, "--lr-head", help="Learning rate of the task head."),
+    nu: float = typer.Option(D.nu, "--nu", help="Gumbel noise level ν (hard masks)."),
+    tau: float = typer.Option(D.tau, "--tau", help="Softmax temperature τ (hard masks)."),
+    seed: int = typer.Option(D.seed, "--seed"),
+    max_length: int = typer.Option(D.max_length, "--max-length", help="Tokens per example (truncation)."),
+    val_fraction: float = typer.Option(D.val_fraction, "--val-fraction",
+                                       help="Share of --data held out for validation when --eval-data is absent."),
+    eval_data: OptPath = typer.Option(None, "--eval-data", help="Validation data (instead of a holdout)."),
+    task: str = typer.Option(D.task, "--task", help="auto, classification or regression."),
+    text_column: str = TextCol,
+    text_pair_column: OptStr = PairCol,
+    label_column: str = LabelCol,
+    device: str = typer.Option(D.device, "--device", help="auto (GPU when there is one), cpu, cuda, cuda:1 …"),
+    log: OptPath = typer.Option(None, "--log", help="Loss log, JSONL (default: beside the output, NAME.fit.jsonl)."),
+    model: OptStr = ModelOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Fit a profile's masks (and its LN and head) over a bank, from a labelled file."""
+    if mask not in ("hard", "soft"):
+        raise UsageError("--mask must be 'hard' or 'soft'")
+    if task not in ("auto", "classification", "regression"):
+        raise UsageError("--task must be auto, classification or regression")
+    if not 0 <= val_fraction < 1:
+        raise UsageError("--val-fraction must be in [0, 1)")
+    out = out or Path(f"{profile}.xpm")
+    log = log or out.with_name(out.name.removesuffix(".xpm") + ".fit.jsonl")
+    cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column)
+    train = load_examples(data, cols)
+    valid = load_examples(eval_data, cols) if eval_data else None
+    bank = Bank.load(bank_dir, model=model)
+    cfg = FitConfig(mask=mask, k=k, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
+                    lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
+                    val_fraction=val_fraction, task=task, device=device)
+    output.note(f"fitting {profile!r}: {len(train)} rows, {mask} masks over N={bank.n} (k={min(k, bank.n)})", quiet or json_out)
+    with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
+        result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log)
+    size = write_xpm(result.profile, out)
+    sections = read_xpm_full(out).sizes
+    res = {"profile": profile, "output": str(out), "bytes": size, "sections": sections, "mask": mask,
+           "n": bank.n, "k": result.profile.k, "task": result.profile.task, "labels": result.profile.labels,
+           "train_rows": result.profile.meta["fit"]["train_rows"], "steps": result.steps,
+           "seconds": round(result.seconds, 2),
+           "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None),
+           "val": result.val_metrics, "log": str(log), "bank_hash": bank.bank_hash}
+    if json_out:
+        output.emit_json(res)
+    elif not quiet:
+        val = ""
+        if result.val_metrics:
+            val = ", ".join(f"{k} {v:.3f}" for k, v in result.val_metrics.items() if k != "n" and isinstance(v, float))
+            val = f"; validation ({result.val_metrics['n']} rows): {val}"
+        output.stdout.print(f"wrote {out} ({size} bytes) in {result.seconds:.1f}s, {result.steps} steps{val}")

@@ -1,0 +1,77 @@
+"""`xpeft inspect`: what an .xpm holds, byte by byte, and whether it belongs to a bank."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..bank import MANIFEST
+from ..errors import DataError, IntegrityError
+from ..xpm import read_xpm_full
+from . import output
+from .common import JsonOpt, OptPath
+
+
+def recorded_bank_hash(bank_dir: Path) -> str:
+    """The hash in a bank's manifest (`xpeft bank verify` checks the tensors behind it)."""
+    path = bank_dir / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no bank at {bank_dir} ({MANIFEST} missing)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["bank_hash"]
+    except (ValueError, KeyError):
+        raise IntegrityError(f"{path}: malformed bank manifest") from None
+
+
+def describe(path: Path) -> dict:
+    dec = read_xpm_full(path)
+    p = dec.profile
+    info = {
+        "file": str(path), "bytes": path.stat().st_size, "version": f"{dec.version[0]}.{dec.version[1]}",
+        "checksum": "ok", "profile": p.name, "mask": p.mask_kind, "n": p.n, "L": p.L, "k": p.k,
+        "b": None if p.ln_weight is None else int(p.ln_weight.shape[1]),
+        "task": p.task if p.head_weight is not None else None,
+        "classes": p.num_outputs if p.task == "classification" else None,
+        "labels": p.labels, "bank_hash": p.bank_hash, "sections": dec.sizes,
+        "skipped_sections": dec.skipped_sections, "meta": p.meta,
+    }
+    if p.mask_kind == "hard":
+        sel_a, sel_b = p.selected()
+        info["selected"] = [{"site": l, "A": sel_a[l], "B": sel_b[l]} for l in range(p.L)]
+    return info
+
+
+def inspect(
+    file: Path = typer.Argument(..., help="Profile file (.xpm)."),
+    bank: OptPath = typer.Option(None, "--bank", "-b", help="Check the profile belongs to this bank."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show an .xpm profile: header, sections and their sizes, checksum, selected adapters."""
+    info = describe(file)
+    if bank is not None:
+        recorded = recorded_bank_hash(bank)
+        info["bank"] = str(bank)
+        info["bank_match"] = recorded == info["bank_hash"]
+    if json_out:
+        output.emit_json(info)
+    else:
+        t = Table(show_header=False, box=None, pad_edge=False)
+        for key in ("file", "bytes", "version", "checksum", "profile", "mask", "n", "L", "k", "b", "task",
+                    "classes"):
+            t.add_row(key, str(info[key]))
+        if info["labels"]:
+            t.add_row("labels", ", ".join(info["labels"]))
+        t.add_row("bank hash", info["bank_hash"])
+        if bank is not None:
+            t.add_row("bank match", "yes" if info["bank_match"] else f"NO ({bank} is another bank)")
+        t.add_row("sections", ", ".join(f"{k} {v} B" for k, v in info["sections"].items()))
+        output.stdout.print(t)
+        if "selected" in info:
+            s = Table("site", "A: selected adapters", "B: selected adapters", box=None)
+            for row in info["selected"]:
+                s.add_row(str(row["site"]), " ".join(map(str, row["A"])), " ".join(map(str, row["B"])))
+            output.stdout.print(s)
+    if bank is not None and not info["bank_match"]:
+        raise IntegrityError(f"{file} was fitted on bank {info['bank_hash'][:16]}…, not on {bank}")

@@ -1,0 +1,43 @@
+"""Printing: one JSON object on stdout with --json, rich tables otherwise, progress on stderr."""
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def note(msg: str, quiet: bool = False) -> None:
+    """Human chatter goes to stderr so that stdout stays clean for pipes."""
+    if not quiet:
+        stderr.print(msg)
+
+
+@contextmanager
+def progress(description: str, enabled: bool):
+    """A rich progress bar on stderr, only when stderr is a terminal and output is not --json/--quiet.
+
+    Yields a callback(step, total, loss).
+    """
+    if not enabled or not stderr.is_terminal:
+        yield lambda step, total, loss: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=stderr, transient=False) as bar:
+        task = bar.add_task(description, total=None, loss=float("nan"))
+
+        def update(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss)
+
+        yield update

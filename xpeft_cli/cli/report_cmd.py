@@ -1,0 +1,55 @@
+"""`xpeft report memory`: the paper's Table 1, and measured sizes of real profiles."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from ..bank import Bank
+from ..memory import measured_sizes, table1
+from ..xpm import read_xpm_full
+from . import output
+from .common import JsonOpt, ModelOpt, OptPath, OptStr
+
+app = typer.Typer(help="Reports.", no_args_is_help=True)
+
+
+@app.command("memory")
+def memory(
+    n: Optional[List[int]] = typer.Option(None, "--n", help="Adapter counts N (repeatable; default 100, 200, 400)."),
+    rank: int = typer.Option(48, "--rank", help="Bottleneck b (Table 1's numbers use 48)."),
+    dim: int = typer.Option(768, "--dim", help="Adapter input dimension d."),
+    layers: int = typer.Option(12, "--layers", help="Number of sites L."),
+    bank: OptPath = typer.Option(None, "--bank", "-b", help="With --profile: measure real files."),
+    profile: Optional[List[Path]] = typer.Option(None, "--profile", "-p", help="Profile file(s) to measure."),
+    model: OptStr = ModelOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Trainable parameters and bytes per profile (Table 1); with --bank/--profile, real sizes too."""
+    res = {"table1": table1(tuple(n or (100, 200, 400)), rank, dim, layers)}
+    if profile:
+        if bank is None:
+            raise typer.BadParameter("--profile needs --bank", param_hint="--profile")
+        b = Bank.load(bank, model=model)
+        measured = []
+        for path in profile:
+            dec = read_xpm_full(path)
+            measured.append(measured_sizes(b, dec.profile, path, dec.sizes))
+        res["measured"] = measured
+    if json_out:
+        output.emit_json(res)
+        return
+    t1 = res["table1"]
+    t = Table("mode", "N", "trainable", "", "bytes", "", box=None,
+              title=f"Table 1 (b={t1['rank']}, d={t1['dim']}, L={t1['layers']})")
+    for r in t1["rows"]:
+        t.add_row(r["mode"], str(r["n"] or "-"), f"{r['trainable']:,}", r["trainable_display"],
+                  f"{r['bytes']:,}", r["bytes_display"])
+    output.stdout.print(t)
+    for m in res.get("measured", []):
+        output.stdout.print(
+            f"{m['profile']} ({m['mask']}, N={m['n']}, L={m['L']}): .xpm {m['xpm_bytes']:,} B "
+            f"(masks-only {m['xpm_masks_only_bytes']:,} B) vs LoRA safetensors {m['lora_safetensors_bytes']:,} B "
+            f"= {m['ratio_lora_to_xpm']:,.0f}x ({m['ratio_lora_to_masks_only']:,.0f}x masks-only)")

@@ -1,0 +1,78 @@
+"""The X-PEFT site: y = W x + s · LN(x Â) B̂, with Â, B̂ mixed from the bank in weight space.
+
+Mixing costs N·(d_in+d_out)·b multiply-adds per site per step and nothing per token,
+which is why it replaces the paper's N adapters run on the activations. Like peft's
+tuners, this file knows one layer; model.py knows where layers go.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .masks import MaskSpec, mask_weights
+
+
+class XPeftLinear(nn.Module):
+    def __init__(self, base: nn.Linear, bank_a: torch.Tensor, bank_b: torch.Tensor, spec: MaskSpec,
+                 ln: bool = True, ln_eps: float = 1e-5, scale: float = 1.0):
+        super().__init__()
+        n, d_in, rank = bank_a.shape
+        if d_in != base.in_features or bank_b.shape != (n, rank, base.out_features):
+            raise ValueError("bank tensors do not fit this Linear")
+        self.base = base
+        # Shared, frozen, not part of a profile: buffers that are never saved with it.
+        self.register_buffer("bank_a", bank_a, persistent=False)
+        self.register_buffer("bank_b", bank_b, persistent=False)
+        self.logits_a = nn.Parameter(torch.zeros(n))
+        self.logits_b = nn.Parameter(torch.zeros(n))
+        self.ln = nn.LayerNorm(rank, eps=ln_eps) if ln else None
+        self.scale = scale
+        self.spec = spec
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (mask_weights(self.logits_a, self.spec, self.training),
+                mask_weights(self.logits_b, self.spec, self.training))
+
+    def mixed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Â, B̂): one einsum per bank tensor. Cached at inference, when masks are frozen."""
+        if not self.training and not torch.is_grad_enabled() and self._cache is not None:
+            return self._cache
+        w_a, w_b = self.weights()
+        a_hat = torch.einsum("n,nib->ib", w_a, self.bank_a)
+        b_hat = torch.einsum("n,nbo->bo", w_b, self.bank_b)
+        if not self.training and not torch.is_grad_enabled():
+            self._cache = (a_hat, b_hat)
+            return self._cache
+        return a_hat, b_hat
+
+    def invalidate(self) -> None:
+        self._cache = None
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        a_hat, b_hat = self.mixed()
+        h = x @ a_hat.to(x.dtype)
+        if self.ln is not None:
+            h = self.ln(h)
+        return self.scale * (h @ b_hat.to(h.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.delta(x)
+
+
+def reference_delta(layer: XPeftLinear, x: torch.Tensor) -> torch.Tensor:
+    """The same site computed the paper's way: all N adapters on the activations, then weighted.
+
+    Exists to test weight-space mixing against, and as the slow baseline in benchmarks.
+    """
+    w_a, w_b = layer.weights()
+    per_a = torch.einsum("...i,nib->...nb", x, layer.bank_a.to(x.dtype))   # N projections of x
+    h = torch.einsum("...nb,n->...b", per_a, w_a.to(x.dtype))
+    if layer.ln is not None:
+        h = layer.ln(h)
+    per_b = torch.einsum("...b,nbo->...no", h, layer.bank_b.to(h.dtype))   # N up-projections
+    return layer.scale * torch.einsum("...no,n->...o", per_b, w_b.to(h.dtype))

@@ -1,0 +1,32 @@
+"""A profile materialised as one plain LoRA per site (Â, B̂), for size comparison and export.
+
+A hard profile at inference is exactly one LoRA per site: Â = mean of the k selected A's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .bank import Bank
+from .masks import soft_weights
+from .profile import Profile
+
+
+def mixing_weights(profile: Profile) -> tuple[torch.Tensor, torch.Tensor]:
+    if profile.mask_kind == "hard":
+        wa = torch.from_numpy(profile.mask_a.astype(np.float32)) / profile.k
+        wb = torch.from_numpy(profile.mask_b.astype(np.float32)) / profile.k
+        return wa, wb
+    return soft_weights(torch.from_numpy(profile.mask_a)), soft_weights(torch.from_numpy(profile.mask_b))
+
+
+def materialize(bank: Bank, profile: Profile) -> dict[str, torch.Tensor]:
+    """peft-style tensor names: lora_A.weight is (b, d_in), lora_B.weight is (d_out, b)."""
+    wa, wb = mixing_weights(profile)
+    out = {}
+    for l, site in enumerate(bank.sites):
+        a_hat = torch.einsum("n,nib->ib", wa[l], bank.A[l])
+        b_hat = torch.einsum("n,nbo->bo", wb[l], bank.B[l])
+        out[f"base_model.model.{site.name}.lora_A.weight"] = a_hat.t().contiguous()
+        out[f"base_model.model.{site.name}.lora_B.weight"] = b_hat.t().contiguous()
+    return out

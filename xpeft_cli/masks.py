@@ -1,0 +1,71 @@
+"""Mask functions: logits (one row of N per site) → adapter mixing weights.
+
+soft: softmax(logits).
+hard: the paper's Algorithm 1 while training (Gumbel noise ν, temperature τ, top-k of
+y_soft, k-hot/k, straight-through), and the noiseless top-k of the logits at inference.
+Ties in top-k are broken towards the lower adapter index, so the choice is reproducible.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MaskSpec:
+    kind: str = "hard"   # "hard" | "soft"
+    k: int = 50
+    nu: float = 1.0      # Gumbel noise level ν
+    tau: float = 1.0     # softmax temperature τ
+    generator: torch.Generator | None = None  # seeded source of the Gumbel noise
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("hard", "soft"):
+            raise ValueError(f"mask kind must be 'hard' or 'soft', not {self.kind!r}")
+
+
+def soft_weights(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1)
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries per row; ties go to the lower index (stable sort)."""
+    return torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :k]
+
+
+def khot(indices: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
+    out = torch.zeros(*indices.shape[:-1], n, dtype=dtype, device=indices.device)
+    return out.scatter_(-1, indices, 1.0)
+
+
+def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    u = u.clamp_(torch.finfo(logits.dtype).tiny, 1.0 - torch.finfo(logits.dtype).eps)
+    return -torch.log(-torch.log(u))
+
+
+def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Algorithm 1: forward value is k-hot/k; gradient is that of softmax((logits+νg)/τ)."""
+    noisy = logits + nu * gumbel_like(logits, generator) if nu else logits
+    y_soft = torch.softmax(noisy / tau, dim=-1)
+    y_hard = khot(topk_indices(y_soft, k), logits.shape[-1], logits.dtype) / k
+    return y_hard - y_soft.detach() + y_soft
+
+
+def hard_inference_weights(logits: torch.Tensor, k: int) -> torch.Tensor:
+    return khot(topk_indices(logits, k), logits.shape[-1], logits.dtype) / k
+
+
+def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool) -> torch.Tensor:
+    if spec.kind == "soft":
+        return soft_weights(logits)
+    if training:
+        return hard_topk_st(logits, spec.k, spec.nu, spec.tau, spec.generator)
+    return hard_inference_weights(logits, spec.k)
+
+
+def bits_to_logits(bits: torch.Tensor) -> torch.Tensor:
+    """A hard mask stored as bits, as logits whose noiseless top-k gives back the same bits."""
+    return bits.to(torch.float32)

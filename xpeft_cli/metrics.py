@@ -1,0 +1,39 @@
+"""Task metrics, computed with scikit-learn and scipy."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+
+def classification_metrics(y_true: list[int], y_pred: list[int], num_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    labels = list(range(num_classes))
+    majority = Counter(y_true).most_common(1)[0][1] / len(y_true) if y_true else 0.0
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "mcc": float(matthews_corrcoef(y_true, y_pred)),
+        "majority_accuracy": float(majority),
+    }
+
+
+def regression_metrics(y_true: list[float], y_pred: list[float]) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    constant = len(t) < 2 or np.ptp(t) == 0 or np.ptp(p) == 0  # correlation undefined
+    return {
+        "n": len(t),
+        "pearson": 0.0 if constant else float(pearsonr(t, p)[0]),
+        "spearman": 0.0 if constant else float(spearmanr(t, p)[0]),
+        "mse": float(np.mean((t - p) ** 2)) if len(t) else 0.0,
+    }
+
+
+def primary_metric(metrics: dict) -> tuple[str, float]:
+    """The number to compare runs by: accuracy for classification, Pearson for regression."""
+    key = "accuracy" if "accuracy" in metrics else "pearson"
+    return key, metrics[key]

@@ -1,0 +1,85 @@
+"""Model wiring: put XPeftLinear sites into a frozen Hugging Face encoder and add a head.
+
+Works on any encoder whose target Linear modules are found by name (BERT, RoBERTa,
+DistilBERT, …). The head reads the mean of the last hidden states over real tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .bank import Bank
+from .layer import XPeftLinear
+from .masks import MaskSpec
+
+TASK_CLASSIFICATION = "classification"
+TASK_REGRESSION = "regression"
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+class XPeftModel(nn.Module):
+    """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""
+
+    def __init__(self, encoder: nn.Module, bank: Bank, num_outputs: int, task: str = TASK_CLASSIFICATION,
+                 spec: MaskSpec | None = None, seed: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.bank_hash = bank.bank_hash
+        self.task = task
+        self.spec = spec or MaskSpec()
+        if self.spec.kind == "hard" and not 1 <= self.spec.k <= bank.n:
+            raise ValueError(f"k must be in 1..{bank.n}")
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.sites: list[XPeftLinear] = []  # a plain list: the layers already live inside encoder
+        for site, a, b in zip(bank.sites, bank.A, bank.B):
+            base = encoder.get_submodule(site.name)
+            if not isinstance(base, nn.Linear):
+                raise ValueError(f"{site.name} is not an nn.Linear in this model")
+            layer = XPeftLinear(base, a, b, self.spec, ln=bank.config.ln, ln_eps=bank.config.ln_eps,
+                                scale=bank.config.scale)
+            _set_submodule(encoder, site.name, layer)
+            self.sites.append(layer)
+        hidden = int(encoder.config.hidden_size if hasattr(encoder.config, "hidden_size") else encoder.config.dim)
+        self.head = nn.Linear(hidden, num_outputs)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 0.02)
+            self.head.bias.zero_()
+
+    # ---- forward --------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        out = self.head(pooled)
+        return out.squeeze(-1) if self.task == TASK_REGRESSION else out
+
+    # ---- profile parameters ---------------------------------------------------------
+    def mask_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M_A, M_B) logits, each L×N."""
+        return (torch.stack([s.logits_a for s in self.sites]), torch.stack([s.logits_b for s in self.sites]))
+
+    def invalidate(self) -> None:
+        for s in self.sites:
+            s.invalidate()
+
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return [p for s in self.sites for p in (s.logits_a, s.logits_b)]
+
+    def ln_parameters(self) -> list[nn.Parameter]:
+        return [p for s in self.sites if s.ln is not None for p in s.ln.parameters()]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.mask_parameters() + self.ln_parameters())

