@@ -20,7 +20,7 @@ def _vocab() -> list[str]:
 
 
 def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast, DistilBertConfig, DistilBertModel, \
+    from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel, \
         RobertaConfig, RobertaModel
 
     torch.manual_seed(seed)
@@ -39,8 +39,7 @@ def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
         raise ValueError(kind)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
     return folder
 
 

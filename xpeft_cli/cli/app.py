@@ -9,6 +9,19 @@ import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_USAGE, XpeftError
 
+# Typer ≥ 0.20 raises exceptions of its vendored click (typer._click); older ones of click itself.
+_CLICK = [click.exceptions]
+try:
+    from typer._click import exceptions as _typer_click_exceptions  # type: ignore
+
+    _CLICK.append(_typer_click_exceptions)
+except ImportError:
+    pass
+_EXIT = (typer.Exit, click.exceptions.Exit)
+_ABORT = (typer.Abort, click.exceptions.Abort)
+_CLICK_ERROR = tuple(m.ClickException for m in _CLICK)
+_NO_ARGS_HELP = tuple(getattr(m, "NoArgsIsHelpError") for m in _CLICK if hasattr(m, "NoArgsIsHelpError"))
+
 app = typer.Typer(
     name="xpeft",
     help="X-PEFT profiles: fit tiny per-user masks over one shared bank of LoRA adapters.\n\n"
@@ -46,12 +59,15 @@ def main(argv: list[str] | None = None) -> None:
     except XpeftError as exc:
         print(f"xpeft: error: {_one_line(exc)}", file=sys.stderr)
         code = exc.exit_code
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except _ABORT:
         print("xpeft: aborted", file=sys.stderr)
         code = 130
-    except click.ClickException as exc:  # bad options: click's UsageError, BadParameter, …
+    except _NO_ARGS_HELP as exc:  # a bare group: its help, as --help would print
+        print(exc.format_message(), file=sys.stderr)
+        code = EXIT_USAGE
+    except _CLICK_ERROR as exc:  # bad options: click's UsageError, BadParameter, …
         hint = ""
         ctx = getattr(exc, "ctx", None)
         if ctx is not None:

@@ -1,0 +1,176 @@
+"""The command line end to end on a tiny model: the card's commands, --json, exit codes, one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xpeft_cli.cli.app import main
+from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
+
+from conftest import sentiment_rows, write_jsonl
+
+
+@pytest.fixture()
+def cli(capsys, monkeypatch, tmp_path, tiny_bert):
+    """Run `xpeft ARGS` in-process in tmp_path, with the tiny model as XPEFT_MODEL."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XPEFT_MODEL", str(tiny_bert))
+    monkeypatch.delenv("XPEFT_BANK", raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+        out, err = capsys.readouterr()
+        return exc.value.code, out, err
+
+    return run
+
+
+def _one_line_error(err: str) -> None:
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xpeft: error:"), err
+    assert "Traceback" not in err
+
+
+@pytest.fixture()
+def fitted(cli, tmp_path):
+    write_jsonl(tmp_path / "alice.jsonl", sentiment_rows(40, 0))
+    write_jsonl(tmp_path / "alice_test.jsonl", sentiment_rows(12, 1))
+    assert cli("bank", "create", "--random", "-n", "16")[0] == 0
+    code, out, err = cli("fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--k", "4", "--quiet")
+    assert code == 0, err
+    return tmp_path
+
+
+def test_card_commands_work_as_written(fitted, cli):
+    assert (fitted / "bank" / "bank.json").is_file()
+    assert (fitted / "alice.xpm").is_file() and (fitted / "alice.fit.jsonl").is_file()
+    code, out, _ = cli("inspect", "alice.xpm")
+    assert code == 0 and "alice" in out and "checksum" in out
+    log = [json.loads(l) for l in (fitted / "alice.fit.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log) and any("val" in r for r in log)
+
+
+def test_json_outputs_are_one_object(fitted, cli):
+    code, out, _ = cli("inspect", "alice.xpm", "--bank", "bank", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["bank_match"] is True and info["n"] == 16 and info["k"] == 4
+    assert info["labels"] == ["neg", "pos"] and len(info["selected"]) == info["L"] == 2
+    assert all(len(s["A"]) == 4 for s in info["selected"])
+    assert sum(info["sections"].values()) == info["bytes"]
+    code, out, _ = cli("eval", "--profile", "alice.xpm", "--data", "alice_test.jsonl", "--json")
+    ev = json.loads(out)
+    assert code == 0 and ev["metrics"]["n"] == 12 and 0 <= ev["metrics"]["accuracy"] <= 1
+    assert {"macro_f1", "mcc"} <= set(ev["metrics"])
+    code, out, _ = cli("report", "memory", "--bank", "bank", "--profile", "alice.xpm", "--json")
+    rep = json.loads(out)
+    m = rep["measured"][0]
+    assert m["xpm_bytes"] == (fitted / "alice.xpm").stat().st_size
+    assert m["lora_safetensors_bytes"] > m["xpm_masks_only_bytes"]
+    code, out, _ = cli("bank", "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_fit_json_and_predictions_file(fitted, cli):
+    code, out, _ = cli("fit", "-p", "al2", "-d", "alice.jsonl", "--epochs", "1", "--mask", "soft", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["output"] == "al2.xpm" and res["mask"] == "soft" and res["k"] == 0
+    code, _, _ = cli("eval", "-p", "al2.xpm", "-d", "alice_test.jsonl", "--predictions", "preds.jsonl")
+    rows = [json.loads(l) for l in (fitted / "preds.jsonl").read_text().splitlines()]
+    assert code == 0 and len(rows) == 12 and {r["prediction"] for r in rows} <= {"pos", "neg"}
+
+
+def test_bad_data_rows(fitted, cli):
+    (fitted / "nocol.jsonl").write_text('{"sentence": "good", "label": "pos"}\n')
+    (fitted / "empty.jsonl").write_text("")
+    (fitted / "badline.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": oops}\n')
+    (fitted / "nolabel.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad"}\n')
+    write_jsonl(fitted / "unknown.jsonl", [{"text": "the film was good", "label": "meh"}])
+    cases = [
+        (("fit", "-p", "x", "-d", "nocol.jsonl"), "missing column 'text'"),
+        (("fit", "-p", "x", "-d", "empty.jsonl"), "empty"),
+        (("fit", "-p", "x", "-d", "badline.jsonl"), "line 2"),
+        (("fit", "-p", "x", "-d", "nolabel.jsonl"), "row 2"),
+        (("fit", "-p", "x", "-d", "missing.jsonl"), "no such data file"),
+        (("eval", "-p", "alice.xpm", "-d", "unknown.jsonl"), "unknown label 'meh'"),
+    ]
+    for args, needle in cases:
+        code, out, err = cli(*args)
+        assert code == EXIT_DATA, (args, err)
+        _one_line_error(err)
+        assert needle in err, err
+    assert not (fitted / "x.xpm").exists()
+
+
+def test_wrong_bank_and_damaged_files(fitted, cli):
+    assert cli("bank", "create", "--random", "-n", "16", "--seed", "1", "-o", "bank2")[0] == 0
+    for args in (("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--bank", "bank2"),
+                 ("inspect", "alice.xpm", "--bank", "bank2")):
+        code, _, err = cli(*args)
+        assert code == EXIT_INTEGRITY
+        _one_line_error(err)
+    data = (fitted / "alice.xpm").read_bytes()
+    (fitted / "cut.xpm").write_bytes(data[: len(data) // 2])
+    (fitted / "text.xpm").write_bytes(b"hello, I am not a profile\n")
+    for f in ("cut.xpm", "text.xpm"):
+        for args in (("inspect", f), ("eval", "-p", f, "-d", "alice_test.jsonl")):
+            code, _, err = cli(*args)
+            assert code == EXIT_INTEGRITY, (args, err)
+            _one_line_error(err)
+
+
+def test_existing_bank_is_not_overwritten(fitted, cli):
+    before = (fitted / "bank" / "bank.json").read_bytes()
+    code, _, err = cli("bank", "create", "--random", "-n", "8")
+    assert code == EXIT_USAGE and "--force" in err
+    assert (fitted / "bank" / "bank.json").read_bytes() == before
+
+
+def test_usage_errors(cli):
+    for args in (("fit", "-p", "x", "-d", "a.jsonl", "--mask", "medium"), ("fit", "--nope"), ("bank", "create")):
+        code, _, err = cli(*args)
+        assert code == EXIT_USAGE, (args, err)
+        _one_line_error(err)
+
+
+def test_missing_model(cli, monkeypatch):
+    monkeypatch.setenv("XPEFT_MODEL", "/no/such/model")
+    code, _, err = cli("bank", "create", "--random", "-n", "4")
+    assert code == EXIT_MODEL
+    _one_line_error(err)
+
+
+def test_missing_bank(cli):
+    write_jsonl(Path("a.jsonl"), sentiment_rows(4))
+    code, _, err = cli("fit", "-p", "x", "-d", "a.jsonl")
+    assert code == EXIT_DATA and "no bank at bank" in err
+
+
+def test_table1_exact(cli):
+    code, out, _ = cli("report", "memory", "--json")
+    rows = json.loads(out)["table1"]["rows"]
+    got = [(r["mode"], r["n"], r["trainable_display"], r["bytes_display"]) for r in rows]
+    assert got == [
+        ("x_peft (hard)", 100, "3.5K", "0.3K"), ("x_peft (hard)", 200, "5.9K", "0.6K"),
+        ("x_peft (hard)", 400, "10.7K", "1.2K"),
+        ("x_peft (soft)", 100, "3.5K", "10K"), ("x_peft (soft)", 200, "5.9K", "20K"),
+        ("x_peft (soft)", 400, "10.7K", "40K"),
+        ("single_adapter", None, "884.7K", "3.5M"),
+    ]
+    assert [r["trainable"] for r in rows] == [3552, 5952, 10752, 3552, 5952, 10752, 884736]
+    assert [r["bytes"] for r in rows] == [312, 600, 1200, 9600, 19200, 38400, 3538944]
+
+
+def test_subprocess_console_script_no_traceback(tmp_path, tiny_bert):
+    """The installed entry point, as a shell would run it."""
+    (tmp_path / "broken.xpm").write_bytes(b"\x89XPM\r\n\x1a\n" + b"\x00" * 10)
+    env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
+    p = subprocess.run([sys.executable, "-m", "xpeft_cli", "inspect", str(tmp_path / "broken.xpm")],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == EXIT_INTEGRITY and p.stdout == ""
+    _one_line_error(p.stderr)
