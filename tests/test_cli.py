@@ -9,42 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from xpeft_cli.cli.app import main
 from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
 
-from conftest import sentiment_rows, write_jsonl
-
-
-@pytest.fixture()
-def cli(capsys, monkeypatch, tmp_path, tiny_bert):
-    """Run `xpeft ARGS` in-process in tmp_path, with the tiny model as XPEFT_MODEL."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("XPEFT_MODEL", str(tiny_bert))
-    monkeypatch.delenv("XPEFT_BANK", raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exc:
-            main(list(args))
-        out, err = capsys.readouterr()
-        return exc.value.code, out, err
-
-    return run
-
-
-def _one_line_error(err: str) -> None:
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("xpeft: error:"), err
-    assert "Traceback" not in err
-
-
-@pytest.fixture()
-def fitted(cli, tmp_path):
-    write_jsonl(tmp_path / "alice.jsonl", sentiment_rows(40, 0))
-    write_jsonl(tmp_path / "alice_test.jsonl", sentiment_rows(12, 1))
-    assert cli("bank", "create", "--random", "-n", "16")[0] == 0
-    code, out, err = cli("fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--k", "4", "--quiet")
-    assert code == 0, err
-    return tmp_path
+from conftest import _one_line_error, sentiment_rows, write_jsonl
 
 
 def test_card_commands_work_as_written(fitted, cli):

@@ -11,15 +11,15 @@ from .profile import Profile, apply_profile
 from .train import pick_device, predict_outputs, score
 
 
-def model_for_profile(bank: Bank, profile: Profile, device: str = "auto"):
-    """(model, tokenizer, device) with the profile loaded; refuses a profile of another bank."""
+def model_for_profile(bank: Bank, profile: Profile, device: str = "auto", force: bool = False):
+    """(model, tokenizer, device) with the profile loaded; refuses a profile of another bank unless forced."""
     if profile.head_weight is None:
         raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
     encoder, tokenizer = load_encoder(bank.plm)
     dev = pick_device(device)
     spec = MaskSpec(kind=profile.mask_kind, k=max(profile.k, 1))
     model = XPeftModel(encoder, bank, profile.num_outputs, task=profile.task, spec=spec)
-    apply_profile(model, profile)
+    apply_profile(model, profile, force=force)
     return model.to(dev).eval(), tokenizer, dev
 
 
@@ -28,12 +28,12 @@ def default_max_length(profile: Profile) -> int:
 
 
 def evaluate_profile(bank: Bank, profile: Profile, data: Examples, batch_size: int = 64,
-                     max_length: int | None = None, device: str = "auto") -> tuple[dict, list]:
+                     max_length: int | None = None, device: str = "auto", force: bool = False) -> tuple[dict, list]:
     """(metrics, predictions); predictions are label names, or numbers for regression."""
     if data.labels is None:
         raise DataError(f"{data.source}: evaluation data needs labels")
     targets = encode_labels(data, profile.task, profile.labels)
-    model, tok, dev = model_for_profile(bank, profile, device)
+    model, tok, dev = model_for_profile(bank, profile, device, force=force)
     n_out = profile.num_outputs
     metrics, preds = score(model, tok, data, targets, n_out, batch_size, max_length or default_max_length(profile), dev)
     if profile.task != TASK_REGRESSION:

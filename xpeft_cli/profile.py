@@ -68,12 +68,12 @@ def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] |
     )
 
 
-def apply_profile(model: XPeftModel, profile: Profile) -> None:
-    """Load a profile into a model built on the same bank."""
-    if profile.bank_hash != model.bank_hash:
+def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> None:
+    """Load a profile into a model built on the same bank (`force` skips the bank-hash check only)."""
+    if profile.bank_hash != model.bank_hash and not force:
         raise IntegrityError(
             f"profile {profile.name!r} was fitted on bank {profile.bank_hash[:16]}…, not on this bank "
-            f"({model.bank_hash[:16]}…)"
+            f"({model.bank_hash[:16]}…); --force uses it anyway"
         )
     if profile.L != len(model.sites) or profile.n != model.sites[0].logits_a.numel():
         raise IntegrityError("profile shape (L, N) does not match the bank")
@@ -98,3 +98,73 @@ def apply_profile(model: XPeftModel, profile: Profile) -> None:
             model.head.bias.copy_(torch.from_numpy(profile.head_bias))
     model.task = profile.task if profile.task in (TASK_CLASSIFICATION, TASK_REGRESSION) else TASK_CLASSIFICATION
     model.invalidate()
+
+
+# ---- JSON form (xpeft unpack, formats/vectors) -------------------------------------------
+def _floats(a: np.ndarray) -> list:
+    return np.asarray(a, dtype=np.float32).astype(np.float64).tolist()  # exact: every float32 is a double
+
+
+def profile_to_json(p: Profile) -> dict:
+    """A lossless JSON view. Hard masks list the selected adapter indices of each site."""
+    if p.mask_kind == "hard":
+        masks = {"A": [np.flatnonzero(r).tolist() for r in p.mask_a], "B": [np.flatnonzero(r).tolist() for r in p.mask_b]}
+    else:
+        masks = {"A": _floats(p.mask_a), "B": _floats(p.mask_b)}
+    return {
+        "name": p.name, "mask": p.mask_kind, "n": p.n, "L": p.L, "k": p.k, "bank_hash": p.bank_hash,
+        "soft_dtype": p.soft_dtype if p.mask_kind == "soft" else None, "masks": masks,
+        "ln": None if p.ln_weight is None else {"weight": _floats(p.ln_weight), "bias": _floats(p.ln_bias)},
+        "head": None if p.head_weight is None else {"task": p.task, "weight": _floats(p.head_weight),
+                                                    "bias": _floats(p.head_bias)},
+        "labels": p.labels, "meta": p.meta,
+    }
+
+
+def profile_from_json(obj: dict) -> Profile:
+    n, L = int(obj["n"]), int(obj["L"])
+    if obj["mask"] == "hard":
+        def rows(sel):
+            m = np.zeros((L, n), dtype=bool)
+            for l, idx in enumerate(sel):
+                m[l, idx] = True
+            return m
+        mask_a, mask_b = rows(obj["masks"]["A"]), rows(obj["masks"]["B"])
+    else:
+        mask_a = np.asarray(obj["masks"]["A"], dtype=np.float32).reshape(L, n)
+        mask_b = np.asarray(obj["masks"]["B"], dtype=np.float32).reshape(L, n)
+    p = Profile(name=obj["name"], mask_kind=obj["mask"], n=n, L=L, k=int(obj["k"]), bank_hash=obj["bank_hash"],
+                mask_a=mask_a, mask_b=mask_b, soft_dtype=obj.get("soft_dtype") or "float32",
+                labels=obj.get("labels"), meta=obj.get("meta") or {})
+    if obj.get("ln"):
+        p.ln_weight = np.asarray(obj["ln"]["weight"], dtype=np.float32)
+        p.ln_bias = np.asarray(obj["ln"]["bias"], dtype=np.float32)
+    if obj.get("head"):
+        p.task = obj["head"]["task"]
+        p.head_weight = np.asarray(obj["head"]["weight"], dtype=np.float32)
+        p.head_bias = np.asarray(obj["head"]["bias"], dtype=np.float32)
+    return p
+
+
+def harden(p: Profile, k: int) -> Profile:
+    """A soft profile as a hard one: per site, the k adapters with the largest logits (ties to the lower index)."""
+    from dataclasses import replace
+
+    if p.mask_kind == "hard" and k == p.k:
+        return p
+    if not 1 <= k <= p.n:
+        raise ValueError(f"k must be in 1..{p.n}")
+    la, lb = torch.from_numpy(np.asarray(p.mask_a, dtype=np.float32)), torch.from_numpy(np.asarray(p.mask_b, dtype=np.float32))
+    if p.mask_kind == "hard" and k != p.k:
+        raise ValueError(f"a hard profile selects k={p.k}; re-selecting another k needs its logits")
+    bits_a = (hard_inference_weights(la, k) > 0).numpy()
+    bits_b = (hard_inference_weights(lb, k) > 0).numpy()
+    meta = dict(p.meta) | {"packed_from": {"mask": "soft"}}
+    return replace(p, mask_kind="hard", k=k, mask_a=bits_a, mask_b=bits_b, soft_dtype="float32", meta=meta)
+
+
+def strip_to_masks(p: Profile) -> Profile:
+    """The masks-only form: LN, head, labels and meta dropped (they must then come from the bank)."""
+    from dataclasses import replace
+
+    return replace(p, ln_weight=None, ln_bias=None, head_weight=None, head_bias=None, labels=None, meta={})

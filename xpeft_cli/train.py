@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from . import checkpoint as ckpt
 from .bank import Bank
 from .data import Examples, encode_labels, infer_task, label_names, split_holdout
 from .errors import DataError, UsageError
@@ -99,10 +100,17 @@ def score(model: XPeftModel, tokenizer, ex: Examples, targets: list, num_classes
 def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConfig(),
                 eval_data: Examples | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
-                log_path: str | Path | None = None) -> FitResult:
-    """Fit one profile on `train` (a holdout of it validates, unless `eval_data` is given)."""
+                log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
+                checkpoint_every: int = 0, resume: bool = False) -> FitResult:
+    """Fit one profile on `train` (a holdout of it validates, unless `eval_data` is given).
+
+    With `checkpoint_path` and `checkpoint_every`, the state is saved every that many steps;
+    `resume=True` continues from it and gives the same result as an uninterrupted fit.
+    """
     if cfg.mask not in ("hard", "soft"):
         raise UsageError("--mask must be hard or soft")
+    if resume and not checkpoint_path:
+        raise UsageError("--resume needs a checkpoint path")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     if train.labels is None:
@@ -133,32 +141,41 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
               {"params": model.ln_parameters(), "lr": cfg.lr_ln},
               {"params": model.head_parameters(), "lr": cfg.lr_head}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    total = n_batches * cfg.epochs
     loss_fn = torch.nn.MSELoss() if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss()
     order_gen = torch.Generator().manual_seed(cfg.seed)
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
 
+    ckpt_config = {k: v for k, v in asdict(cfg).items() if k != "device"} | {"name": name, "bank": bank.bank_hash}
+    fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
+    pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
+    if resume:
+        pos, order_state, history = ckpt.load(Path(checkpoint_path), model, opt, gumbel, ckpt_config, fingerprint)
+        order_gen.set_state(order_state)
     log = open(log_path, "w", encoding="utf-8") if log_path else None
-    history: list[dict] = []
+    if log:
+        log.writelines(json.dumps(rec) + "\n" for rec in history)  # a resumed log restarts from the checkpoint
     val_metrics = None
-    step, t0 = 0, time.perf_counter()
+    step, t0 = pos.step, time.perf_counter()
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(pos.epoch, cfg.epochs + 1):
             model.train()
+            epoch_order = order_gen.get_state()  # a resumed fit re-draws this epoch's order from here
             perm = torch.randperm(len(train), generator=order_gen).tolist()
-            for i in range(0, len(perm), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
+            for b in range(pos.batch if epoch == pos.epoch else 0, n_batches):
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 batch = encode_batch(tokenizer, [train.texts[j] for j in idx],
                                      [train.pairs[j] for j in idx] if train.pairs else None, cfg.max_length, device)
+                for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
+                    g["lr"] = base * max(0.0, 1.0 - step / total)
                 with _autocast(device):
                     out = model(**batch)
                 loss = loss_fn(out.float(), targets[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                sched.step()
                 step += 1
                 loss_value = loss.item()
                 rec = {"epoch": epoch, "step": step, "loss": round(loss_value, 6)}
@@ -167,6 +184,11 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     log.write(json.dumps(rec) + "\n")
                 if on_step:
                     on_step(step, total, loss_value)
+                if checkpoint_path and checkpoint_every and step % checkpoint_every == 0:
+                    if log:
+                        log.flush()
+                    ckpt.save(Path(checkpoint_path), model, opt, ckpt.Position(epoch, b + 1, step), epoch_order,
+                              gumbel, ckpt_config, fingerprint, history)
             if eval_data is not None:
                 val_metrics, _ = score(model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2,
                                        cfg.max_length, device)

@@ -27,6 +27,8 @@ def evaluate(
     label_column: str = LabelCol,
     predictions: OptPath = typer.Option(None, "--predictions", help="Also write one JSON line per row."),
     device: str = typer.Option("auto", "--device"),
+    force: bool = typer.Option(False, "--force", help="Use a profile fitted on another bank (results are meaningless "
+                               "unless the banks hold the same adapters)."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -34,8 +36,11 @@ def evaluate(
     prof = read_xpm(profile)
     examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column))
     bank = Bank.load(bank_dir, model=model)
+    if force and prof.bank_hash != bank.bank_hash:
+        output.stderr.print(f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
+                            f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here")
     metrics, preds = evaluate_profile(bank, prof, examples, batch_size=batch_size, max_length=max_length,
-                                      device=device)
+                                      device=device, force=force)
     if predictions:
         lines = [json.dumps({"text": t, "label": y, "prediction": p})
                  for t, y, p in zip(examples.texts, examples.labels, preds)]

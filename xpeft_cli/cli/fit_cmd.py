@@ -40,6 +40,10 @@ def fit(
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
     device: str = typer.Option(D.device, "--device", help="auto (GPU when there is one), cpu, cuda, cuda:1 …"),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps "
+                                         "(beside the output, NAME.ckpt.safetensors; removed when the fit ends)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint of an interrupted fit "
+                                "(same options and data); the result is the same as an uninterrupted fit."),
     log: OptPath = typer.Option(None, "--log", help="Loss log, JSONL (default: beside the output, NAME.fit.jsonl)."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
@@ -53,7 +57,11 @@ def fit(
     if not 0 <= val_fraction < 1:
         raise UsageError("--val-fraction must be in [0, 1)")
     out = out or Path(f"{profile}.xpm")
-    log = log or out.with_name(out.name.removesuffix(".xpm") + ".fit.jsonl")
+    stem = out.name.removesuffix(".xpm")
+    log = log or out.with_name(stem + ".fit.jsonl")
+    ckpt_path = out.with_name(stem + ".ckpt.safetensors")
+    if checkpoint_every < 0:
+        raise UsageError("--checkpoint-every must be 0 (off) or positive")
     cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column)
     train = load_examples(data, cols)
     valid = load_examples(eval_data, cols) if eval_data else None
@@ -63,8 +71,11 @@ def fit(
                     val_fraction=val_fraction, task=task, device=device)
     output.note(f"fitting {profile!r}: {len(train)} rows, {mask} masks over N={bank.n} (k={min(k, bank.n)})", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
-        result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log)
+        result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log,
+                             checkpoint_path=ckpt_path if (checkpoint_every or resume) else None,
+                             checkpoint_every=checkpoint_every, resume=resume)
     size = write_xpm(result.profile, out)
+    ckpt_path.unlink(missing_ok=True)  # the profile is safely written; the checkpoint has done its job
     sections = read_xpm_full(out).sizes
     res = {"profile": profile, "output": str(out), "bytes": size, "sections": sections, "mask": mask,
            "n": bank.n, "k": result.profile.k, "task": result.profile.task, "labels": result.profile.labels,

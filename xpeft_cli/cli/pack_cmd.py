@@ -1,0 +1,135 @@
+"""`xpeft pack`, `xpeft unpack`, `xpeft verify`: move profiles between forms and check them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+from ..atomic import atomic_write_text
+from ..errors import DataError, IntegrityError, UsageError, XpeftError
+from ..profile import Profile, harden, profile_to_json, strip_to_masks
+from ..store import Store, is_store, write_store
+from ..xpm import read_xpm, read_xpm_full, write_xpm
+from . import output
+from .common import JsonOpt, OptPath, OptStr
+from .inspect_cmd import recorded_bank_hash
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    out = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(p.glob("*.xpm")) + sorted(p.glob("*.xps"))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file")
+    return out
+
+
+def _profiles(path: Path) -> list[Profile]:
+    if is_store(path):
+        with Store(path) as s:
+            return list(s)
+    return [read_xpm(path)]
+
+
+def pack(
+    inputs: List[Path] = typer.Argument(..., help=".xpm files, stores, or folders of them."),
+    out: Path = typer.Option(..., "--output", "-o", help="An .xpm (one input) or an .xps store (any number)."),
+    k: Optional[int] = typer.Option(None, "--k", help="Turn soft profiles into hard ones selecting k adapters."),
+    masks_only: bool = typer.Option(False, "--masks-only", help="Drop LN, head, labels and meta (bank supplies them)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Convert profiles (soft → hard with --k, masks-only) or pack many into one store (.xps)."""
+    profiles = [p for path in _expand(inputs) for p in _profiles(path)]
+    if not profiles:
+        raise DataError("no profiles found in the inputs")
+    converted = []
+    for p in profiles:
+        if k is not None and p.mask_kind == "soft":
+            if not 1 <= k <= p.n:
+                raise UsageError(f"--k must be in 1..{p.n}")
+            p = harden(p, k)
+        elif k is not None and k != p.k:
+            raise UsageError(f"{p.name!r} is already hard with k={p.k}; its logits are gone, so k cannot change")
+        converted.append(strip_to_masks(p) if masks_only else p)
+    if out.suffix == ".xps":
+        size = write_store(converted, out)
+    elif len(converted) == 1:
+        size = write_xpm(converted[0], out)
+    else:
+        raise UsageError(f"{len(converted)} profiles need a store: name the output *.xps")
+    res = {"output": str(out), "profiles": len(converted), "bytes": size,
+           "bytes_per_profile": round(size / len(converted), 1)}
+    if json_out:
+        output.emit_json(res)
+    else:
+        output.stdout.print(f"wrote {out}: {len(converted)} profile(s), {size:,} bytes")
+
+
+def unpack(
+    file: Path = typer.Argument(..., help="An .xpm file or an .xps store."),
+    out: OptPath = typer.Option(None, "--output", "-o", help="JSON file (default: stdout)."),
+    npy: OptPath = typer.Option(None, "--npy", help="Write arrays as .npy files into this folder instead."),
+    name: OptStr = typer.Option(None, "--name", help="From a store: only this profile (an O(1) lookup)."),
+) -> None:
+    """Decode profiles to JSON (lossless) or to NumPy .npy arrays plus a JSON summary."""
+    if is_store(file):
+        with Store(file) as s:
+            profiles = [s.get(name)] if name else list(s)
+    else:
+        profiles = [read_xpm(file)]
+    if npy:
+        npy.mkdir(parents=True, exist_ok=True)
+        for p in profiles:
+            arrays = {"mask_a": p.mask_a, "mask_b": p.mask_b, "ln_weight": p.ln_weight, "ln_bias": p.ln_bias,
+                      "head_weight": p.head_weight, "head_bias": p.head_bias}
+            for key, arr in arrays.items():
+                if arr is not None:
+                    np.save(npy / f"{p.name}.{key}.npy", arr, allow_pickle=False)
+            summary = {k: v for k, v in profile_to_json(p).items() if k not in ("masks", "ln", "head")}
+            atomic_write_text(npy / f"{p.name}.json", json.dumps(summary, indent=2) + "\n")
+        output.note(f"wrote {len(profiles)} profile(s) to {npy}")
+        return
+    doc = profile_to_json(profiles[0]) if len(profiles) == 1 and not is_store(file) else \
+        {"profiles": [profile_to_json(p) for p in profiles]}
+    text = json.dumps(doc) + "\n"
+    if out:
+        atomic_write_text(out, text)
+    else:
+        output.stdout.file.write(text)
+
+
+def verify(
+    files: List[Path] = typer.Argument(..., help="Profiles, stores, or folders of them."),
+    bank: OptPath = typer.Option(None, "--bank", "-b", help="Also check each profile belongs to this bank."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Check many profiles: readable, checksums intact, and (with --bank) of that bank. Exit 4 if any fails."""
+    expected = recorded_bank_hash(bank) if bank else None
+    results = []
+    for path in _expand(files):
+        try:
+            if is_store(path):
+                with Store(path) as s:
+                    profiles = list(s)
+            else:
+                profiles = [read_xpm_full(path).profile]
+            wrong = [p.name for p in profiles if expected and p.bank_hash != expected]
+            if wrong:
+                raise IntegrityError(f"fitted on another bank: {', '.join(wrong[:5])}")
+            results.append({"file": str(path), "ok": True, "profiles": len(profiles)})
+        except XpeftError as exc:
+            results.append({"file": str(path), "ok": False, "error": str(exc)})
+    failed = [r for r in results if not r["ok"]]
+    if json_out:
+        output.emit_json({"ok": not failed, "checked": len(results), "failed": len(failed), "files": results})
+    else:
+        for r in results:
+            output.stdout.print(f"ok    {r['file']}" if r["ok"] else f"FAIL  {r['file']}: {r['error']}")
+    if failed:
+        raise IntegrityError(f"{len(failed)} of {len(results)} file(s) failed verification")
