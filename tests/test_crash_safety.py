@@ -68,6 +68,15 @@ def test_fit_killed_and_resumed_gives_identical_profile(tmp_path, tiny_bert):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "carol.xpm").exists() and ckpt.exists()
+    # the interrupted fit's checkpoint can be packed into a usable profile as it stood
+    packed = subprocess.run([sys.executable, "-m", "xpeft_cli", "pack", str(ckpt), "-o", "partial.xpm", "--json"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert packed.returncode == 0, packed.stderr
+    from xpeft_cli import read_xpm
+
+    partial = read_xpm(tmp_path / "partial.xpm")
+    assert partial.name == "carol" and partial.mask_kind == "hard" and partial.k == 4
+    assert partial.labels == ["neg", "pos"] and partial.meta["packed_from"]["checkpoint_step"] >= 7
     resumed = _fit(tmp_path, env, "--checkpoint-every", "7", "--resume")
     assert resumed.wait() == 0, resumed.stderr.read().decode()
     assert (tmp_path / "carol.xpm").read_bytes() == reference

@@ -34,7 +34,8 @@ class Position:
 
 
 def save(path: Path, model, opt: torch.optim.Optimizer, pos: Position, epoch_order_state: torch.Tensor,
-         gumbel: torch.Generator, config: dict, fingerprint: str, history: list[dict]) -> None:
+         gumbel: torch.Generator, config: dict, fingerprint: str, history: list[dict], identity: dict) -> None:
+    """`identity` (name, n, labels, …) lets `xpeft pack` turn the checkpoint into a profile."""
     from safetensors.torch import save_file
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -51,7 +52,9 @@ def save(path: Path, model, opt: torch.optim.Optimizer, pos: Position, epoch_ord
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"format": FORMAT, "position": json.dumps(pos.__dict__), "config": json.dumps(config, sort_keys=True),
-            "data": fingerprint, "history": json.dumps(history)}
+            "data": fingerprint, "history": json.dumps(history),
+            "profile": json.dumps(identity | {"sites": [n.removesuffix(".logits_a") for n, _ in model.named_parameters()
+                                                        if n.endswith(".logits_a")]})}
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
@@ -89,3 +92,42 @@ def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator,
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return Position(**json.loads(meta["position"])), tensors["rng.order"], json.loads(meta["history"])
+
+
+def profile_from_checkpoint(path: Path, k: int | None = None):
+    """The profile as it stood at a checkpoint: soft logits, or hard top-k bits (k from the fit, or `k`)."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    from .masks import hard_inference_weights
+    from .profile import Profile
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys() if key.startswith("param.")}
+    except (SafetensorError, OSError) as exc:
+        raise IntegrityError(f"{path}: unreadable checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT or "profile" not in meta:
+        raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
+    ident = json.loads(meta["profile"])
+    try:
+        la = torch.stack([tensors[f"param.{s}.logits_a"] for s in ident["sites"]]).float()
+        lb = torch.stack([tensors[f"param.{s}.logits_b"] for s in ident["sites"]]).float()
+        ln_w = [tensors.get(f"param.{s}.ln.weight") for s in ident["sites"]]
+        ln_b = [tensors.get(f"param.{s}.ln.bias") for s in ident["sites"]]
+        head_w, head_b = tensors["param.head.weight"], tensors["param.head.bias"]
+    except KeyError as exc:
+        raise IntegrityError(f"{path}: checkpoint lacks tensor {exc}") from None
+    mask, kk = ident["mask"], k or ident["k"]
+    if k is not None or mask == "hard":
+        mask_a, mask_b, mask = (hard_inference_weights(la, kk) > 0).numpy(), (hard_inference_weights(lb, kk) > 0).numpy(), "hard"
+    else:
+        mask_a, mask_b, kk = la.numpy(), lb.numpy(), 0
+    has_ln = all(t is not None for t in ln_w)
+    return Profile(name=ident["name"], mask_kind=mask, n=ident["n"], L=len(ident["sites"]), k=kk,
+                   bank_hash=ident["bank_hash"], mask_a=mask_a, mask_b=mask_b,
+                   ln_weight=torch.stack(ln_w).numpy() if has_ln else None,
+                   ln_bias=torch.stack(ln_b).numpy() if has_ln else None,
+                   head_weight=head_w.float().numpy(), head_bias=head_b.float().numpy(), task=ident["task"],
+                   labels=ident["labels"], meta={"packed_from": {"checkpoint_step": json.loads(meta["position"])["step"]}})

@@ -151,6 +151,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     ckpt_config = {k: v for k, v in asdict(cfg).items() if k != "device"} | {"name": name, "bank": bank.bank_hash}
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
+    identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
+                "bank_hash": bank.bank_hash}
     if resume:
         pos, order_state, history = ckpt.load(Path(checkpoint_path), model, opt, gumbel, ckpt_config, fingerprint)
         order_gen.set_state(order_state)
@@ -188,7 +190,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     if log:
                         log.flush()
                     ckpt.save(Path(checkpoint_path), model, opt, ckpt.Position(epoch, b + 1, step), epoch_order,
-                              gumbel, ckpt_config, fingerprint, history)
+                              gumbel, ckpt_config, fingerprint, history, identity)
             if eval_data is not None:
                 val_metrics, _ = score(model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2,
                                        cfg.max_length, device)

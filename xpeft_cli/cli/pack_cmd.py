@@ -30,7 +30,11 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _profiles(path: Path) -> list[Profile]:
+def _profiles(path: Path, k: int | None = None) -> list[Profile]:
+    if path.name.endswith(".safetensors"):  # a fit checkpoint (xpeft fit --checkpoint-every)
+        from ..checkpoint import profile_from_checkpoint
+
+        return [profile_from_checkpoint(path, k)]
     if is_store(path):
         with Store(path) as s:
             return list(s)
@@ -38,14 +42,15 @@ def _profiles(path: Path) -> list[Profile]:
 
 
 def pack(
-    inputs: List[Path] = typer.Argument(..., help=".xpm files, stores, or folders of them."),
+    inputs: List[Path] = typer.Argument(..., help=".xpm files, stores, fit checkpoints (*.ckpt.safetensors), "
+                                        "or folders of them."),
     out: Path = typer.Option(..., "--output", "-o", help="An .xpm (one input) or an .xps store (any number)."),
     k: Optional[int] = typer.Option(None, "--k", help="Turn soft profiles into hard ones selecting k adapters."),
     masks_only: bool = typer.Option(False, "--masks-only", help="Drop LN, head, labels and meta (bank supplies them)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Convert profiles (soft → hard with --k, masks-only) or pack many into one store (.xps)."""
-    profiles = [p for path in _expand(inputs) for p in _profiles(path)]
+    """Convert profiles (soft → hard with --k, a fit checkpoint → .xpm, masks-only) or pack many into a store (.xps)."""
+    profiles = [p for path in _expand(inputs) for p in _profiles(path, k)]
     if not profiles:
         raise DataError("no profiles found in the inputs")
     converted = []
