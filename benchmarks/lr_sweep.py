@@ -29,11 +29,14 @@ GRID = [
     ("lr_masks 5e-3", dict(lr_masks=5e-3)),
     ("lr_masks 5e-2 (default)", dict()),
     ("lr_masks 2e-1", dict(lr_masks=2e-1)),
+    ("lr_masks 5e-1", dict(lr_masks=5e-1)),
     ("lr_head 1e-3", dict(lr_head=1e-3)),
     ("lr_head 1e-2", dict(lr_head=1e-2)),
     ("lr_ln 1e-2", dict(lr_ln=1e-2)),
     ("nu 0.3", dict(nu=0.3)),
     ("soft masks", dict(mask="soft")),
+    ("soft masks, lr_masks 2e-1", dict(mask="soft", lr_masks=2e-1)),
+    ("lr_masks 2e-1, lr_head 1e-2", dict(lr_masks=2e-1, lr_head=1e-2)),
 ]
 
 
@@ -58,14 +61,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", nargs="*", help="run only these grid rows (by index)")
+    ap.add_argument("--model", default=None, help="PLM folder (default: the bundled model)")
+    ap.add_argument("--data-root", default=None, help="folder holding glue/sst2/{train,dev}.tsv")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "lr_sweep"))
     args = ap.parse_args()
-    plm = resolve_model(None)
+    plm = resolve_model(args.model)
     enc, _ = load_encoder(plm)
     with tempfile.TemporaryDirectory() as tmp:
         Bank.create_random(plm, enc, n=400, seed=0).save(tmp)
         bank = Bank.load(tmp)
-    train, dev = sst2("train", args.train, seed=0), sst2("dev")
+    root = {"root": Path(args.data_root) / "glue"} if args.data_root else {}
+    train, dev = sst2("train", args.train, seed=0, **root), sst2("dev", **root)
     rows = []
     for i, (name, over) in enumerate(GRID):
         if args.only and str(i) not in args.only:
@@ -79,7 +85,8 @@ def main() -> None:
         rows.append({"run": name, "config": over, "dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
                      "masks_moved": masks_moved(res.profile), "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    meta = {"command": " ".join(["python", "benchmarks/lr_sweep.py"] + sys.argv[1:]), "train_rows": len(train),
+    meta = {"command": " ".join(["python", "benchmarks/lr_sweep.py"] + sys.argv[1:]), "model": plm.ref,
+            "model_sha256": plm.fingerprint, "train_rows": len(train),
             "dev_rows": len(dev), "epochs": args.epochs, "device": str(args.device), "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

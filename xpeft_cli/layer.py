@@ -39,8 +39,8 @@ class XPeftLinear(nn.Module):
         if not self.training and not torch.is_grad_enabled() and self._cache is not None:
             return self._cache
         w_a, w_b = self.weights()
-        a_hat = torch.einsum("n,nib->ib", w_a, self.bank_a)
-        b_hat = torch.einsum("n,nbo->bo", w_b, self.bank_b)
+        a_hat = torch.einsum("n,nib->ib", w_a.to(self.bank_a.dtype), self.bank_a)
+        b_hat = torch.einsum("n,nbo->bo", w_b.to(self.bank_b.dtype), self.bank_b)
         if not self.training and not torch.is_grad_enabled():
             self._cache = (a_hat, b_hat)
             return self._cache

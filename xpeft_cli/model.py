@@ -72,6 +72,18 @@ class XPeftModel(nn.Module):
         for s in self.sites:
             s.invalidate()
 
+    def cast_bank(self, dtype: torch.dtype) -> "XPeftModel":
+        """Keep the shared bank in the compute dtype (e.g. bf16 on a GPU).
+
+        Under autocast a float32 bank would be cast again at every step: a full read and
+        write of every adapter, which costs more than the mixing itself.
+        """
+        for s in self.sites:
+            s.bank_a = s.bank_a.to(dtype)
+            s.bank_b = s.bank_b.to(dtype)
+            s.invalidate()
+        return self
+
     def mask_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.sites for p in (s.logits_a, s.logits_b)]
 

@@ -123,7 +123,10 @@ def load_encoder(plm: PLMRef):
     hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(plm.path, local_files_only=True)
-        encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, dtype=torch.float32)
+        try:
+            encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, dtype=torch.float32)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, torch_dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model from {plm.path}: {str(exc).splitlines()[0]}") from None
     return encoder, tokenizer

@@ -136,6 +136,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
     n_out = 1 if task == TASK_REGRESSION else len(names)
     model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed).to(device)
+    if device.type == "cuda":
+        model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
 
     groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
               {"params": model.ln_parameters(), "lr": cfg.lr_ln},

@@ -1,0 +1,189 @@
+"""Training-step speed and memory of X-PEFT against its baselines, side by side in one run.
+
+    python benchmarks/speed.py                      # GPU, paper scale: bert-base shape, batch 64×128, bf16
+    python benchmarks/speed.py --tiny --device cpu  # a quick CPU smoke run of the same code
+
+Every configuration wraps a fresh random-weight BertConfig() encoder (speed does not depend on
+weight values), runs warm-up steps, then times forward+backward+AdamW steps with CUDA events and
+reports the median. Reference rows run all N adapters on the activations (the paper's cost).
+Writes benchmarks/results/speed-<device>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel
+
+from xpeft_cli.bank import Bank, Site, SiteConfig
+from xpeft_cli.baselines import attach_lora
+from xpeft_cli.layer import reference_delta
+from xpeft_cli.masks import MaskSpec
+from xpeft_cli.model import XPeftModel
+from xpeft_cli.plm import PLMRef
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def random_bank(encoder, n: int, rank: int, device, dtype=torch.float32) -> Bank:
+    sites = [Site(name, m.in_features, m.out_features) for name, m in encoder.named_modules()
+             if name.endswith("attention.output.dense")]
+    g = torch.Generator(device=device).manual_seed(0)
+    A = [torch.randn(n, s.d_in, rank, device=device, generator=g, dtype=dtype) / s.d_in ** 0.5 for s in sites]
+    B = [torch.randn(n, rank, s.d_out, device=device, generator=g, dtype=dtype) / rank ** 0.5 for s in sites]
+    return Bank(plm=PLMRef("random", Path("."), "0" * 64), model_type="bert", sites=sites, n=n, rank=rank, A=A, B=B,
+                config=SiteConfig(), bank_hash="0" * 64)
+
+
+class HeadOnly(torch.nn.Module):
+    def __init__(self, encoder, num_labels):
+        super().__init__()
+        self.encoder = encoder
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.Module:
+    torch.manual_seed(0)
+    enc = BertModel(cfg).to(device)
+    rank = cfg.hidden_size // 16
+    if kind in ("head_only", "single_adapter"):
+        model = HeadOnly(enc, 2)
+        if kind == "single_adapter":
+            attach_lora(enc, [name for name, _ in enc.named_modules() if name.endswith("attention.output.dense")], rank)
+        return model.to(device)
+    mask, _, variant = kind.partition(":")
+    bank = random_bank(enc, n, rank, device)
+    model = XPeftModel(enc, bank, 2, spec=MaskSpec(kind=mask, k=min(50, n),
+                                                  generator=torch.Generator(device=device).manual_seed(1)))
+    model.to(device)
+    if bank_dtype is not None:
+        model.cast_bank(bank_dtype)
+    if variant == "reference":
+        for layer in model.sites:
+            layer.delta = types.MethodType(reference_delta, layer)
+    return model
+
+
+def time_steps(model, batch, labels, device, warmup: int, steps: int, train: bool) -> tuple[float, int]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3) if train else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    model.train(train)
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        else:
+            t0 = time.perf_counter()
+        if train:
+            with autocast:
+                out = model(**batch)
+            loss = torch.nn.functional.cross_entropy(out.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.no_grad(), autocast:
+                model(**batch)
+        if device.type == "cuda":
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end)
+        else:
+            ms = (time.perf_counter() - t0) * 1000
+        if i >= warmup:
+            times.append(ms)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="small model and batch (smoke test)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--ns", type=int, nargs="*", default=[100, 200, 400, 800])
+    ap.add_argument("--reference-ns", type=int, nargs="*", default=[100, 200])
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cfg = BertConfig()
+    if args.tiny:
+        cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        args.batch, args.seq, args.ns, args.reference_ns, args.steps, args.warmup = 4, 16, [8, 16], [8], 3, 1
+    bf16_bank = torch.bfloat16 if device.type == "cuda" else None
+    plan = [("head_only", 0, None), ("single_adapter", 0, None)]
+    for n in args.ns:
+        plan += [("soft", n, bf16_bank), ("hard", n, bf16_bank)]
+    if device.type == "cuda":
+        plan += [("soft", 400, None)]  # the float32 bank that autocast re-casts every step, for comparison
+    plan += [("soft:reference", n, bf16_bank) for n in args.reference_ns]
+    g = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(1000, 20000, (args.batch, args.seq), generator=g).to(device),
+             "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long).to(device)}
+    labels = torch.randint(0, 2, (args.batch,), generator=g).to(device)
+    rows = []
+    for kind, n, dtype in plan:
+        model = build(kind, n, cfg, device, dtype)
+        ms, peak = time_steps(model, batch, labels, device, args.warmup, args.steps, train=True)
+        name = kind if not n else f"xpeft {kind} N={n}" + ("" if dtype or device.type != "cuda" else " (fp32 bank)")
+        rows.append({"config": name, "kind": kind, "n": n, "bank_dtype": str(dtype) if dtype else "float32",
+                     "train_ms": round(ms, 2), "peak_mem_gib": round(peak / 2**30, 2)})
+        print(json.dumps(rows[-1]), flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    lora = next(r["train_ms"] for r in rows if r["config"] == "single_adapter")
+    for r in rows:
+        r["vs_single_adapter"] = round(r["train_ms"] / lora, 3)
+    infer = []
+    for kind, n in (("head_only", 0), ("single_adapter", 0), ("hard", 400)):
+        model = build(kind, n, cfg, device, bf16_bank)
+        big = {k: v.repeat(4, 1) for k, v in batch.items()}
+        ms, _ = time_steps(model, big, labels, device, args.warmup, args.steps, train=False)
+        infer.append({"config": kind if not n else f"xpeft {kind} N={n} (cached Â, B̂)",
+                      "batch": big["input_ids"].shape[0], "seqs_per_s": round(big["input_ids"].shape[0] / ms * 1000)})
+        print(json.dumps(infer[-1]), flush=True)
+        del model
+    dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
+    meta = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "device": dev_name,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {args.batch}x{args.seq}",
+            "precision": "bf16 autocast" if device.type == "cuda" else "float32", "steps": args.steps,
+            "warmup": args.warmup}
+    RESULTS.mkdir(exist_ok=True)
+    tag = "tiny-cpu" if args.tiny else device.type
+    (RESULTS / f"speed-{tag}.json").write_text(json.dumps({"meta": meta, "train": rows, "inference": infer},
+                                                          indent=2) + "\n")
+    md = [f"# Training-step speed ({meta['device']}, {meta['shape']}, {meta['precision']})", "",
+          f"Command: `{meta['command']}`; torch {meta['torch']}; median of {args.steps} steps after "
+          f"{args.warmup} warm-up.", "", "| config | ms/step | × single_adapter | peak GiB |", "|---|---|---|---|"]
+    md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['peak_mem_gib']} |" for r in rows]
+    md += ["", "| inference | batch | sequences/s |", "|---|---|---|"]
+    md += [f"| {r['config']} | {r['batch']} | {r['seqs_per_s']} |" for r in infer]
+    (RESULTS / f"speed-{tag}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
