@@ -85,6 +85,8 @@ def main() -> None:
         rows.append({"run": name, "config": over, "dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
                      "masks_moved": masks_moved(res.profile), "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
+        with open(args.out + ".partial.jsonl", "a") as fh:  # survives a time limit
+            fh.write(json.dumps(rows[-1]) + "\n")
     meta = {"command": " ".join(["python", "benchmarks/lr_sweep.py"] + sys.argv[1:]), "model": plm.ref,
             "model_sha256": plm.fingerprint, "train_rows": len(train),
             "dev_rows": len(dev), "epochs": args.epochs, "device": str(args.device), "torch": torch.__version__,
