@@ -33,7 +33,7 @@ class FitConfig:
     lr_masks: float = 5e-2
     lr_ln: float = 1e-3
     lr_head: float = 3e-3
-    nu: float = 1.0
+    nu: float = 0.3          # measured: benchmarks/results/lr_sweep*.md
     tau: float = 1.0
     seed: int = 0
     max_length: int = 128

@@ -8,7 +8,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, atomic_write_with
 from ..errors import DataError, IntegrityError, UsageError, XpeftError
 from ..profile import Profile, harden, profile_to_json, strip_to_masks
 from ..store import Store, is_store, write_store
@@ -95,7 +95,8 @@ def unpack(
                       "head_weight": p.head_weight, "head_bias": p.head_bias}
             for key, arr in arrays.items():
                 if arr is not None:
-                    np.save(npy / f"{p.name}.{key}.npy", arr, allow_pickle=False)
+                    atomic_write_with(npy / f"{p.name}.{key}.npy",
+                                      lambda tmp, a=arr: np.save(open(tmp, "wb"), a, allow_pickle=False))
             summary = {k: v for k, v in profile_to_json(p).items() if k not in ("masks", "ln", "head")}
             atomic_write_text(npy / f"{p.name}.json", json.dumps(summary, indent=2) + "\n")
         output.note(f"wrote {len(profiles)} profile(s) to {npy}")
