@@ -45,6 +45,18 @@ def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
     return folder
 
 
+def make_bank(model_dir: Path, folder: Path, n: int, seed: int = 0):
+    """A random bank over a saved model, written to `folder`."""
+    from xpeft_cli.bank import Bank
+    from xpeft_cli.plm import load_encoder, resolve_model
+
+    plm = resolve_model(str(model_dir))
+    enc, _ = load_encoder(plm)
+    bank = Bank.create_random(plm, enc, n=n, seed=seed)
+    bank.save(folder)
+    return bank
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")

@@ -18,7 +18,7 @@ from xpeft_cli.masks import MaskSpec
 from xpeft_cli.model import XPeftModel
 from xpeft_cli.plm import load_encoder, resolve_model
 
-from conftest import save_tiny
+from conftest import make_bank, save_tiny
 
 
 def _spec_value(seed, site, tensor, adapter, e, bound):
@@ -64,11 +64,7 @@ def test_uniform_statistics():
 
 @pytest.fixture()
 def tiny_bank(tiny_bert, tmp_path):
-    plm = resolve_model(str(tiny_bert))
-    enc, _ = load_encoder(plm)
-    bank = Bank.create_random(plm, enc, n=20, seed=3)
-    bank.save(tmp_path / "bank")
-    return bank, tmp_path / "bank"
+    return make_bank(tiny_bert, tmp_path / "bank", n=20, seed=3), tmp_path / "bank"
 
 
 def test_random_bank_defaults(tiny_bank):

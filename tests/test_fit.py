@@ -6,16 +6,14 @@ import torch
 
 from xpeft_cli import Bank, FitConfig, evaluate_profile, fit_profile, load_examples, read_xpm, write_xpm
 from xpeft_cli.evaluate import model_for_profile
-from xpeft_cli.plm import load_encoder, resolve_model
 from xpeft_cli.train import predict_outputs
+
+from conftest import make_bank
 
 
 @pytest.fixture()
 def bank(tiny_bert, tmp_path):
-    plm = resolve_model(str(tiny_bert))
-    enc, _ = load_encoder(plm)
-    b = Bank.create_random(plm, enc, n=24, seed=0)
-    b.save(tmp_path / "bank")
+    make_bank(tiny_bert, tmp_path / "bank", n=24)
     return Bank.load(tmp_path / "bank")
 
 
