@@ -23,7 +23,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from xpeft_cli.bank import Bank, Site, SiteConfig
-from xpeft_cli.baselines import attach_lora
+from xpeft_cli.baselines import BaselineModel
 from xpeft_cli.layer import reference_delta
 from xpeft_cli.masks import MaskSpec
 from xpeft_cli.model import XPeftModel
@@ -42,29 +42,13 @@ def random_bank(encoder, n: int, rank: int, device, dtype=torch.float32) -> Bank
                 config=SiteConfig(), bank_hash="0" * 64)
 
 
-class HeadOnly(torch.nn.Module):
-    def __init__(self, encoder, num_labels):
-        super().__init__()
-        self.encoder = encoder
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-        self.head = torch.nn.Linear(encoder.config.hidden_size, num_labels)
-
-    def forward(self, input_ids, attention_mask):
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return self.head((h * m).sum(1) / m.sum(1))
-
-
 def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.Module:
     torch.manual_seed(0)
     enc = BertModel(cfg).to(device)
     rank = cfg.hidden_size // 16
     if kind in ("head_only", "single_adapter"):
-        model = HeadOnly(enc, 2)
-        if kind == "single_adapter":
-            attach_lora(enc, [name for name, _ in enc.named_modules() if name.endswith("attention.output.dense")], rank)
-        return model.to(device)
+        sites = [name for name, _ in enc.named_modules() if name.endswith("attention.output.dense")]
+        return BaselineModel(enc, kind.replace("_", "-"), sites, rank, 2).to(device)
     mask, _, variant = kind.partition(":")
     bank = random_bank(enc, n, rank, device)
     model = XPeftModel(enc, bank, 2, spec=MaskSpec(kind=mask, k=min(50, n),

@@ -1,38 +1,129 @@
-"""The paper's baselines as sites: single_adapter (one plain LoRA per site) and head_only (no site).
+"""The paper's baselines: single_adapter (one plain LoRA per site) and head_only (no site).
 
-Used by the benchmarks to compare against X-PEFT on the same sites, rank and head.
+They train on the same sites, rank, head and data path as X-PEFT, and are saved as a
+safetensors file (`xpeft-adapter/1`): peft-style LoRA tensor names plus the head, with the
+profile's identity in the safetensors metadata.
 """
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import atomic_write_with
+from .errors import IntegrityError
+from .model import TASK_CLASSIFICATION, EncoderClassifier, _set_submodule
+
+METHODS = ("x-peft", "single-adapter", "head-only")
+ADAPTER_FORMAT = "xpeft-adapter/1"
 
 
 class LoRALinear(nn.Module):
     """y = W x + scale · (x A) B, A kaiming-uniform and B zero at start (as in LoRA and peft)."""
 
-    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0):
+    def __init__(self, base: nn.Linear, rank: int, scale: float = 1.0, generator: torch.Generator | None = None):
         super().__init__()
         self.base = base
-        self.lora_a = nn.Parameter(torch.empty(base.in_features, rank))
+        bound = 1.0 / math.sqrt(base.in_features)  # kaiming_uniform_(a=sqrt(5)) on a (rank, d_in) weight
+        self.lora_a = nn.Parameter((torch.rand(base.in_features, rank, generator=generator) * 2 - 1) * bound)
         self.lora_b = nn.Parameter(torch.zeros(rank, base.out_features))
-        nn.init.kaiming_uniform_(self.lora_a.T, a=math.sqrt(5))
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * ((x @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype))
 
 
-def attach_lora(encoder: nn.Module, site_names: list[str], rank: int) -> list[LoRALinear]:
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+def attach_lora(encoder: nn.Module, site_names: list[str], rank: int, seed: int = 0) -> list[LoRALinear]:
+    g = torch.Generator().manual_seed(seed)
     layers = []
     for name in site_names:
-        parent_name, _, child = name.rpartition(".")
-        parent = encoder.get_submodule(parent_name) if parent_name else encoder
-        layer = LoRALinear(getattr(parent, child), rank)
-        setattr(parent, child, layer)
+        layer = LoRALinear(encoder.get_submodule(name), rank, generator=g)
+        _set_submodule(encoder, name, layer)
         layers.append(layer)
     return layers
+
+
+class BaselineModel(EncoderClassifier):
+    """head_only (no sites) or single_adapter (LoRA on the bank's sites, rank b)."""
+
+    def __init__(self, encoder: nn.Module, method: str, site_names: list[str], rank: int, num_outputs: int,
+                 task: str = TASK_CLASSIFICATION, seed: int = 0):
+        super().__init__(encoder, num_outputs, task, seed)
+        self.method, self.site_names, self.rank = method, list(site_names), rank
+        self.sites = attach_lora(encoder, site_names, rank, seed) if method == "single-adapter" else []
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for s in self.sites for p in (s.lora_a, s.lora_b)]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, s in zip(self.site_names, self.sites):
+            out[f"base_model.model.{name}.lora_A.weight"] = s.lora_a.detach().float().cpu().t().contiguous()
+            out[f"base_model.model.{name}.lora_B.weight"] = s.lora_b.detach().float().cpu().t().contiguous()
+        out["head.weight"] = self.head.weight.detach().float().cpu().contiguous()
+        out["head.bias"] = self.head.bias.detach().float().cpu().contiguous()
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, s in zip(self.site_names, self.sites):
+                s.lora_a.copy_(tensors[f"base_model.model.{name}.lora_A.weight"].t())
+                s.lora_b.copy_(tensors[f"base_model.model.{name}.lora_B.weight"].t())
+            self.head.weight.copy_(tensors["head.weight"])
+            self.head.bias.copy_(tensors["head.bias"])
+
+
+@dataclass
+class AdapterProfile:
+    """A fitted baseline: what `xpeft fit --method single-adapter|head-only` writes."""
+
+    name: str
+    method: str
+    task: str
+    labels: list[str] | None
+    rank: int
+    sites: list[str]
+    bank_hash: str          # the bank whose PLM and sites it was trained on
+    tensors: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.tensors["head.weight"].shape[0])
+
+    def trainable_parameters(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+
+def write_adapter(p: AdapterProfile, path: str | Path) -> int:
+    from safetensors.torch import save_file
+
+    meta = {"format": ADAPTER_FORMAT, "name": p.name, "method": p.method, "task": p.task,
+            "labels": json.dumps(p.labels), "rank": str(p.rank), "sites": json.dumps(p.sites),
+            "bank_hash": p.bank_hash, "meta": json.dumps(p.meta, sort_keys=True)}
+    atomic_write_with(path, lambda tmp: save_file(p.tensors, str(tmp), metadata=meta))
+    return Path(path).stat().st_size
+
+
+def read_adapter(path: str | Path) -> AdapterProfile:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise IntegrityError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise IntegrityError(f"{path}: not an xpeft adapter profile (no '{ADAPTER_FORMAT}' metadata)")
+    try:
+        return AdapterProfile(name=meta["name"], method=meta["method"], task=meta["task"],
+                              labels=json.loads(meta["labels"]), rank=int(meta["rank"]),
+                              sites=json.loads(meta["sites"]), bank_hash=meta["bank_hash"], tensors=tensors,
+                              meta=json.loads(meta.get("meta", "{}")))
+    except (KeyError, ValueError) as exc:
+        raise IntegrityError(f"{path}: malformed adapter metadata ({exc})") from None

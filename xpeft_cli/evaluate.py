@@ -1,53 +1,75 @@
-"""Running a stored profile: build the model for it and score or predict labelled data."""
+"""Running a stored profile (.xpm, or a baseline's .safetensors): build its model, score or predict."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from .bank import Bank
+from .baselines import AdapterProfile, BaselineModel, read_adapter
 from .data import Examples, encode_labels
-from .errors import DataError
+from .errors import DataError, IntegrityError
 from .masks import MaskSpec
 from .model import TASK_REGRESSION, XPeftModel
 from .plm import load_encoder
 from .profile import Profile, apply_profile
 from .train import pick_device, predict_outputs, score
+from .xpm import read_xpm
+
+AnyProfile = Profile | AdapterProfile
 
 
-def model_for_profile(bank: Bank, profile: Profile, device: str = "auto", force: bool = False):
+def read_profile(path: str | Path) -> AnyProfile:
+    """An .xpm profile, or a baseline adapter written by `xpeft fit --method …` (.safetensors)."""
+    if str(path).endswith(".safetensors"):
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such profile file")
+        return read_adapter(path)
+    return read_xpm(path)
+
+
+def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", force: bool = False):
     """(model, tokenizer, device) with the profile loaded; refuses a profile of another bank unless forced."""
-    if profile.head_weight is None:
-        raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
     encoder, tokenizer = load_encoder(bank.plm)
     dev = pick_device(device)
-    spec = MaskSpec(kind=profile.mask_kind, k=max(profile.k, 1))
-    model = XPeftModel(encoder, bank, profile.num_outputs, task=profile.task, spec=spec)
-    apply_profile(model, profile, force=force)
+    if isinstance(profile, AdapterProfile):
+        if profile.bank_hash != bank.bank_hash and not force:
+            raise IntegrityError(f"adapter {profile.name!r} was trained on bank {profile.bank_hash[:16]}…, not on this "
+                                 f"bank ({bank.bank_hash[:16]}…); --force uses it anyway")
+        if profile.sites != [s.name for s in bank.sites] and profile.method == "single-adapter":
+            raise IntegrityError(f"adapter {profile.name!r} adapts other modules than this bank's sites")
+        model = BaselineModel(encoder, profile.method, profile.sites, profile.rank, profile.num_outputs,
+                              task=profile.task)
+        model.load_tensors(profile.tensors)
+    else:
+        if profile.head_weight is None:
+            raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
+        spec = MaskSpec(kind=profile.mask_kind, k=max(profile.k, 1))
+        model = XPeftModel(encoder, bank, profile.num_outputs, task=profile.task, spec=spec)
+        apply_profile(model, profile, force=force)
     return model.to(dev).eval(), tokenizer, dev
 
 
-def default_max_length(profile: Profile) -> int:
+def default_max_length(profile: AnyProfile) -> int:
     return int(profile.meta.get("fit", {}).get("max_length", 128))
 
 
-def evaluate_profile(bank: Bank, profile: Profile, data: Examples, batch_size: int = 64,
+def evaluate_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size: int = 64,
                      max_length: int | None = None, device: str = "auto", force: bool = False) -> tuple[dict, list]:
     """(metrics, predictions); predictions are label names, or numbers for regression."""
     if data.labels is None:
         raise DataError(f"{data.source}: evaluation data needs labels")
     targets = encode_labels(data, profile.task, profile.labels)
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
-    n_out = profile.num_outputs
-    metrics, preds = score(model, tok, data, targets, n_out, batch_size, max_length or default_max_length(profile), dev)
+    metrics, preds = score(model, tok, data, targets, profile.num_outputs, batch_size,
+                           max_length or default_max_length(profile), dev)
     if profile.task != TASK_REGRESSION:
         preds = [profile.labels[i] for i in preds]
     return metrics, preds
 
 
-def predict_profile(bank: Bank, profile: Profile, data: Examples, batch_size: int = 64,
+def predict_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size: int = 64,
                     max_length: int | None = None, device: str = "auto") -> list:
     model, tok, dev = model_for_profile(bank, profile, device)
     out = predict_outputs(model, tok, data, batch_size, max_length or default_max_length(profile), dev)
     if profile.task == TASK_REGRESSION:
         return out.tolist()
     return [profile.labels[i] for i in out.argmax(-1).tolist()]
-
-
-__all__ = ["XPeftModel", "evaluate_profile", "model_for_profile", "predict_profile"]

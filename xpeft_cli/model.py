@@ -22,29 +22,15 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-class XPeftModel(nn.Module):
-    """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""
+class EncoderClassifier(nn.Module):
+    """A frozen encoder, a head on the mean of its last hidden states over real tokens."""
 
-    def __init__(self, encoder: nn.Module, bank: Bank, num_outputs: int, task: str = TASK_CLASSIFICATION,
-                 spec: MaskSpec | None = None, seed: int = 0):
+    def __init__(self, encoder: nn.Module, num_outputs: int, task: str = TASK_CLASSIFICATION, seed: int = 0):
         super().__init__()
         self.encoder = encoder
-        self.bank_hash = bank.bank_hash
         self.task = task
-        self.spec = spec or MaskSpec()
-        if self.spec.kind == "hard" and not 1 <= self.spec.k <= bank.n:
-            raise ValueError(f"k must be in 1..{bank.n}")
         for p in encoder.parameters():
             p.requires_grad_(False)
-        self.sites: list[XPeftLinear] = []  # a plain list: the layers already live inside encoder
-        for site, a, b in zip(bank.sites, bank.A, bank.B):
-            base = encoder.get_submodule(site.name)
-            if not isinstance(base, nn.Linear):
-                raise ValueError(f"{site.name} is not an nn.Linear in this model")
-            layer = XPeftLinear(base, a, b, self.spec, ln=bank.config.ln, ln_eps=bank.config.ln_eps,
-                                scale=bank.config.scale)
-            _set_submodule(encoder, site.name, layer)
-            self.sites.append(layer)
         hidden = int(encoder.config.hidden_size if hasattr(encoder.config, "hidden_size") else encoder.config.dim)
         self.head = nn.Linear(hidden, num_outputs)
         g = torch.Generator().manual_seed(seed)
@@ -52,7 +38,6 @@ class XPeftModel(nn.Module):
             self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=g) * 0.02)
             self.head.bias.zero_()
 
-    # ---- forward --------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -62,6 +47,30 @@ class XPeftModel(nn.Module):
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         out = self.head(pooled)
         return out.squeeze(-1) if self.task == TASK_REGRESSION else out
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+
+class XPeftModel(EncoderClassifier):
+    """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""
+
+    def __init__(self, encoder: nn.Module, bank: Bank, num_outputs: int, task: str = TASK_CLASSIFICATION,
+                 spec: MaskSpec | None = None, seed: int = 0):
+        super().__init__(encoder, num_outputs, task, seed)
+        self.bank_hash = bank.bank_hash
+        self.spec = spec or MaskSpec()
+        if self.spec.kind == "hard" and not 1 <= self.spec.k <= bank.n:
+            raise ValueError(f"k must be in 1..{bank.n}")
+        self.sites: list[XPeftLinear] = []  # a plain list: the layers already live inside encoder
+        for site, a, b in zip(bank.sites, bank.A, bank.B):
+            base = encoder.get_submodule(site.name)
+            if not isinstance(base, nn.Linear):
+                raise ValueError(f"{site.name} is not an nn.Linear in this model")
+            layer = XPeftLinear(base, a, b, self.spec, ln=bank.config.ln, ln_eps=bank.config.ln_eps,
+                                scale=bank.config.scale)
+            _set_submodule(encoder, site.name, layer)
+            self.sites.append(layer)
 
     # ---- profile parameters ---------------------------------------------------------
     def mask_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,9 +98,6 @@ class XPeftModel(nn.Module):
 
     def ln_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.sites if s.ln is not None for p in s.ln.parameters()]
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.mask_parameters() + self.ln_parameters())

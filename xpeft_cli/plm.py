@@ -139,3 +139,12 @@ def default_targets(model_type: str) -> str:
         raise UsageError(
             f"no default target modules for model type {model_type!r}; pass --targets (module-name suffixes)"
         ) from None
+
+
+def max_tokens(encoder) -> int:
+    """The longest input the encoder's position embeddings allow (RoBERTa-style models reserve two)."""
+    cfg = encoder.config
+    limit = int(getattr(cfg, "max_position_embeddings", 512))
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2
+    return limit

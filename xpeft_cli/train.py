@@ -19,13 +19,15 @@ from .data import Examples, encode_labels, infer_task, label_names, split_holdou
 from .errors import DataError, UsageError
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
-from .model import TASK_CLASSIFICATION, TASK_REGRESSION, XPeftModel
-from .plm import load_encoder
+from .baselines import METHODS, AdapterProfile, BaselineModel
+from .model import TASK_CLASSIFICATION, TASK_REGRESSION, EncoderClassifier, XPeftModel
+from .plm import load_encoder, max_tokens
 from .profile import Profile, apply_profile, profile_from_model
 
 
 @dataclass
 class FitConfig:
+    method: str = "x-peft"    # x-peft | single-adapter | head-only
     mask: str = "hard"
     k: int = 50
     epochs: int = 10
@@ -33,6 +35,7 @@ class FitConfig:
     lr_masks: float = 5e-2
     lr_ln: float = 1e-3
     lr_head: float = 3e-3
+    lr_adapter: float = 1e-3  # single-adapter: the LoRA matrices
     nu: float = 0.3          # measured: benchmarks/results/lr_sweep*.md
     tau: float = 1.0
     seed: int = 0
@@ -44,8 +47,8 @@ class FitConfig:
 
 @dataclass
 class FitResult:
-    profile: Profile
-    model: XPeftModel
+    profile: Profile | AdapterProfile
+    model: EncoderClassifier
     tokenizer: object
     history: list[dict] = field(default_factory=list)
     val_metrics: dict | None = None
@@ -59,12 +62,16 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def encode_batch(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, device) -> dict:
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    out = {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-    if "token_type_ids" in enc:
-        out["token_type_ids"] = enc["token_type_ids"].to(device)
-    return out
+def pretokenize(tokenizer, ex: Examples, max_length: int) -> dict[str, list]:
+    """Token ids of every example, once (truncated, not padded)."""
+    enc = tokenizer(ex.texts, ex.pairs, truncation=True, max_length=max_length)
+    return {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc}
+
+
+def collate(tokenizer, enc: dict[str, list], idx: list[int], device) -> dict:
+    """Pad the chosen examples to the longest among them, as tensors on `device`."""
+    batch = tokenizer.pad([{k: v[i] for k, v in enc.items()} for i in idx], return_tensors="pt")
+    return {k: batch[k].to(device) for k in enc}
 
 
 def _autocast(device: torch.device):
@@ -74,20 +81,20 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict_outputs(model: XPeftModel, tokenizer, ex: Examples, batch_size: int, max_length: int,
+def predict_outputs(model: EncoderClassifier, tokenizer, ex: Examples, batch_size: int, max_length: int,
                     device: torch.device) -> torch.Tensor:
     """Raw head outputs (logits or regression values) for every example, in order, float32 on CPU."""
     model.eval()
+    enc = pretokenize(tokenizer, ex, min(max_length, max_tokens(model.encoder)))
     outs = []
     for i in range(0, len(ex), batch_size):
-        batch = encode_batch(tokenizer, ex.texts[i:i + batch_size],
-                             ex.pairs[i:i + batch_size] if ex.pairs else None, max_length, device)
+        batch = collate(tokenizer, enc, list(range(i, min(i + batch_size, len(ex)))), device)
         with _autocast(device):
             outs.append(model(**batch).float().cpu())
     return torch.cat(outs)
 
 
-def score(model: XPeftModel, tokenizer, ex: Examples, targets: list, num_classes: int, batch_size: int,
+def score(model: EncoderClassifier, tokenizer, ex: Examples, targets: list, num_classes: int, batch_size: int,
           max_length: int, device) -> tuple[dict, list]:
     out = predict_outputs(model, tokenizer, ex, batch_size, max_length, device)
     if model.task == TASK_REGRESSION:
@@ -107,6 +114,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     With `checkpoint_path` and `checkpoint_every`, the state is saved every that many steps;
     `resume=True` continues from it and gives the same result as an uninterrupted fit.
     """
+    if cfg.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if cfg.mask not in ("hard", "soft"):
         raise UsageError("--mask must be hard or soft")
     if resume and not checkpoint_path:
@@ -133,15 +142,20 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     torch.manual_seed(cfg.seed)  # dropout inside the frozen PLM
     encoder, tokenizer = load_encoder(bank.plm)
     gumbel = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
     n_out = 1 if task == TASK_REGRESSION else len(names)
-    model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed).to(device)
-    if device.type == "cuda":
-        model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
-
-    groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
-              {"params": model.ln_parameters(), "lr": cfg.lr_ln},
-              {"params": model.head_parameters(), "lr": cfg.lr_head}]
+    if cfg.method == "x-peft":
+        spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
+        model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed).to(device)
+        if device.type == "cuda":
+            model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
+        groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
+                  {"params": model.ln_parameters(), "lr": cfg.lr_ln},
+                  {"params": model.head_parameters(), "lr": cfg.lr_head}]
+    else:
+        model = BaselineModel(encoder, cfg.method, [s.name for s in bank.sites], bank.rank, n_out, task=task,
+                              seed=cfg.seed).to(device)
+        groups = [{"params": model.adapter_parameters(), "lr": cfg.lr_adapter},
+                  {"params": model.head_parameters(), "lr": cfg.lr_head}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
@@ -154,7 +168,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
-                "bank_hash": bank.bank_hash}
+                "bank_hash": bank.bank_hash, "method": cfg.method}
+    enc_train = pretokenize(tokenizer, train, min(cfg.max_length, max_tokens(encoder)))
     if resume:
         pos, order_state, history = ckpt.load(Path(checkpoint_path), model, opt, gumbel, ckpt_config, fingerprint)
         order_gen.set_state(order_state)
@@ -170,8 +185,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             perm = torch.randperm(len(train), generator=order_gen).tolist()
             for b in range(pos.batch if epoch == pos.epoch else 0, n_batches):
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                batch = encode_batch(tokenizer, [train.texts[j] for j in idx],
-                                     [train.pairs[j] for j in idx] if train.pairs else None, cfg.max_length, device)
+                batch = collate(tokenizer, enc_train, idx, device)
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
                     g["lr"] = base * max(0.0, 1.0 - step / total)
                 with _autocast(device):
@@ -208,6 +222,11 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device",)} | {"k": k, "task": task,
             "train_rows": len(train), "steps": step}}
     model.eval()
-    profile = profile_from_model(model, name, bank.n, names, meta)
-    apply_profile(model, profile)  # the returned model is exactly what the file will hold
+    if cfg.method == "x-peft":
+        profile = profile_from_model(model, name, bank.n, names, meta)
+        apply_profile(model, profile)  # the returned model is exactly what the file will hold
+    else:
+        profile = AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,
+                                 sites=[s.name for s in bank.sites], bank_hash=bank.bank_hash,
+                                 tensors=model.tensors(), meta=meta)
     return FitResult(profile, model, tokenizer, history, val_metrics, seconds, step)

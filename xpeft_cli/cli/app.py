@@ -34,10 +34,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import bank_cmd, eval_cmd, fit_cmd, inspect_cmd, pack_cmd, report_cmd
+    from . import bank_cmd, bench_cmd, eval_cmd, fit_cmd, inspect_cmd, pack_cmd, report_cmd
 
     app.add_typer(bank_cmd.app, name="bank")
     app.add_typer(report_cmd.app, name="report")
+    app.add_typer(bench_cmd.app, name="bench")
     app.command("fit")(fit_cmd.fit)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("eval")(eval_cmd.evaluate)

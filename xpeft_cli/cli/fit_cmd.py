@@ -7,7 +7,9 @@ import typer
 
 from ..bank import Bank
 from ..data import Columns, load_examples
+from ..baselines import METHODS, write_adapter
 from ..errors import UsageError
+from ..tasks import load_split, preset
 from ..train import FitConfig, fit_profile
 from ..xpm import read_xpm_full, write_xpm
 from . import output
@@ -18,7 +20,15 @@ D = FitConfig()
 
 def fit(
     profile: str = typer.Option(..., "--profile", "-p", help="Profile name (stored in the file)."),
-    data: Path = typer.Option(..., "--data", "-d", help="Training data: .jsonl, .json, .csv, .tsv or .parquet."),
+    data: OptPath = typer.Option(None, "--data", "-d", help="Training data: .jsonl, .json, .csv, .tsv or .parquet "
+                                 "(or use --task)."),
+    method: str = typer.Option(D.method, "--method", help="x-peft, or a baseline: single-adapter (a LoRA per site, "
+                               "rank b) or head-only."),
+    task_preset: OptStr = typer.Option(None, "--task", help="A GLUE/SuperGLUE preset (cola, sst2, mrpc, qqp, stsb, "
+                                       "mnli, qnli, rte, wnli, cb, boolq, axb, axg): its train split from --data-dir, "
+                                       "validated on its dev split."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="XPEFT_DATA_DIR", show_envvar=True,
+                                  help="Folder holding glue/ and superglue/ (for --task)."),
     bank_dir: Path = BankOpt,
     out: OptPath = typer.Option(None, "--output", "-o", help="Output file (default: PROFILE.xpm)."),
     mask: str = typer.Option(D.mask, "--mask", help="hard (k-hot bits, Algorithm 1) or soft (softmax weights)."),
@@ -28,6 +38,8 @@ def fit(
     lr_masks: float = typer.Option(D.lr_masks, "--lr-masks", help="Learning rate of the mask logits."),
     lr_ln: float = typer.Option(D.lr_ln, "--lr-ln", help="Learning rate of the bottleneck LayerNorm affine."),
     lr_head: float = typer.Option(D.lr_head, "--lr-head", help="Learning rate of the task head."),
+    lr_adapter: float = typer.Option(D.lr_adapter, "--lr-adapter", help="Learning rate of the LoRA matrices "
+                                     "(single-adapter)."),
     nu: float = typer.Option(D.nu, "--nu", help="Gumbel noise level ν (hard masks)."),
     tau: float = typer.Option(D.tau, "--tau", help="Softmax temperature τ (hard masks)."),
     seed: int = typer.Option(D.seed, "--seed"),
@@ -35,7 +47,7 @@ def fit(
     val_fraction: float = typer.Option(D.val_fraction, "--val-fraction",
                                        help="Share of --data held out for validation when --eval-data is absent."),
     eval_data: OptPath = typer.Option(None, "--eval-data", help="Validation data (instead of a holdout)."),
-    task: str = typer.Option(D.task, "--task", help="auto, classification or regression."),
+    task: str = typer.Option(D.task, "--task-type", help="auto, classification or regression."),
     text_column: str = TextCol,
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
@@ -52,33 +64,50 @@ def fit(
     """Fit a profile's masks (and its LN and head) over a bank, from a labelled file."""
     if mask not in ("hard", "soft"):
         raise UsageError("--mask must be 'hard' or 'soft'")
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
+    if (data is None) == (task_preset is None):
+        raise UsageError("give the training data with --data FILE or --task PRESET (one of them)")
     if task not in ("auto", "classification", "regression"):
-        raise UsageError("--task must be auto, classification or regression")
+        raise UsageError("--task-type must be auto, classification or regression")
     if not 0 <= val_fraction < 1:
         raise UsageError("--val-fraction must be in [0, 1)")
-    out = out or Path(f"{profile}.xpm")
+    out = out or Path(f"{profile}.xpm" if method == "x-peft" else f"{profile}.safetensors")
+    if (method == "x-peft") != (out.suffix == ".xpm"):
+        raise UsageError("x-peft profiles are written as .xpm, baselines as .safetensors")
     stem = out.name.removesuffix(".xpm")
     log = log or out.with_name(stem + ".fit.jsonl")
     ckpt_path = out.with_name(stem + ".ckpt.safetensors")
     if checkpoint_every < 0:
         raise UsageError("--checkpoint-every must be 0 (off) or positive")
     cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column)
-    train = load_examples(data, cols)
-    valid = load_examples(eval_data, cols) if eval_data else None
+    if task_preset:
+        p = preset(task_preset)
+        train = load_split(p, "train", data_dir).examples
+        valid = load_examples(eval_data, cols) if eval_data else (load_split(p, "dev", data_dir).examples if p.dev else None)
+        task = p.task_type
+    else:
+        train = load_examples(data, cols)
+        valid = load_examples(eval_data, cols) if eval_data else None
     bank = Bank.load(bank_dir, model=model)
-    cfg = FitConfig(mask=mask, k=k, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
+    cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
                     val_fraction=val_fraction, task=task, device=device)
-    output.note(f"fitting {profile!r}: {len(train)} rows, {mask} masks over N={bank.n} (k={min(k, bank.n)})", quiet or json_out)
+    what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
+    output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
         result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log,
                              checkpoint_path=ckpt_path if (checkpoint_every or resume) else None,
                              checkpoint_every=checkpoint_every, resume=resume)
-    size = write_xpm(result.profile, out)
+    if method == "x-peft":
+        size = write_xpm(result.profile, out)
+        sections, k_used = read_xpm_full(out).sizes, result.profile.k
+    else:
+        size, sections, k_used = write_adapter(result.profile, out), None, None
     ckpt_path.unlink(missing_ok=True)  # the profile is safely written; the checkpoint has done its job
-    sections = read_xpm_full(out).sizes
-    res = {"profile": profile, "output": str(out), "bytes": size, "sections": sections, "mask": mask,
-           "n": bank.n, "k": result.profile.k, "task": result.profile.task, "labels": result.profile.labels,
+    res = {"profile": profile, "method": method, "output": str(out), "bytes": size, "sections": sections,
+           "mask": mask if method == "x-peft" else None,
+           "n": bank.n, "k": k_used, "task": result.profile.task, "labels": result.profile.labels,
            "train_rows": result.profile.meta["fit"]["train_rows"], "steps": result.steps,
            "seconds": round(result.seconds, 2),
            "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None),

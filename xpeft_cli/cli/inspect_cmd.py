@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..bank import MANIFEST
+from ..baselines import read_adapter
 from ..errors import DataError, IntegrityError
 from ..xpm import read_xpm_full
 from . import output
@@ -25,7 +26,18 @@ def recorded_bank_hash(bank_dir: Path) -> str:
         raise IntegrityError(f"{path}: malformed bank manifest") from None
 
 
+def describe_adapter(path: Path) -> dict:
+    """A baseline (single-adapter / head-only) written by `xpeft fit --method …`."""
+    a = read_adapter(path)
+    return {"file": str(path), "bytes": path.stat().st_size, "format": "xpeft-adapter/1 (safetensors)",
+            "profile": a.name, "method": a.method, "task": a.task, "labels": a.labels, "rank": a.rank,
+            "sites": len(a.sites), "bank_hash": a.bank_hash, "trainable_parameters": a.trainable_parameters(),
+            "tensor_bytes": {k: t.numel() * t.element_size() for k, t in a.tensors.items()}, "meta": a.meta}
+
+
 def describe(path: Path) -> dict:
+    if path.name.endswith(".safetensors"):
+        return describe_adapter(path)
     dec = read_xpm_full(path)
     p = dec.profile
     info = {
@@ -44,7 +56,7 @@ def describe(path: Path) -> dict:
 
 
 def inspect(
-    file: Path = typer.Argument(..., help="Profile file (.xpm)."),
+    file: Path = typer.Argument(..., help="Profile file (.xpm, or a baseline's .safetensors)."),
     bank: OptPath = typer.Option(None, "--bank", "-b", help="Check the profile belongs to this bank."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -56,6 +68,15 @@ def inspect(
         info["bank_match"] = recorded == info["bank_hash"]
     if json_out:
         output.emit_json(info)
+    elif "method" in info:
+        t = Table(show_header=False, box=None, pad_edge=False)
+        for key in ("file", "bytes", "format", "profile", "method", "task", "rank", "sites", "trainable_parameters"):
+            t.add_row(key, str(info[key]))
+        if info["labels"]:
+            t.add_row("labels", ", ".join(info["labels"]))
+        t.add_row("bank hash", info["bank_hash"] + ("" if bank is None else
+                                                    "  (matches)" if info["bank_match"] else "  (OTHER BANK)"))
+        output.stdout.print(t)
     else:
         t = Table(show_header=False, box=None, pad_edge=False)
         for key in ("file", "bytes", "version", "checksum", "profile", "mask", "n", "L", "k", "b", "task",

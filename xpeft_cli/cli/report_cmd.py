@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ..bank import Bank
+from ..baselines import read_adapter
 from ..memory import measured_sizes, table1
 from ..xpm import read_xpm_full
 from . import output
@@ -35,6 +36,11 @@ def memory(
         b = Bank.load(bank, model=model)
         measured = []
         for path in profile:
+            if path.name.endswith(".safetensors"):
+                a = read_adapter(path)
+                measured.append({"profile": a.name, "method": a.method, "file_bytes": path.stat().st_size,
+                                 "trainable_parameters": a.trainable_parameters()})
+                continue
             dec = read_xpm_full(path)
             measured.append(measured_sizes(b, dec.profile, path, dec.sizes))
         res["measured"] = measured
@@ -49,6 +55,10 @@ def memory(
                   f"{r['bytes']:,}", r["bytes_display"])
     output.stdout.print(t)
     for m in res.get("measured", []):
+        if "method" in m:
+            output.stdout.print(f"{m['profile']} ({m['method']}): {m['file_bytes']:,} B on disk, "
+                                f"{m['trainable_parameters']:,} trained parameters")
+            continue
         output.stdout.print(
             f"{m['profile']} ({m['mask']}, N={m['n']}, L={m['L']}): .xpm {m['xpm_bytes']:,} B "
             f"(masks-only {m['xpm_masks_only_bytes']:,} B) vs LoRA safetensors {m['lora_safetensors_bytes']:,} B "
