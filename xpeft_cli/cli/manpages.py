@@ -35,10 +35,15 @@ EXAMPLES = {
                           "--targets query,value -o bank-qv"],
     "xpeft-bank-verify": ["xpeft bank verify bank || echo 'bank damaged'"],
     "xpeft-fit": ["xpeft fit --profile alice --data alice.jsonl",
+                  "xpeft fit --profile sst2-lora --task sst2 --data-dir ../shared/data --method single-adapter",
                   "xpeft fit -p bob -d bob.csv --text-column review --label-column stars --mask soft --epochs 5"],
     "xpeft-inspect": ["xpeft inspect alice.xpm --bank bank", "xpeft inspect alice.xpm --json | jq .sections"],
     "xpeft-eval": ["xpeft eval --profile alice.xpm --data alice_test.jsonl --predictions preds.jsonl"],
     "xpeft-report-memory": ["xpeft report memory", "xpeft report memory --bank bank --profile alice.xpm --json"],
+    "xpeft-bench-glue": ["xpeft bench glue --data-dir ../shared/data --tasks rte --tasks mrpc --n 100 --n 400",
+                         "xpeft bench glue --data-dir data --methods x-peft --mask hard -o runs/hard"],
+    "xpeft-pack": ["xpeft pack profiles/ -o all.xps", "xpeft pack sofia.xpm --k 50 -o sofia-hard.xpm"],
+    "xpeft-verify": ["xpeft verify profiles/*.xpm --bank bank || echo 'some profiles failed'"],
 }
 
 
