@@ -151,3 +151,15 @@ def test_bench_glue_end_to_end_and_resume(cli, fitted):
     code, out2, err = cli(*args[:-1])  # resumed: every cell cached, same table
     assert code == 0 and err.count("cached") == 6
     assert json.loads((fitted / "bg" / "results.json").read_text())["rows"] == doc["rows"]
+
+
+def test_damaged_adapter_file_is_refused(cli, fitted):
+    from conftest import _one_line_error
+
+    assert cli("fit", "-p", "ho", "-d", "alice.jsonl", "--method", "head-only", "--epochs", "1", "--quiet")[0] == 0
+    data = (fitted / "ho.safetensors").read_bytes()
+    (fitted / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    for args in (("inspect", "cut.safetensors"), ("eval", "-p", "cut.safetensors", "-d", "alice_test.jsonl")):
+        code, _, err = cli(*args)
+        assert code == 4, err
+        _one_line_error(err)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import rng
+from . import rng, safetensors_file
 from .atomic import atomic_write_text, atomic_write_with
 from .errors import DataError, IntegrityError, UsageError
 from .plm import PLMRef, default_targets, resolve_model
@@ -224,15 +224,9 @@ def regenerate(sites: list[Site], n: int, rank: int, gen: dict) -> tuple[list[to
 
 
 def _load_tensors(path: Path, sites: list[Site], n: int, rank: int):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise IntegrityError(f"bank tensors {path} missing")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise IntegrityError(f"{path}: unreadable safetensors ({exc})") from None
+    _, tensors = safetensors_file.read(path)
     As, Bs = [], []
     for i, s in enumerate(sites):
         a, b = tensors.get(f"sites.{i}.A"), tensors.get(f"sites.{i}.B")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import safetensors_file
 from .atomic import atomic_write_with
 from .errors import IntegrityError
 from .model import TASK_CLASSIFICATION, EncoderClassifier, _set_submodule
@@ -110,14 +111,7 @@ def write_adapter(p: AdapterProfile, path: str | Path) -> int:
 
 
 def read_adapter(path: str | Path) -> AdapterProfile:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise IntegrityError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    meta, tensors = safetensors_file.read(path)
     if meta.get("format") != ADAPTER_FORMAT:
         raise IntegrityError(f"{path}: not an xpeft adapter profile (no '{ADAPTER_FORMAT}' metadata)")
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from . import safetensors_file
 from .atomic import atomic_write_with
 from .errors import IntegrityError, UsageError
 
@@ -61,16 +62,9 @@ def save(path: Path, model, opt: torch.optim.Optimizer, pos: Position, epoch_ord
 def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator, config: dict,
          fingerprint: str) -> tuple[Position, torch.Tensor, list[dict]]:
     """Restore model, optimizer and RNGs; returns (position, data-order RNG state at epoch start, history)."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise IntegrityError(f"{path}: unreadable checkpoint ({exc})") from None
+    meta, tensors = safetensors_file.read(path)
     if meta.get("format") != FORMAT:
         raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
     if json.loads(meta["config"]) != json.loads(json.dumps(config, sort_keys=True)):
@@ -96,18 +90,10 @@ def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator,
 
 def profile_from_checkpoint(path: Path, k: int | None = None):
     """The profile as it stood at a checkpoint: soft logits, or hard top-k bits (k from the fit, or `k`)."""
-    import numpy as np
-    from safetensors import SafetensorError, safe_open
-
     from .masks import hard_inference_weights
     from .profile import Profile
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys() if key.startswith("param.")}
-    except (SafetensorError, OSError) as exc:
-        raise IntegrityError(f"{path}: unreadable checkpoint ({exc})") from None
+    meta, tensors = safetensors_file.read(path, prefix="param.")
     if meta.get("format") != FORMAT or "profile" not in meta:
         raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
     ident = json.loads(meta["profile"])
