@@ -43,8 +43,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-train-rows", type=int, default=20000)
+    ap.add_argument("--k", type=int, default=FitConfig.k)
     ap.add_argument("--lr-masks", type=float, default=FitConfig.lr_masks)
     ap.add_argument("--nu", type=float, default=FitConfig.nu)
+    ap.add_argument("--tau", type=float, default=FitConfig.tau)
+    ap.add_argument("--init-scale", type=float, default=1.0, help="scale of the random banks' B matrices")
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -56,17 +59,17 @@ def main() -> None:
         d = json.loads(Path(args.src, f"{task}.{which}.json").read_text())
         return Examples(d["texts"], d["pairs"], d["labels"], d["source"])
 
-    base = FitConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, lr_masks=args.lr_masks,
-                     nu=args.nu)
+    base = FitConfig(k=args.k, epochs=args.epochs, batch_size=args.batch_size, device=args.device, lr_masks=args.lr_masks,
+                     nu=args.nu, tau=args.tau)
     cells = plan(args.tasks, args.methods, args.n, args.mask)
     results = run_grid(cells, "", args.output, base, model=args.model, max_train_rows=args.max_train_rows,
-                       loader=loader, on_cell=lambda c, r, cached: print(("cached " if cached else "done   ") + c.id,
+                       loader=loader, init_scale=args.init_scale, on_cell=lambda c, r, cached: print(("cached " if cached else "done   ") + c.id,
                                                                          r["metric"], round(r["score"], 4),
                                                                          f"{r['seconds']}s", flush=True))
     command = ("python benchmarks/glue_grid.py run --tasks " + " ".join(args.tasks) + f" --n {' '.join(map(str, args.n))}"
                f" --methods {' '.join(args.methods)} --mask {' '.join(args.mask)} --epochs {args.epochs}"
                f" --batch-size {args.batch_size} --max-train-rows {args.max_train_rows} --lr-masks {args.lr_masks}"
-               f" --nu {args.nu}")
+               f" --nu {args.nu} --tau {args.tau} --init-scale {args.init_scale} --k {args.k}")
     md, doc = table(results, command)
     doc |= {"epochs": args.epochs, "batch_size": args.batch_size, "max_train_rows": args.max_train_rows,
             "cells": results}

@@ -50,18 +50,18 @@ def plan(tasks: list[str], methods: list[str], ns: list[int], masks: list[str]) 
     return cells
 
 
-def _bank(out: Path, n: int, model: str | None) -> Bank:
+def _bank(out: Path, n: int, model: str | None, init_scale: float = 1.0) -> Bank:
     folder = out / "banks" / f"N{n}"
     if not (folder / "bank.json").is_file():
         plm = resolve_model(model)
         enc, _ = load_encoder(plm)
-        Bank.create_random(plm, enc, n=n, seed=0).save(folder)
+        Bank.create_random(plm, enc, n=n, seed=0, init_scale=init_scale).save(folder)
     return Bank.load(folder, model=model)
 
 
 def run_grid(cells: list[Cell], data_dir: str | Path, out: str | Path, base: FitConfig, model: str | None = None,
              max_train_rows: int | None = None, on_cell: Callable[[Cell, dict, bool], None] | None = None,
-             loader: Callable[[str, str], Examples] | None = None) -> list[dict]:
+             loader: Callable[[str, str], Examples] | None = None, init_scale: float = 1.0) -> list[dict]:
     """Run every cell not yet in OUT/cells. `loader(task, split)` replaces reading presets from `data_dir`."""
     load = loader or (lambda task, which: load_split(preset(task), which, data_dir).examples)
     out = Path(out)
@@ -84,7 +84,7 @@ def run_grid(cells: list[Cell], data_dir: str | Path, out: str | Path, base: Fit
         train, dev = data[cell.task]
         n = cell.n or min(cells_n(cells) or [100])
         if n not in banks:
-            banks[n] = _bank(out, n, model)
+            banks[n] = _bank(out, n, model, init_scale)
         cfg = replace(base, method=cell.method, mask=cell.mask or base.mask, task=p.task_type, val_fraction=0.0)
         t0 = time.perf_counter()
         fit = fit_profile(banks[n], train, cell.task, cfg)
@@ -97,6 +97,7 @@ def run_grid(cells: list[Cell], data_dir: str | Path, out: str | Path, base: Fit
         res = asdict(cell) | {"cell": cell.id, "row": cell.row, "score": metrics["score"], "metrics": metrics,
                               "metric": METRIC_NAMES[p.metric], "train_rows": len(train), "dev_rows": len(dev),
                               "steps": fit.steps, "epochs": cfg.epochs, "seed": cfg.seed, "k": cfg.k,
+                              "lr_masks": cfg.lr_masks, "nu": cfg.nu, "tau": cfg.tau, "init_scale": init_scale,
                               "seconds": round(time.perf_counter() - t0, 1), "trained_on": p.trained_on}
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         results.append(res)
