@@ -43,6 +43,8 @@ EXAMPLES = {
     "xpeft-bench-glue": ["xpeft bench glue --data-dir ../shared/data --tasks rte --tasks mrpc --n 100 --n 400",
                          "xpeft bench glue --data-dir data --methods x-peft --mask hard -o runs/hard"],
     "xpeft-pack": ["xpeft pack profiles/ -o all.xps", "xpeft pack sofia.xpm --k 50 -o sofia-hard.xpm"],
+    "xpeft-predict": ["xpeft predict --profiles profiles/ < requests.jsonl > answers.jsonl",
+                      "echo '{\"profile\": \"alice\", \"text\": \"What a match!\"}' | xpeft predict -P all.xps"],
     "xpeft-verify": ["xpeft verify profiles/*.xpm --bank bank || echo 'some profiles failed'"],
 }
 

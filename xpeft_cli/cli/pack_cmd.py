@@ -130,7 +130,8 @@ def verify(
                 raise IntegrityError(f"fitted on another bank: {', '.join(wrong[:5])}")
             results.append({"file": str(path), "ok": True, "profiles": len(profiles)})
         except XpeftError as exc:
-            results.append({"file": str(path), "ok": False, "error": str(exc)})
+            msg = str(exc).removeprefix(f"{path}: ")  # the file is named once, in "file"
+            results.append({"file": str(path), "ok": False, "error": msg})
     failed = [r for r in results if not r["ok"]]
     if json_out:
         output.emit_json({"ok": not failed, "checked": len(results), "failed": len(failed), "files": results})

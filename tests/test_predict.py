@@ -1,0 +1,39 @@
+"""`xpeft predict`: many profiles in one request stream, answers in order, equal to `xpeft eval`."""
+from __future__ import annotations
+
+import io
+import json
+
+from conftest import sentiment_rows, write_jsonl
+
+
+def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):
+    # a second profile with three classes, so the head changes width between groups
+    rows = [dict(r, label={"pos": "up", "neg": "down"}[r["label"]]) for r in sentiment_rows(30, 3)]
+    rows += [{"text": "this game was quite fine", "label": "meh"} for _ in range(6)]
+    write_jsonl(fitted / "dora.jsonl", rows)
+    assert cli("fit", "-p", "dora", "-d", "dora.jsonl", "--epochs", "2", "--k", "4", "--quiet")[0] == 0
+    test = [json.loads(l) for l in (fitted / "alice_test.jsonl").read_text().splitlines()]
+    requests = [{"id": i, "profile": "alice" if i % 2 else "dora", "text": r["text"]} for i, r in enumerate(test)]
+    (fitted / "profs").mkdir()
+    for f in ("alice.xpm", "dora.xpm"):
+        (fitted / "profs" / f).write_bytes((fitted / f).read_bytes())
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(json.dumps(r) + "\n" for r in requests)))
+    code, out, err = cli("predict", "--profiles", "profs")
+    answers = [json.loads(l) for l in out.splitlines()]
+    assert code == 0, err
+    assert [a["id"] for a in answers] == list(range(len(requests)))
+    assert all(a["prediction"] in ({"pos", "neg"} if a["profile"] == "alice" else {"up", "down", "meh"})
+               for a in answers)
+    # the same answers as eval gives for each profile alone
+    code, _, _ = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--predictions", "alice_preds.jsonl")
+    by_eval = [json.loads(l)["prediction"] for l in (fitted / "alice_preds.jsonl").read_text().splitlines()]
+    assert [a["prediction"] for a in answers if a["profile"] == "alice"] == by_eval[1::2]
+    # a store serves the same answers; a request for an unknown profile is bad input (exit 3)
+    assert cli("pack", "profs", "-o", "all.xps")[0] == 0
+    write_jsonl(fitted / "req.jsonl", requests)
+    code, out2, _ = cli("predict", "--profiles", "all.xps", "--data", "req.jsonl")
+    assert code == 0 and out2 == out
+    write_jsonl(fitted / "bad.jsonl", [{"profile": "nobody", "text": "hi"}])
+    code, _, err = cli("predict", "--profiles", "profs", "--data", "bad.jsonl")
+    assert code == 3 and "nobody" in err

@@ -1,0 +1,44 @@
+"""`xpeft predict`: JSONL requests (a profile per row) in, JSONL answers out, in order."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from ..atomic import atomic_write_text
+from ..bank import Bank
+from ..errors import DataError
+from ..serve import ProfileSource, predict_requests, read_requests
+from .common import BankOpt, ModelOpt, OptStr
+
+
+def predict(
+    profiles: Path = typer.Option(..., "--profiles", "-P", help="A folder of NAME.xpm files, or an .xps store."),
+    data: str = typer.Option("-", "--data", "-d", help="Requests, JSONL: {\"profile\", \"text\", [\"text_pair\"], "
+                             "[\"id\"]} per line; '-' reads standard input."),
+    out: OptStr = typer.Option(None, "--output", "-o", help="Answers file (default: standard output)."),
+    bank_dir: Path = BankOpt,
+    batch_size: int = typer.Option(64, "--batch-size"),
+    max_length: int = typer.Option(128, "--max-length"),
+    device: str = typer.Option("auto", "--device"),
+    model: OptStr = ModelOpt,
+) -> None:
+    """Answer requests for many profiles with one model: one JSON line per request, in request order."""
+    if data == "-":
+        requests = read_requests(sys.stdin, "stdin")
+    else:
+        try:
+            with open(data, encoding="utf-8") as fh:
+                requests = read_requests(fh, data)
+        except FileNotFoundError:
+            raise DataError(f"{data}: no such requests file") from None
+    source = ProfileSource(profiles)
+    bank = Bank.load(bank_dir, model=model)
+    answers = predict_requests(bank, source, requests, batch_size, max_length, device)
+    text = "".join(json.dumps(a) + "\n" for a in answers)
+    if out:
+        atomic_write_text(out, text)
+    else:
+        sys.stdout.write(text)
