@@ -34,7 +34,8 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import bank_cmd, bench_cmd, eval_cmd, fit_cmd, inspect_cmd, pack_cmd, predict_cmd, report_cmd
+    from . import (bank_cmd, bench_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd, predict_cmd,
+                   report_cmd)
 
     app.add_typer(bank_cmd.app, name="bank")
     app.add_typer(report_cmd.app, name="report")
@@ -43,6 +44,7 @@ def _register() -> None:
     app.command("inspect")(inspect_cmd.inspect)
     app.command("eval")(eval_cmd.evaluate)
     app.command("predict")(predict_cmd.predict)
+    app.command("export")(export_cmd.export)
     app.command("pack")(pack_cmd.pack)
     app.command("unpack")(pack_cmd.unpack)
     app.command("verify")(pack_cmd.verify)

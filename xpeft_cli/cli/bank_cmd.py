@@ -32,6 +32,8 @@ def create(
     targets: OptStr = typer.Option(None, "--targets", help="Comma-separated Linear module-name suffixes "
                                    "(default: the attention output projection of each block)."),
     init_scale: float = typer.Option(1.0, "--init-scale", help="Scale of the random B matrices."),
+    ln: str = typer.Option("layernorm", "--ln", help="Bottleneck normalisation of every site: layernorm (the "
+                           "paper's LN(x Â) B̂) or none (x Â B̂: profiles then export exactly as LoRA adapters)."),
     model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                                  help="PLM folder or cached hub id (default: the bundled all-MiniLM-L6-v2)."),
     output_dir: Path = typer.Option(Path("bank"), "--output", "-o", envvar="XPEFT_BANK", help="Bank folder to write."),
@@ -43,6 +45,8 @@ def create(
     """Create a bank of N adapters per site over a PLM."""
     if not random:
         raise UsageError("say which bank to make: --random (trained banks are not available yet)")
+    if ln not in ("layernorm", "none"):
+        raise UsageError("--ln must be 'layernorm' or 'none'")
     if (output_dir / MANIFEST).exists() and not force:
         raise UsageError(f"{output_dir} already holds a bank; pass --force to replace it "
                          "(profiles fitted on it will no longer match)")
@@ -50,7 +54,7 @@ def create(
     plm = resolve_model(model)
     encoder, _ = load_encoder(plm)
     bank = Bank.create_random(plm, encoder, n=n, rank=rank, seed=seed, targets=targets, init_scale=init_scale,
-                              config=SiteConfig())
+                              config=SiteConfig(ln=ln == "layernorm"))
     bank.save(output_dir, materialize=materialize)
     info = _summary(bank, output_dir) | {"materialized": materialize, "seconds": round(time.perf_counter() - t0, 2)}
     if json_out:

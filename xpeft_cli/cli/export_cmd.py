@@ -1,0 +1,38 @@
+"""`xpeft export`: a profile as a standard peft LoRA adapter folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..bank import Bank
+from ..errors import UsageError
+from ..export import export_peft
+from ..xpm import read_xpm
+from . import output
+from .common import BankOpt, JsonOpt, ModelOpt, OptStr
+
+
+def export(
+    profile: Path = typer.Argument(..., help="Profile file (.xpm)."),
+    out: Path = typer.Option(..., "--output", "-o", help="Folder to write the adapter into."),
+    to: str = typer.Option("peft", "--to", help="Target format: peft."),
+    bank_dir: Path = BankOpt,
+    model: OptStr = ModelOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Write a profile as a peft LoRA adapter that PeftModel.from_pretrained loads on the bank's PLM."""
+    if to != "peft":
+        raise UsageError("--to: only 'peft' is supported")
+    bank = Bank.load(bank_dir, model=model)
+    prof = read_xpm(profile)
+    if prof.bank_hash != bank.bank_hash:
+        from ..errors import IntegrityError
+
+        raise IntegrityError(f"{profile} was fitted on another bank than {bank_dir}")
+    res = export_peft(bank, prof, out)
+    if json_out:
+        output.emit_json(res)
+    else:
+        output.stdout.print(f"wrote {out}: LoRA r={res['rank']} on {res['sites']} modules, {res['bytes']:,} bytes "
+                            f"({', '.join(res['files'])})")
