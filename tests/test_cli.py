@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pytest
 
 from xpeft_cli.errors import DataError, IntegrityError
 from xpeft_cli.store import ENTRY, HEADER, Store, write_store
-from xpeft_cli.xpm import encode, read_xpm, write_xpm
+from xpeft_cli.xpm import encode, read_xpm
 
 from test_xpm import hard_profile
 

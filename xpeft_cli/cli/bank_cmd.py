@@ -12,7 +12,7 @@ from ..bank import MANIFEST, Bank, SiteConfig
 from ..errors import DataError, UsageError
 from ..plm import load_encoder, resolve_model
 from . import output
-from .common import BankOpt, JsonOpt, OptStr, QuietOpt
+from .common import JsonOpt, OptStr, QuietOpt
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
