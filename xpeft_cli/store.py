@@ -144,8 +144,8 @@ class Store:
         (crc,) = struct.unpack("<I", self._fh.read(4))
         if zlib.crc32(index) != crc:
             raise IntegrityError(f"{self.path}: not a valid store: index checksum mismatch")
-        entries = sorted(e for e in (ENTRY.unpack_from(index, i * ENTRY.size) for i in range(self.buckets)) if e[0])
-        entries.sort(key=lambda e: e[1])
+        entries = sorted((e for e in (ENTRY.unpack_from(index, i * ENTRY.size) for i in range(self.buckets)) if e[0]),
+                         key=lambda e: e[1])  # file order
         if len(entries) != self.count:
             raise IntegrityError(f"{self.path}: index holds {len(entries)} records, header says {self.count}")
         for key, off, length, _ in entries:

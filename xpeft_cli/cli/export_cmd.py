@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ..bank import Bank
-from ..errors import UsageError
+from ..errors import IntegrityError, UsageError
 from ..export import export_peft
 from ..xpm import read_xpm
 from . import output
@@ -27,8 +27,6 @@ def export(
     bank = Bank.load(bank_dir, model=model)
     prof = read_xpm(profile)
     if prof.bank_hash != bank.bank_hash:
-        from ..errors import IntegrityError
-
         raise IntegrityError(f"{profile} was fitted on another bank than {bank_dir}")
     res = export_peft(bank, prof, out)
     if json_out:
