@@ -163,18 +163,12 @@ class Bank:
         """Load and verify a bank. `model` overrides where the PLM is found (its hash must match)."""
         folder = Path(folder)
         path = folder / MANIFEST
-        if not path.is_file():
-            raise DataError(f"no bank at {folder} ({MANIFEST} missing); create one with 'xpeft bank create'")
+        m = read_manifest(folder)
         try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-            if m.get("format") != BANK_FORMAT:
-                raise IntegrityError(f"{path}: not an {BANK_FORMAT} manifest")
             sites = [Site(str(s["name"]), int(s["d_in"]), int(s["d_out"])) for s in m["sites"]]
             n, rank = int(m["n_adapters"]), int(m["rank"])
             config = SiteConfig(**m.get("config", {}))
             plm_info = m["plm"]
-        except IntegrityError:
-            raise
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"{path}: malformed bank manifest ({exc.__class__.__name__}: {exc})") from None
         plm = resolve_model(model or plm_info["ref"])
@@ -198,6 +192,20 @@ class Bank:
                 f"(recorded {str(m.get('bank_hash'))[:16]}…, computed {bank.bank_hash[:16]}…)"
             )
         return bank
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """A bank's manifest as JSON, fast (no tensors). Missing: DataError; damaged: IntegrityError."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"no bank at {folder} ({MANIFEST} missing); create one with 'xpeft bank create'")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"{path}: malformed bank manifest ({exc})") from None
+    if not isinstance(m, dict) or m.get("format") != BANK_FORMAT or not isinstance(m.get("bank_hash"), str):
+        raise IntegrityError(f"{path}: not an {BANK_FORMAT} manifest")
+    return m
 
 
 def find_sites(encoder: torch.nn.Module, targets: str) -> list[Site]:

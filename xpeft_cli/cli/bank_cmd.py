@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..bank import MANIFEST, Bank, SiteConfig
-from ..errors import DataError, UsageError
+from ..bank import MANIFEST, Bank, SiteConfig, read_manifest
+from ..errors import UsageError
 from ..plm import load_encoder, resolve_model
 from . import output
 from .common import JsonOpt, OptStr, QuietOpt
@@ -69,13 +69,7 @@ def create(
 def info(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
          json_out: bool = JsonOpt) -> None:
     """Show a bank's manifest (fast: does not regenerate or hash the tensors)."""
-    path = bank_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no bank at {bank_dir} ({MANIFEST} missing)")
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path}: not JSON ({exc})") from None
+    m = read_manifest(bank_dir)
     if json_out:
         output.emit_json(m)
         return
@@ -105,10 +99,4 @@ def verify(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", he
 @app.command("hash")
 def hash_(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder.")) -> None:
     """Print the recorded bank hash (for scripts)."""
-    path = bank_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no bank at {bank_dir} ({MANIFEST} missing)")
-    try:
-        output.stdout.print(json.loads(path.read_text(encoding="utf-8"))["bank_hash"])
-    except (ValueError, KeyError):
-        raise DataError(f"{path}: malformed manifest") from None
+    output.stdout.print(read_manifest(bank_dir)["bank_hash"])

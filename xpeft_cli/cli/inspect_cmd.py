@@ -1,15 +1,14 @@
 """`xpeft inspect`: what an .xpm holds, byte by byte, and whether it belongs to a bank."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from ..bank import MANIFEST
+from ..bank import read_manifest
 from ..baselines import read_adapter
-from ..errors import DataError, IntegrityError
+from ..errors import IntegrityError
 from ..xpm import read_xpm_full
 from . import output
 from .common import JsonOpt, OptPath
@@ -17,13 +16,7 @@ from .common import JsonOpt, OptPath
 
 def recorded_bank_hash(bank_dir: Path) -> str:
     """The hash in a bank's manifest (`xpeft bank verify` checks the tensors behind it)."""
-    path = bank_dir / MANIFEST
-    if not path.is_file():
-        raise DataError(f"no bank at {bank_dir} ({MANIFEST} missing)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["bank_hash"]
-    except (ValueError, KeyError):
-        raise IntegrityError(f"{path}: malformed bank manifest") from None
+    return read_manifest(bank_dir)["bank_hash"]
 
 
 def describe_adapter(path: Path) -> dict:
