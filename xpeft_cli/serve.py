@@ -14,6 +14,7 @@ import torch
 from .bank import Bank
 from .data import Examples
 from .errors import DataError
+from .evaluate import default_max_length
 from .masks import MaskSpec
 from .model import TASK_REGRESSION, XPeftModel
 from .plm import load_encoder
@@ -68,7 +69,8 @@ class ProfileSource:
 
 
 def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
-                     max_length: int = 128, device: str = "auto") -> Iterable[dict]:
+                     max_length: int | None = None, device: str = "auto") -> Iterable[dict]:
+    """Answers in request order. `max_length` None: each profile's own, as it was fitted (as `eval` does)."""
     dev = pick_device(device)
     encoder, tokenizer = load_encoder(bank.plm)
     model: XPeftModel | None = None
@@ -89,7 +91,7 @@ def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request
         model.eval()
         ex = Examples([r.text for r in rows], [r.text_pair or "" for r in rows] if any(r.text_pair for r in rows)
                       else None, None, name)
-        out = predict_outputs(model, tokenizer, ex, batch_size, max_length, dev)
+        out = predict_outputs(model, tokenizer, ex, batch_size, max_length or default_max_length(prof), dev)
         for r, o in zip(rows, out):
             if prof.task == TASK_REGRESSION:
                 ans = {"prediction": float(o)}

@@ -21,7 +21,8 @@ def predict(
     out: OptStr = typer.Option(None, "--output", "-o", help="Answers file (default: standard output)."),
     bank_dir: Path = BankOpt,
     batch_size: int = typer.Option(64, "--batch-size"),
-    max_length: int = typer.Option(128, "--max-length"),
+    max_length: int = typer.Option(None, "--max-length", help="Tokens per request (default: each profile's own, "
+                                   "as fitted)."),
     device: str = typer.Option("auto", "--device"),
     model: OptStr = ModelOpt,
 ) -> None:
