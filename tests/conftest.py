@@ -21,7 +21,7 @@ def _vocab() -> list[str]:
     return specials + chars + ["##" + c for c in chars] + WORDS
 
 
-def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
+def save_tiny(folder: Path, kind: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel, \
         RobertaConfig, RobertaModel
 
@@ -29,7 +29,8 @@ def save_tiny(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
     vocab = _vocab()
     if kind == "bert":
         model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
     elif kind == "roberta":
         model = RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                                            num_attention_heads=2, intermediate_size=64,
@@ -60,6 +61,12 @@ def make_bank(model_dir: Path, folder: Path, n: int, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return save_tiny(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_nodrop(tmp_path_factory) -> Path:
+    """No dropout: a joint multi-profile fit then equals lone fits up to float noise."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-bert-nodrop"), "bert", dropout=0.0)
 
 
 @pytest.fixture(scope="session")

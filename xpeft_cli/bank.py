@@ -51,6 +51,20 @@ class SiteConfig:
 
 
 @dataclass
+class SharedHead:
+    """A head every profile of the bank reuses (mtl banks): profiles then store masks (and LN) only."""
+
+    task: str
+    labels: list[str] | None
+    weight: torch.Tensor   # (C, d) float32
+    bias: torch.Tensor     # (C,)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "labels": self.labels, "outputs": int(self.weight.shape[0]),
+                "hidden": int(self.weight.shape[1])}
+
+
+@dataclass
 class Bank:
     plm: PLMRef
     model_type: str
@@ -64,6 +78,8 @@ class Bank:
     config: SiteConfig = field(default_factory=SiteConfig)
     bank_hash: str = ""
     folder: Path | None = None
+    head: SharedHead | None = None
+    origin: dict | None = None  # how a trained bank was made (method, profiles, data), for `bank info`
 
     # ---- identity -------------------------------------------------------------------
     def canonical_header(self) -> bytes:
@@ -77,6 +93,8 @@ class Bank:
             "sites": [[s.name, s.d_in, s.d_out] for s in self.sites],
             "config": self.config.to_json(),
         }
+        if self.head is not None:  # only then: random banks keep the hash they always had
+            header["head"] = self.head.to_json()
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def compute_hash(self) -> str:
@@ -85,7 +103,10 @@ class Bank:
         h = hashlib.sha256(b"XPEFT-BANK\0" + struct.pack("<I", len(head)) + head)
         for a, b in zip(self.A, self.B):
             for t in (a, b):
-                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes())
+                h.update(_le_bytes(t))
+        if self.head is not None:
+            h.update(_le_bytes(self.head.weight))
+            h.update(_le_bytes(self.head.bias))
         return h.hexdigest()
 
     @property
@@ -139,6 +160,8 @@ class Bank:
             "config": self.config.to_json(),
             "generator": self.generator,
             "tensors": TENSORS if materialized else None,
+            "head": None if self.head is None else self.head.to_json(),
+            "origin": self.origin,
         }
 
     def save(self, folder: str | Path, materialize: bool = False) -> Path:
@@ -153,6 +176,9 @@ class Bank:
             for i, (a, b) in enumerate(zip(self.A, self.B)):
                 tensors[f"sites.{i}.A"] = a.contiguous()
                 tensors[f"sites.{i}.B"] = b.contiguous()
+            if self.head is not None:
+                tensors["head.weight"] = self.head.weight.float().contiguous()
+                tensors["head.bias"] = self.head.bias.float().contiguous()
             atomic_write_with(folder / TENSORS, lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash}))
         atomic_write_text(folder / MANIFEST, json.dumps(self.manifest(materialize), indent=2) + "\n")
         self.folder = folder
@@ -178,9 +204,10 @@ class Bank:
                 f"(sha256 {plm_info['fingerprint'][:12]}…)"
             )
         bank = cls(plm=plm, model_type=plm_info.get("model_type", ""), sites=sites, n=n, rank=rank, A=[], B=[],
-                   kind=m.get("kind", "random"), generator=m.get("generator"), config=config, folder=folder)
+                   kind=m.get("kind", "random"), generator=m.get("generator"), config=config, folder=folder,
+                   origin=m.get("origin"))
         if m.get("tensors"):
-            bank.A, bank.B = _load_tensors(folder / m["tensors"], sites, n, rank)
+            bank.A, bank.B, bank.head = _load_tensors(folder / m["tensors"], sites, n, rank, m.get("head"))
         elif bank.generator and bank.generator.get("name") == rng.GENERATOR_NAME:
             bank.A, bank.B = regenerate(sites, n, rank, bank.generator)
         else:
@@ -231,10 +258,26 @@ def regenerate(sites: list[Site], n: int, rank: int, gen: dict) -> tuple[list[to
     return As, Bs
 
 
-def _load_tensors(path: Path, sites: list[Site], n: int, rank: int):
+def _le_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+
+
+def _load_tensors(path: Path, sites: list[Site], n: int, rank: int, head: dict | None = None):
     if not path.is_file():
         raise IntegrityError(f"bank tensors {path} missing")
     _, tensors = safetensors_file.read(path)
+    shared = None
+    if head:
+        w, b = tensors.get("head.weight"), tensors.get("head.bias")
+        try:
+            shape_ok = w is not None and b is not None and tuple(w.shape) == (int(head["outputs"]), int(head["hidden"])) \
+                and tuple(b.shape) == (int(head["outputs"]),)
+            shared = SharedHead(str(head["task"]), head.get("labels"), w.float() if w is not None else None,
+                                b.float() if b is not None else None)
+        except (KeyError, TypeError, ValueError):
+            shape_ok = False
+        if not shape_ok:
+            raise IntegrityError(f"{path}: the shared head is missing or does not match the manifest")
     As, Bs = [], []
     for i, s in enumerate(sites):
         a, b = tensors.get(f"sites.{i}.A"), tensors.get(f"sites.{i}.B")
@@ -242,7 +285,7 @@ def _load_tensors(path: Path, sites: list[Site], n: int, rank: int):
             raise IntegrityError(f"{path}: tensors for site {i} missing or of the wrong shape")
         As.append(a.float())
         Bs.append(b.float())
-    return As, Bs
+    return As, Bs, shared
 
 
 def default_bank_dir() -> Path:

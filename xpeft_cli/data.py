@@ -32,13 +32,24 @@ class Examples:
     pairs: list[str] | None
     labels: list | None       # raw values as read
     source: str = ""
+    profiles: list[str] | None = None  # the profile of each row (multi-profile files)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: list[int]) -> "Examples":
         return Examples([self.texts[i] for i in idx], [self.pairs[i] for i in idx] if self.pairs else None,
-                        [self.labels[i] for i in idx] if self.labels is not None else None, self.source)
+                        [self.labels[i] for i in idx] if self.labels is not None else None, self.source,
+                        [self.profiles[i] for i in idx] if self.profiles is not None else None)
+
+    def by_profile(self) -> dict[str, list[int]]:
+        """Row indices of each profile, profiles in order of first appearance."""
+        if self.profiles is None:
+            raise DataError(f"{self.source}: no profile column")
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(self.profiles):
+            groups.setdefault(p, []).append(i)
+        return groups
 
 
 def _first_bad_json_line(path: Path) -> str:
@@ -96,6 +107,12 @@ def load_examples(path: str | Path, columns: Columns = Columns(), require_label:
     texts = column(columns.text, True)
     pairs = column(columns.text_pair, columns.text_pair is not None)
     labels = column(columns.label, require_label)
+    profiles = column(columns.profile, columns.profile is not None)
+    if profiles is not None:
+        for i, v in enumerate(profiles):
+            if v is None or isinstance(v, (list, dict, bool)) or not str(v).strip():
+                raise DataError(f"{path}: row {i + 1}: profile column {columns.profile!r} is empty")
+        profiles = [str(v).strip() for v in profiles]
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise DataError(f"{path}: row {i + 1}: column {columns.text!r} is empty or not text")
@@ -109,7 +126,7 @@ def load_examples(path: str | Path, columns: Columns = Columns(), require_label:
                 raise DataError(f"{path}: row {i + 1}: label column {columns.label!r} is empty")
             if isinstance(v, (list, dict)):
                 raise DataError(f"{path}: row {i + 1}: label must be a string or a number")
-    return Examples([str(t) for t in texts], [str(t) for t in pairs] if pairs else None, labels, str(path))
+    return Examples([str(t) for t in texts], [str(t) for t in pairs] if pairs else None, labels, str(path), profiles)
 
 
 def infer_task(labels: list) -> str:

@@ -6,10 +6,12 @@ from collections import Counter
 import numpy as np
 
 
-def classification_metrics(y_true: list[int], y_pred: list[int], num_classes: int) -> dict:
+def classification_metrics(y_true: list[int], y_pred: list[int], num_classes: int, present_only: bool = False) -> dict:
+    """present_only: macro-F1 over the classes that occur in y_true or y_pred, not all num_classes
+    (a profile's test rows cover few of a shared label set; absent classes would count as F1 0)."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-    labels = list(range(num_classes))
+    labels = sorted(set(y_true) | set(y_pred)) if present_only else list(range(num_classes))
     majority = Counter(y_true).most_common(1)[0][1] / len(y_true) if y_true else 0.0
     return {
         "n": len(y_true),

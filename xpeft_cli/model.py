@@ -16,6 +16,12 @@ TASK_CLASSIFICATION = "classification"
 TASK_REGRESSION = "regression"
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the hidden states over real (unmasked) tokens: what every head reads."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -42,10 +48,7 @@ class EncoderClassifier(nn.Module):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**kwargs).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-        out = self.head(pooled)
+        out = self.head(mean_pool(self.encoder(**kwargs).last_hidden_state, attention_mask))
         return out.squeeze(-1) if self.task == TASK_REGRESSION else out
 
     def head_parameters(self) -> list[nn.Parameter]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .bank import Bank
-from .data import Examples, encode_labels, infer_task, label_names, split_holdout
+from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
@@ -43,6 +44,7 @@ class FitConfig:
     val_fraction: float = 0.1
     task: str = "auto"        # auto | classification | regression
     device: str = "auto"
+    labels: list[str] | None = None  # the class names, in order (default: those in the data, sorted)
 
 
 @dataclass
@@ -125,7 +127,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     if train.labels is None:
         raise DataError(f"{train.source}: training data needs labels")
     task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
-    names = label_names(train.labels) if task == TASK_CLASSIFICATION else None
+    names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
     if task == TASK_CLASSIFICATION and len(names) < 2:
         raise DataError(f"{train.source}: training data has a single label ({names[0]!r}); need at least two")
     k = min(cfg.k, bank.n)
@@ -164,7 +166,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     order_gen = torch.Generator().manual_seed(cfg.seed)
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
 
-    ckpt_config = {k: v for k, v in asdict(cfg).items() if k != "device"} | {"name": name, "bank": bank.bank_hash}
+    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels")} | {"name": name, "bank": bank.bank_hash}
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
@@ -219,8 +221,9 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         if log:
             log.close()
     seconds = time.perf_counter() - t0
-    meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device",)} | {"k": k, "task": task,
-            "train_rows": len(train), "steps": step}}
+    counts = Counter(label_key(v) for v in train.labels)
+    meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels")} | {"k": k, "task": task,
+            "train_rows": len(train), "steps": step, "label_counts": dict(counts.most_common())}}
     model.eval()
     if cfg.method == "x-peft":
         profile = profile_from_model(model, name, bank.n, names, meta)

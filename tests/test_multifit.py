@@ -1,0 +1,82 @@
+"""Many profiles in one run (routing.py, multifit.py): same result as lone fits, per-row routing."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_bank, sentiment_rows
+from xpeft_cli.data import Examples
+from xpeft_cli.multifit import fit_profiles, profile_filename
+from xpeft_cli.train import FitConfig, fit_profile
+
+SIZES = [("alice", 30), ("bob", 19), ("carol", 45)]
+
+
+def _multi_examples() -> Examples:
+    rows = []
+    for pi, (name, n) in enumerate(SIZES):
+        rows += [dict(r, profile=name) for r in sentiment_rows(n, seed=pi)]
+    random.Random(0).shuffle(rows)
+    return Examples([r["text"] for r in rows], None, [r["label"] for r in rows], "multi", [r["profile"] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def nodrop_bank(tiny_bert_nodrop, tmp_path_factory):
+    return make_bank(tiny_bert_nodrop, tmp_path_factory.mktemp("bank"), n=12)
+
+
+@pytest.mark.parametrize("method,mask", [("x-peft", "hard"), ("x-peft", "soft"), ("single-adapter", "hard"),
+                                         ("head-only", "hard")])
+def test_one_run_equals_lone_fits(nodrop_bank, method, mask):
+    """Profiles of unequal size (so they drop out of the run at different steps) in one run."""
+    ex = _multi_examples()
+    cfg = FitConfig(method=method, mask=mask, k=4, epochs=3, batch_size=8, device="cpu", labels=["neg", "pos"])
+    joint = fit_profiles(nodrop_bank, ex, cfg)
+    assert joint.names == [n for n, _ in SIZES] or sorted(joint.names) == sorted(n for n, _ in SIZES)
+    assert joint.steps == max(-(-(n - round(n * 0.1)) // 8) * 3 for _, n in SIZES)
+    for name, idx in ex.by_profile().items():
+        solo = fit_profile(nodrop_bank, ex.subset(idx), name, cfg)
+        a, b = solo.profile, joint.profiles[name]
+        if method == "x-peft":
+            if mask == "hard":
+                assert np.array_equal(a.mask_a, b.mask_a) and np.array_equal(a.mask_b, b.mask_b)
+                assert a.mask_a.sum() == 4 * a.L
+            else:
+                np.testing.assert_allclose(a.mask_a, b.mask_a, atol=1e-5)
+                assert np.abs(a.mask_a).max() > 1e-3  # the masks moved
+            np.testing.assert_allclose(a.ln_weight, b.ln_weight, atol=1e-5)
+            np.testing.assert_allclose(a.head_weight, b.head_weight, atol=1e-5)
+            assert b.meta["fit"]["one_run_of"] == 3
+        else:
+            assert a.tensors.keys() == b.tensors.keys()
+            for key in a.tensors:
+                torch.testing.assert_close(a.tensors[key], b.tensors[key], atol=1e-5, rtol=0)
+        assert solo.val_metrics["accuracy"] == pytest.approx(joint.val_metrics[name]["accuracy"])
+
+
+def test_routed_rows_use_their_own_profile(nodrop_bank):
+    """A mixed batch gives each row what a one-profile batch of that profile gives it."""
+    ex = _multi_examples()
+    cfg = FitConfig(k=4, epochs=2, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
+    res = fit_profiles(nodrop_bank, ex, cfg)
+    model, tok = res.model.eval(), res.tokenizer
+    enc = tok(ex.texts[:12], padding=True, return_tensors="pt")
+    pid = torch.tensor([i % 3 for i in range(12)])
+    with torch.no_grad():
+        mixed = model(**enc, profile_ids=pid)
+        for p in range(3):
+            rows = (pid == p).nonzero().flatten()
+            alone = model(**{k: v[rows] for k, v in enc.items()}, profile_ids=torch.full((len(rows),), p))
+            torch.testing.assert_close(mixed[rows], alone, atol=1e-5, rtol=1e-5)
+    # the profiles differ, so routing matters
+    assert not torch.allclose(mixed[0:1], model(**{k: v[0:1] for k, v in enc.items()}, profile_ids=torch.tensor([1])))
+
+
+def test_profile_filename_is_safe_and_distinct():
+    assert profile_filename("alice") == "alice"
+    a, b = profile_filename("Lee Moran, Contributor"), profile_filename("Lee Moran / Contributor")
+    assert a != b and all(c.isalnum() or c in "._-" for c in a + b)
+    assert profile_filename("../../etc") not in ("..", "") and "/" not in profile_filename("../../etc")

@@ -1,0 +1,291 @@
+"""Fitting many profiles in one run: one batched training loop, one step per profile per step.
+
+Each step takes, for every profile that still has work, the batch a lone fit of that profile
+would take at the same step (its own seeded order, epochs and linear schedule) and runs them
+all through one RoutedModel. The loss is the sum of the per-profile mean losses, so each
+profile's gradient is exactly its lone-fit gradient; its parameters are its own tensors and
+its learning rates its own param groups. The result per profile is that of `fit` alone with
+the same seed, up to float noise — when the PLM has no dropout (dropout draws depend on the
+batch's shape; a lone fit and a joint one agree statistically, not bit for bit).
+
+The same loop trains a bank's adapters (`bank create --from-profiles`): one LoRA per profile
+with its own head (sa) or with one shared head (mtl).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bank import Bank
+from .baselines import AdapterProfile
+from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
+from .errors import DataError, UsageError
+from .masks import MaskSpec, hard_inference_weights
+from .metrics import classification_metrics, regression_metrics
+from .model import TASK_CLASSIFICATION, TASK_REGRESSION
+from .plm import load_encoder, max_tokens
+from .profile import Profile
+from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
+from .train import FitConfig, _autocast, collate, pick_device, pretokenize
+
+
+@dataclass
+class MultiFitResult:
+    names: list[str]
+    profiles: dict[str, Profile | AdapterProfile]
+    val_metrics: dict[str, dict]
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    model: RoutedModel | None = None
+    tokenizer: object = None
+
+
+def profile_filename(name: str) -> str:
+    """A file-system-safe stem for a profile name ("Lee Moran, Contributor" → "Lee_Moran_Contributor-1a2b3c")."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80]
+    if stem == name:
+        return stem
+    return f"{stem or 'profile'}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:6]}"
+
+
+@dataclass
+class _Plan:
+    """One profile's part of the run: its rows, targets, and the lone-fit order it follows."""
+
+    name: str
+    rows: list[int]          # indices into the tokenised training rows
+    targets: torch.Tensor
+    val_rows: list[int]
+    val_targets: list
+    batches: int
+    total: int
+    order: torch.Generator
+    perm: list[int] | None = None
+
+
+def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, shared_head: str = "auto",
+                 max_batch_rows: int = 2048, on_step: Callable[[int, int, float], None] | None = None,
+                 log_path: str | Path | None = None) -> MultiFitResult:
+    """Fit every profile of `train` (its `profiles` column) in one run.
+
+    shared_head: "auto" uses the bank's shared head when it carries one (profiles then hold
+    masks and LN only), "own" trains a head per profile, "train" trains one head shared by all
+    (the mtl bank builder).
+    """
+    if train.profiles is None:
+        raise UsageError("fitting many profiles needs a profile column (--profile-column)")
+    if train.labels is None:
+        raise DataError(f"{train.source}: training data needs labels")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    groups = train.by_profile()
+    bank_head = getattr(bank, "head", None)
+    use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
+    if use_bank_head:
+        task, names = bank_head.task, bank_head.labels
+    else:
+        task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
+        names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
+    if task == TASK_CLASSIFICATION and len(names) < 2:
+        raise DataError(f"{train.source}: the data has a single label ({names[0]!r}); need at least two")
+    y_all = encode_labels(train, task, names)
+    k = min(cfg.k, bank.n)
+
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    encoder, tokenizer = load_encoder(bank.plm)
+    enc = pretokenize(tokenizer, train, min(cfg.max_length, max_tokens(encoder)))
+    ttype = torch.float32 if task == TASK_REGRESSION else torch.long
+    plans = []
+    for name, rows in groups.items():
+        tr, va = split_holdout(len(rows), cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (
+            list(range(len(rows))), [])
+        tr_rows, va_rows = [rows[i] for i in tr], [rows[i] for i in va]
+        nb = (len(tr_rows) + cfg.batch_size - 1) // cfg.batch_size
+        plans.append(_Plan(name, tr_rows, torch.tensor([y_all[i] for i in tr_rows], dtype=ttype),
+                           va_rows, [y_all[i] for i in va_rows], nb, nb * cfg.epochs,
+                           torch.Generator().manual_seed(cfg.seed)))
+    count = len(plans)
+    n_out = 1 if task == TASK_REGRESSION else len(names)
+    hidden = int(getattr(encoder.config, "hidden_size", getattr(encoder.config, "dim", 0)))
+    shared = shared_head == "train" or use_bank_head
+    heads = HeadTable(hidden, n_out, count, seed=cfg.seed, shared=shared)
+    if use_bank_head:
+        with torch.no_grad():
+            heads.weight[0].copy_(bank_head.weight)
+            heads.bias[0].copy_(bank_head.bias)
+        heads.requires_grad_(False)
+    site_names = [s.name for s in bank.sites]
+    if cfg.method == "x-peft":
+        spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau)
+        table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln, seed=cfg.seed)
+        model = RoutedModel(encoder, site_names, bank.rank, table, heads, task, ln=bank.config.ln,
+                            ln_eps=bank.config.ln_eps, scale=bank.config.scale).to(device)
+        table.seed_generators(device, cfg.seed)
+    elif cfg.method == "single-adapter":
+        table = AdapterTable([(s.d_in, s.d_out) for s in bank.sites], bank.rank, count, seed=cfg.seed)
+        model = RoutedModel(encoder, site_names, bank.rank, table, heads, task).to(device)
+    elif cfg.method == "head-only":
+        model = RoutedModel(encoder, site_names, bank.rank, None, heads, task).to(device)
+    else:
+        raise UsageError(f"unknown method {cfg.method!r}")
+    if device.type == "cuda" and cfg.method == "x-peft":
+        for buf_name, buf in list(model.table.named_buffers()):
+            if buf_name.startswith("bank_"):
+                setattr(model.table, buf_name, buf.to(torch.bfloat16))
+
+    lr_of = {"masks": cfg.lr_masks, "ln": cfg.lr_ln, "head": cfg.lr_head, "adapter": cfg.lr_adapter}
+    param_groups, owners = [], []  # owners[i]: the plan whose schedule group i follows (None: shared)
+    for i, _ in enumerate(plans):
+        for kind, params in model.profile_groups(i).items():
+            if params:
+                param_groups.append({"params": params, "lr": lr_of[kind]})
+                owners.append(i)
+    if shared_head == "train":
+        param_groups.append({"params": list(heads.parameters()), "lr": cfg.lr_head})
+        owners.append(None)
+    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    steps = max(p.total for p in plans)
+    loss_fn = torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
+    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        model.train()
+        for t in range(steps):
+            picked: list[tuple[int, list[int], torch.Tensor]] = []
+            for i, p in enumerate(plans):
+                if t >= p.total:
+                    continue
+                j = t % p.batches
+                if j == 0:
+                    p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
+                local = p.perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
+                picked.append((i, [p.rows[x] for x in local], p.targets[local]))
+            for g, base, owner in zip(opt.param_groups, base_lrs, owners):
+                total = steps if owner is None else plans[owner].total
+                g["lr"] = base * max(0.0, 1.0 - t / total)
+            opt.zero_grad(set_to_none=True)
+            step_losses: dict[int, float] = {}
+            for chunk in _chunks(picked, max_batch_rows):
+                idx = [r for _, rows, _ in chunk for r in rows]
+                pid = torch.tensor([i for i, rows, _ in chunk for _ in rows], device=device)
+                y = torch.cat([tg for _, _, tg in chunk]).to(device)
+                weight = torch.tensor([1.0 / len(rows) for _, rows, _ in chunk for _ in rows], device=device)
+                batch = collate(tokenizer, enc, idx, device)
+                with _autocast(device):
+                    out = model(**batch, profile_ids=pid)
+                per_row = loss_fn(out.float(), y)
+                (per_row * weight).sum().backward()
+                with torch.no_grad():
+                    sums = torch.zeros(count, device=device).index_add_(0, pid, per_row.detach() * weight)
+                for i, _, _ in chunk:
+                    step_losses[i] = float(sums[i])
+            opt.step()
+            mean_loss = sum(step_losses.values()) / len(step_losses)
+            rec = {"step": t + 1, "profiles": len(step_losses), "loss": round(mean_loss, 6),
+                   "per_profile": {plans[i].name: round(v, 6) for i, v in step_losses.items()}}
+            history.append(rec)
+            if log:
+                log.write(json.dumps(rec) + "\n")
+            if on_step:
+                on_step(t + 1, steps, mean_loss)
+    finally:
+        if log:
+            log.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    val = _validate(model, tokenizer, enc, plans, task, n_out, cfg, device)
+    profiles = {}
+    for i, p in enumerate(plans):
+        counts = Counter(label_key(train.labels[r]) for r in p.rows)
+        meta = {"fit": {k2: v for k2, v in asdict(cfg).items() if k2 not in ("device", "labels")}
+                | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": count,
+                   "label_counts": {str(a): b for a, b in counts.most_common()}}}
+        profiles[p.name] = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
+    return MultiFitResult([p.name for p in plans], profiles, val, history, seconds, steps, model, tokenizer)
+
+
+def _chunks(picked: list, max_rows: int):
+    """Split a step's batches into forward passes of at most max_rows rows, never splitting a profile."""
+    chunk, size = [], 0
+    for item in picked:
+        if chunk and size + len(item[1]) > max_rows:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item[1])
+    if chunk:
+        yield chunk
+
+
+@torch.no_grad()
+def routed_outputs(model: RoutedModel, tokenizer, enc: dict, rows: list[int], pids: list[int], device,
+                   batch_size: int = 128) -> torch.Tensor:
+    """Head outputs of tokenised rows, each row with its own profile, float32 on CPU, in order."""
+    outs = []
+    for s in range(0, len(rows), batch_size):
+        batch = collate(tokenizer, enc, rows[s:s + batch_size], device)
+        pid = torch.tensor(pids[s:s + batch_size], device=device)
+        with _autocast(device):
+            outs.append(model(**batch, profile_ids=pid).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _validate(model, tokenizer, enc, plans: list[_Plan], task, n_out, cfg, device) -> dict[str, dict]:
+    rows = [r for p in plans for r in p.val_rows]
+    if not rows:
+        return {}
+    pids = [i for i, p in enumerate(plans) for _ in p.val_rows]
+    out = routed_outputs(model, tokenizer, enc, rows, pids, device, cfg.batch_size * 8)
+    res, pos = {}, 0
+    for p in plans:
+        o = out[pos:pos + len(p.val_rows)]
+        pos += len(p.val_rows)
+        if not p.val_rows:
+            continue
+        if task == TASK_REGRESSION:
+            res[p.name] = regression_metrics(p.val_targets, o.tolist())
+        else:
+            res[p.name] = classification_metrics(p.val_targets, o.argmax(-1).tolist(), n_out, present_only=True)
+    return res
+
+
+def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, task: str, names, k: int,
+             shared: bool, meta: dict) -> Profile | AdapterProfile:
+    heads = model.heads
+    hw = None if shared else heads.weight[i].detach().float().cpu()
+    hb = None if shared else heads.bias[i].detach().float().cpu()
+    if cfg.method == "x-peft":
+        t = model.table
+        la, lb = t.logits_a[i].detach().float().cpu(), t.logits_b[i].detach().float().cpu()
+        if cfg.mask == "hard":
+            ma, mb = (hard_inference_weights(la, k) > 0).numpy(), (hard_inference_weights(lb, k) > 0).numpy()
+        else:
+            ma, mb, k = la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
+        ln_w = t.ln_w[i].detach().float().cpu().numpy() if len(t.ln_w) else None
+        ln_b = t.ln_b[i].detach().float().cpu().numpy() if len(t.ln_b) else None
+        return Profile(name=name, mask_kind=cfg.mask, n=bank.n, L=bank.L, k=k if cfg.mask == "hard" else 0,
+                       bank_hash=bank.bank_hash, mask_a=ma, mask_b=mb, ln_weight=ln_w, ln_bias=ln_b,
+                       head_weight=None if hw is None else hw.numpy(), head_bias=None if hb is None else hb.numpy(),
+                       task=task, labels=None if shared else names, meta=meta)
+    tensors = {}
+    if cfg.method == "single-adapter":
+        a, b = model.table.adapter(i)
+        for site, ta, tb in zip(bank.sites, a, b):
+            tensors[f"base_model.model.{site.name}.lora_A.weight"] = ta.float().cpu().t().contiguous()
+            tensors[f"base_model.model.{site.name}.lora_B.weight"] = tb.float().cpu().t().contiguous()
+    tensors["head.weight"], tensors["head.bias"] = hw.contiguous(), hb.contiguous()
+    return AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,
+                          sites=[s.name for s in bank.sites], bank_hash=bank.bank_hash, tensors=tensors, meta=meta)
