@@ -1,6 +1,7 @@
 """Running a stored profile (.xpm, or a baseline's .safetensors): build its model, score or predict."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from .bank import Bank
@@ -40,12 +41,21 @@ def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", for
                               task=profile.task)
         model.load_tensors(profile.tensors)
     else:
-        if profile.head_weight is None:
-            raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
+        profile = with_bank_head(bank, profile)
         spec = MaskSpec(kind=profile.mask_kind, k=max(profile.k, 1))
         model = XPeftModel(encoder, bank, profile.num_outputs, task=profile.task, spec=spec)
         apply_profile(model, profile, force=force)
     return model.to(dev).eval(), tokenizer, dev
+
+
+def with_bank_head(bank: Bank, profile: AnyProfile) -> AnyProfile:
+    """A profile without a head section runs with its bank's shared head (mtl banks) and labels."""
+    if isinstance(profile, AdapterProfile) or profile.head_weight is not None:
+        return profile
+    if bank.head is None:
+        raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
+    return replace(profile, head_weight=bank.head.weight.numpy(), head_bias=bank.head.bias.numpy(),
+                   task=bank.head.task, labels=bank.head.labels)
 
 
 def default_max_length(profile: AnyProfile) -> int:
@@ -57,6 +67,7 @@ def evaluate_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size
     """(metrics, predictions); predictions are label names, or numbers for regression."""
     if data.labels is None:
         raise DataError(f"{data.source}: evaluation data needs labels")
+    profile = with_bank_head(bank, profile)
     targets = encode_labels(data, profile.task, profile.labels)
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
     metrics, preds = score(model, tok, data, targets, profile.num_outputs, batch_size,
@@ -68,6 +79,7 @@ def evaluate_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size
 
 def predict_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size: int = 64,
                     max_length: int | None = None, device: str = "auto") -> list:
+    profile = with_bank_head(bank, profile)
     model, tok, dev = model_for_profile(bank, profile, device)
     out = predict_outputs(model, tok, data, batch_size, max_length or default_max_length(profile), dev)
     if profile.task == TASK_REGRESSION:

@@ -54,6 +54,16 @@ class EncoderClassifier(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
+    def use_shared_head(self, shared) -> None:
+        """Take a bank's shared head (bank.SharedHead), frozen: profiles then own no head."""
+        w = shared.weight
+        self.head = nn.Linear(w.shape[1], w.shape[0]).to(self.head.weight.device)
+        with torch.no_grad():
+            self.head.weight.copy_(w)
+            self.head.bias.copy_(shared.bias)
+        self.head.requires_grad_(False)
+        self.task = shared.task
+
 
 class XPeftModel(EncoderClassifier):
     """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""

@@ -281,6 +281,8 @@ def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, 
                        head_weight=None if hw is None else hw.numpy(), head_bias=None if hb is None else hb.numpy(),
                        task=task, labels=None if shared else names, meta=meta)
     tensors = {}
+    if shared:  # a baseline keeps the shared head it was trained with (mtl: each profile's full model)
+        hw, hb = heads.weight[0].detach().float().cpu(), heads.bias[0].detach().float().cpu()
     if cfg.method == "single-adapter":
         a, b = model.table.adapter(i)
         for site, ta, tb in zip(bank.sites, a, b):

@@ -45,7 +45,7 @@ class Profile:
 
 
 def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] | None,
-                       meta: dict | None = None) -> Profile:
+                       meta: dict | None = None, with_head: bool = True) -> Profile:
     """Freeze a trained model's profile parameters. Hard masks become their noiseless top-k bits."""
     la, lb = (t.detach().float().cpu() for t in model.mask_logits())
     spec = model.spec
@@ -62,9 +62,9 @@ def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] |
     return Profile(
         name=name, mask_kind=spec.kind, n=n, L=len(model.sites), k=k, bank_hash=model.bank_hash,
         mask_a=mask_a, mask_b=mask_b, ln_weight=ln_w, ln_bias=ln_b,
-        head_weight=model.head.weight.detach().float().cpu().numpy(),
-        head_bias=model.head.bias.detach().float().cpu().numpy(),
-        task=model.task, labels=labels, meta=dict(meta or {}),
+        head_weight=model.head.weight.detach().float().cpu().numpy() if with_head else None,
+        head_bias=model.head.bias.detach().float().cpu().numpy() if with_head else None,
+        task=model.task, labels=labels if with_head else None, meta=dict(meta or {}),
     )
 
 

@@ -150,48 +150,62 @@ class AdapterTable(nn.Module):
 
 
 class FrozenMaskTable(nn.Module):
-    """Stored X-PEFT profiles for inference: hard bits or soft logits, LN affine, mixed per batch.
+    """Stored X-PEFT profiles for inference: hard bits or soft weights, LN affine, mixed per batch.
 
-    Holding 10,000 hard profiles costs 2·L·N bytes each (bool); Â, B̂ are mixed only for the
-    profiles a batch holds, so any number of distinct profiles can share one batch.
+    A hard profile costs 2·L·N bytes here (bool); Â, B̂ are mixed only for the profiles a batch
+    holds, so any number of distinct profiles can share one batch.
     """
 
     def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], profiles: list, ln: bool):
         super().__init__()
-        self.L = len(bank_a)
+        self.L, self.n = len(bank_a), bank_a[0].shape[0]
         for l, (a, b) in enumerate(zip(bank_a, bank_b)):
             self.register_buffer(f"bank_a{l}", a, persistent=False)
             self.register_buffer(f"bank_b{l}", b, persistent=False)
-        kinds = {p.mask_kind for p in profiles}
-        if len(kinds) > 1:
-            raise ValueError("one table holds hard or soft profiles, not both")
-        self.kind = kinds.pop()
-        if self.kind == "hard":
-            self.register_buffer("mask_a", torch.from_numpy(np.stack([p.mask_a for p in profiles])), persistent=False)
-            self.register_buffer("mask_b", torch.from_numpy(np.stack([p.mask_b for p in profiles])), persistent=False)
-            self.register_buffer("k", torch.tensor([float(p.k) for p in profiles]), persistent=False)
-        else:
-            la = np.stack([np.asarray(p.mask_a, np.float32) for p in profiles])
-            lb = np.stack([np.asarray(p.mask_b, np.float32) for p in profiles])
-            self.register_buffer("mask_a", soft_weights(torch.from_numpy(la)), persistent=False)
-            self.register_buffer("mask_b", soft_weights(torch.from_numpy(lb)), persistent=False)
-        self.has_ln = ln and all(p.ln_weight is not None for p in profiles)
-        if self.has_ln:
-            self.register_buffer("ln_w", torch.from_numpy(np.stack([p.ln_weight for p in profiles])), persistent=False)
-            self.register_buffer("ln_b", torch.from_numpy(np.stack([p.ln_bias for p in profiles])), persistent=False)
+        hard = [i for i, p in enumerate(profiles) if p.mask_kind == "hard"]
+        soft = [i for i, p in enumerate(profiles) if p.mask_kind != "hard"]
+        slot = torch.zeros(len(profiles), dtype=torch.long)
+        slot[hard], slot[soft] = torch.arange(len(hard)), torch.arange(len(soft))
+        self.register_buffer("slot", slot, persistent=False)
+        self.register_buffer("is_hard", torch.tensor([p.mask_kind == "hard" for p in profiles]), persistent=False)
+        empty = torch.zeros(0, self.L, 2, self.n)
+        self.register_buffer("bits", torch.from_numpy(np.stack([np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)
+                                                                 for i in hard])) if hard else empty.bool(),
+                             persistent=False)
+        self.register_buffer("k", torch.tensor([float(profiles[i].k) for i in hard]), persistent=False)
+        soft_w = [soft_weights(torch.from_numpy(np.stack([np.asarray(profiles[i].mask_a, np.float32),
+                                                          np.asarray(profiles[i].mask_b, np.float32)], 1)))
+                  for i in soft]
+        self.register_buffer("soft", torch.stack(soft_w) if soft else empty, persistent=False)
+        self.has_ln = ln
+        if ln:  # a profile stored without LN affine runs with the identity affine
+            rank = bank_a[0].shape[2]
+            w = [p.ln_weight if p.ln_weight is not None else np.ones((self.L, rank), np.float32) for p in profiles]
+            b = [p.ln_bias if p.ln_bias is not None else np.zeros((self.L, rank), np.float32) for p in profiles]
+            self.register_buffer("ln_w", torch.from_numpy(np.stack(w)), persistent=False)
+            self.register_buffer("ln_b", torch.from_numpy(np.stack(b)), persistent=False)
+
+    def weights(self, idx: torch.Tensor) -> torch.Tensor:
+        """(U, L, 2, N) mixing weights of the profiles idx."""
+        hard = self.is_hard[idx]
+        if bool(hard.all()):
+            s = self.slot[idx]
+            return self.bits[s].float() / self.k[s].view(-1, 1, 1, 1)
+        if not bool(hard.any()):
+            return self.soft[self.slot[idx]]
+        w = torch.empty(len(idx), self.L, 2, self.n, device=idx.device)
+        w[hard] = self.bits[self.slot[idx[hard]]].float() / self.k[self.slot[idx[hard]]].view(-1, 1, 1, 1)
+        w[~hard] = self.soft[self.slot[idx[~hard]]]
+        return w
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        idx = torch.tensor(present, device=self.mask_a.device)
-        if self.kind == "hard":
-            k = self.k[idx].unsqueeze(-1).unsqueeze(-1)
-            wa, wb = self.mask_a[idx].float() / k, self.mask_b[idx].float() / k
-        else:
-            wa, wb = self.mask_a[idx], self.mask_b[idx]
+        idx = torch.tensor(present, device=self.slot.device)
+        w = self.weights(idx)
         out = []
         for l in range(self.L):
             bank_a, bank_b = getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
-            a_hat = torch.einsum("un,nib->uib", wa[:, l].to(bank_a.dtype), bank_a)
-            b_hat = torch.einsum("un,nbo->ubo", wb[:, l].to(bank_b.dtype), bank_b)
+            a_hat = torch.einsum("un,nib->uib", w[:, l, 0].to(bank_a.dtype), bank_a)
+            b_hat = torch.einsum("un,nbo->ubo", w[:, l, 1].to(bank_b.dtype), bank_b)
             ln = (self.ln_w[idx, l], self.ln_b[idx, l]) if self.has_ln else (None, None)
             out.append(Route(a_hat, b_hat, *ln, rows))
         return out

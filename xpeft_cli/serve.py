@@ -1,6 +1,6 @@
-"""Serving many profiles from one model: requests name their profile; rows are grouped by
-profile, each profile is loaded into the shared model once (its Â, B̂ cached), and answers
-come back in request order.
+"""Serving many profiles from one model: requests name their profile, and rows of different
+profiles share a batch (routing.py gives each row its own Â, B̂, LN and head). Answers come
+back in request order.
 """
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 
 from .bank import Bank
 from .data import Examples
-from .errors import DataError
-from .evaluate import default_max_length
-from .masks import MaskSpec
-from .model import TASK_REGRESSION, XPeftModel
+from .errors import DataError, IntegrityError
+from .evaluate import default_max_length, with_bank_head
+from .model import TASK_REGRESSION
+from .multifit import profile_filename
 from .plm import load_encoder
-from .profile import Profile, apply_profile
+from .profile import Profile
 from .store import Store, is_store
-from .train import pick_device, predict_outputs
+from .train import pick_device
 from .xpm import read_xpm
 
 
@@ -59,44 +59,153 @@ class ProfileSource:
         if self.store is None and not self.path.is_dir():
             raise DataError(f"{self.path}: neither a folder of .xpm files nor an .xps store")
 
-    def get(self, name: str) -> Profile:
+    def get(self, name: str, adapters: bool = False):
+        """The profile NAME; with `adapters`, a baseline NAME.safetensors in a folder is found too."""
         if self.store is not None:
             return self.store.get(name)
+        if adapters:
+            from .baselines import read_adapter
+
+            for stem in (name, profile_filename(name)):
+                if (self.path / f"{stem}.safetensors").is_file():
+                    return read_adapter(self.path / f"{stem}.safetensors")
         path = self.path / f"{name}.xpm"
+        if not path.is_file():
+            path = self.path / f"{profile_filename(name)}.xpm"
         if not path.is_file():
             raise DataError(f"no profile {name!r} in {self.path}")
         return read_xpm(path)
 
 
+class ProfileServer:
+    """One frozen encoder and a table of stored profiles; any batch may mix any of them.
+
+    Each row runs with its own profile's Â, B̂ (mixed for the profiles a batch holds), LN and
+    head, so there is no per-profile reload or regrouping: switching profile costs nothing.
+    """
+
+    def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False):
+        from .routing import FrozenMaskTable, HeadTable, RoutedModel
+
+        if not profiles:
+            raise DataError("no profiles to serve")
+        self.device = pick_device(device)
+        self.profiles = [with_bank_head(bank, p) for p in profiles]
+        for p in self.profiles:
+            if p.bank_hash != bank.bank_hash and not force:
+                raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
+                                     f"({bank.bank_hash[:16]}…)")
+            if p.L != bank.L or p.n != bank.n:
+                raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
+        self.index = {p.name: i for i, p in enumerate(self.profiles)}
+        encoder, self.tokenizer = load_encoder(bank.plm)
+        table = FrozenMaskTable(bank.A, bank.B, self.profiles, bank.config.ln)
+        heads = HeadTable.frozen([p.head_weight for p in self.profiles], [p.head_bias for p in self.profiles])
+        self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
+                                 ln=bank.config.ln, ln_eps=bank.config.ln_eps, scale=bank.config.scale)
+        self.model.to(self.device).eval()
+        if self.device.type == "cuda":  # keep the bank in the compute dtype, as training does
+            for name, buf in list(table.named_buffers()):
+                if name.startswith("bank_"):
+                    setattr(table, name, buf.to(torch.bfloat16))
+
+    @torch.no_grad()
+    def outputs(self, texts: list[str], pairs: list[str] | None, profile_idx: list[int], batch_size: int = 64,
+                max_length: int | None = None) -> torch.Tensor:
+        """Raw head outputs (C_max wide; narrower heads padded with −inf), float32 on CPU, in order."""
+        from .plm import max_tokens
+        from .train import _autocast, collate
+
+        limit = max_tokens(self.model.encoder)
+        lengths = [min(limit, max_length or default_max_length(self.profiles[i])) for i in profile_idx]
+        enc: dict[str, list] = {}
+        for length in sorted(set(lengths)):  # each row truncated at its own profile's length
+            rows = [j for j, n in enumerate(lengths) if n == length]
+            part = self.tokenizer([texts[j] for j in rows], [pairs[j] for j in rows] if pairs else None,
+                                  truncation=True, max_length=length)
+            for key in ("input_ids", "token_type_ids", "attention_mask"):
+                if key in part:
+                    col = enc.setdefault(key, [None] * len(texts))
+                    for j, v in zip(rows, part[key]):
+                        col[j] = v
+        outs = []
+        for s in range(0, len(texts), batch_size):
+            idx = list(range(s, min(s + batch_size, len(texts))))
+            batch = collate(self.tokenizer, enc, idx, self.device)
+            pid = torch.tensor(profile_idx[s:s + batch_size], device=self.device)
+            with _autocast(self.device):
+                outs.append(self.model(**batch, profile_ids=pid).float().cpu())
+        return torch.cat(outs)
+
+    def answer(self, out: torch.Tensor, i: int) -> dict:
+        prof = self.profiles[i]
+        if prof.task == TASK_REGRESSION:
+            return {"prediction": float(out[0])}
+        logits = out[: prof.num_outputs]
+        probs = torch.softmax(logits, -1)
+        return {"prediction": prof.labels[int(logits.argmax())], "score": round(float(probs.max()), 6)}
+
+
 def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
-                     max_length: int | None = None, device: str = "auto") -> Iterable[dict]:
-    """Answers in request order. `max_length` None: each profile's own, as it was fitted (as `eval` does)."""
-    dev = pick_device(device)
-    encoder, tokenizer = load_encoder(bank.plm)
-    model: XPeftModel | None = None
-    answers: list[dict | None] = [None] * len(requests)
-    groups: dict[str, list[Request]] = {}
-    for r in requests:
-        groups.setdefault(r.profile, []).append(r)
-    for name, rows in groups.items():
-        prof = profiles.get(name)
-        if prof.head_weight is None:
-            raise DataError(f"profile {name!r} has no head section")
-        if model is None:
-            model = XPeftModel(encoder, bank, prof.num_outputs, task=prof.task,
-                               spec=MaskSpec(kind=prof.mask_kind, k=max(prof.k, 1))).to(dev)
-        elif model.head.out_features != prof.num_outputs:  # only the head's width differs between profiles
-            model.head = torch.nn.Linear(model.head.in_features, prof.num_outputs).to(dev)
-        apply_profile(model, prof)
-        model.eval()
-        ex = Examples([r.text for r in rows], [r.text_pair or "" for r in rows] if any(r.text_pair for r in rows)
-                      else None, None, name)
-        out = predict_outputs(model, tokenizer, ex, batch_size, max_length or default_max_length(prof), dev)
-        for r, o in zip(rows, out):
-            if prof.task == TASK_REGRESSION:
-                ans = {"prediction": float(o)}
-            else:
-                probs = torch.softmax(o, -1)
-                ans = {"prediction": prof.labels[int(o.argmax())], "score": round(float(probs.max()), 6)}
-            answers[r.index] = {"id": r.id, "profile": name, **ans} if r.id is not None else {"profile": name, **ans}
+                     max_length: int | None = None, device: str = "auto") -> list[dict]:
+    """Answers in request order, rows of any profiles batched together. `max_length` None: each
+    profile's own, as it was fitted (as `eval` does)."""
+    names = list(dict.fromkeys(r.profile for r in requests))
+    server = ProfileServer(bank, [profiles.get(n) for n in names], device)
+    pidx = [server.index[r.profile] for r in requests]
+    pairs = [r.text_pair or "" for r in requests] if any(r.text_pair for r in requests) else None
+    out = server.outputs([r.text for r in requests], pairs, pidx, batch_size, max_length)
+    answers = []
+    for r, o, i in zip(requests, out, pidx):
+        ans = server.answer(o, i)
+        answers.append({"id": r.id, "profile": r.profile, **ans} if r.id is not None else {"profile": r.profile, **ans})
     return answers
+
+
+def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_size: int = 64,
+                  max_length: int | None = None, device: str = "auto") -> dict:
+    """Per-profile metrics of a multi-profile labelled file (its `profiles` column), and their means.
+
+    X-PEFT profiles run together through one ProfileServer; baselines one by one. Macro-F1 is
+    over the classes present in a profile's rows (its truth or its predictions).
+    """
+    from .data import encode_labels
+    from .evaluate import evaluate_profile
+    from .metrics import classification_metrics, regression_metrics
+
+    groups = data.by_profile()
+    found = {name: profiles.get(name, adapters=True) for name in groups}
+    per: dict[str, dict] = {}
+    xpm = [n for n, p in found.items() if isinstance(p, Profile)]
+    if xpm:
+        server = ProfileServer(bank, [found[n] for n in xpm], device)
+        rows = [i for n in xpm for i in groups[n]]
+        pidx = [server.index[n] for n in xpm for _ in groups[n]]
+        out = server.outputs([data.texts[i] for i in rows], [data.pairs[i] for i in rows] if data.pairs else None,
+                             pidx, batch_size, max_length)
+        pos = 0
+        for n in xpm:
+            prof = server.profiles[server.index[n]]
+            part, pos = out[pos:pos + len(groups[n])], pos + len(groups[n])
+            sub = data.subset(groups[n])
+            y = encode_labels(sub, prof.task, prof.labels)
+            if prof.task == TASK_REGRESSION:
+                per[n] = regression_metrics(y, part[:, 0].tolist())
+            else:
+                per[n] = classification_metrics(y, part[:, :prof.num_outputs].argmax(-1).tolist(), prof.num_outputs,
+                                                present_only=True)
+    for n, prof in found.items():
+        if n not in per:
+            sub = data.subset(groups[n])
+            metrics, preds = evaluate_profile(bank, prof, sub, batch_size, max_length, device)
+            if prof.task != TASK_REGRESSION:
+                y = encode_labels(sub, prof.task, prof.labels)
+                metrics = classification_metrics(y, [prof.labels.index(x) for x in preds], prof.num_outputs,
+                                                  present_only=True)
+            per[n] = metrics
+    keys = [k for k in ("accuracy", "macro_f1", "pearson", "spearman") if all(k in m for m in per.values())]
+    mean = {k: sum(m[k] for m in per.values()) / len(per) for k in keys}
+    rows_total = sum(m["n"] for m in per.values())
+    pooled = {k: sum(m[k] * m["n"] for m in per.values()) / rows_total for k in keys if k == "accuracy"}
+    return {"profiles": {n: per[n] for n in groups}, "mean": mean, "row_weighted": pooled, "count": len(per),
+            "rows": rows_total}

@@ -45,6 +45,7 @@ class FitConfig:
     task: str = "auto"        # auto | classification | regression
     device: str = "auto"
     labels: list[str] | None = None  # the class names, in order (default: those in the data, sorted)
+    head: str = "auto"        # auto: reuse the bank's shared head if it has one (not stored) | own
 
 
 @dataclass
@@ -126,8 +127,12 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         raise UsageError("--epochs and --batch-size must be at least 1")
     if train.labels is None:
         raise DataError(f"{train.source}: training data needs labels")
-    task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
-    names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
+    shared = bank.head if (bank.head is not None and cfg.method == "x-peft" and cfg.head == "auto") else None
+    if shared is not None:  # an mtl bank: its head and label set are every profile's
+        task, names = shared.task, shared.labels
+    else:
+        task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
+        names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
     if task == TASK_CLASSIFICATION and len(names) < 2:
         raise DataError(f"{train.source}: training data has a single label ({names[0]!r}); need at least two")
     k = min(cfg.k, bank.n)
@@ -153,6 +158,9 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
                   {"params": model.ln_parameters(), "lr": cfg.lr_ln},
                   {"params": model.head_parameters(), "lr": cfg.lr_head}]
+        if shared is not None:
+            model.use_shared_head(shared)
+            groups.pop()
     else:
         model = BaselineModel(encoder, cfg.method, [s.name for s in bank.sites], bank.rank, n_out, task=task,
                               seed=cfg.seed).to(device)
@@ -166,7 +174,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     order_gen = torch.Generator().manual_seed(cfg.seed)
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
 
-    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels")} | {"name": name, "bank": bank.bank_hash}
+    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "head")} | {"name": name, "bank": bank.bank_hash}
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
@@ -226,7 +234,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             "train_rows": len(train), "steps": step, "label_counts": dict(counts.most_common())}}
     model.eval()
     if cfg.method == "x-peft":
-        profile = profile_from_model(model, name, bank.n, names, meta)
+        profile = profile_from_model(model, name, bank.n, names, meta, with_head=shared is None)
         apply_profile(model, profile)  # the returned model is exactly what the file will hold
     else:
         profile = AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,

@@ -34,12 +34,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import (bank_cmd, bench_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd, predict_cmd,
-                   report_cmd)
+    from . import (bank_cmd, bench_cmd, convert_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd,
+                   plot_cmd, predict_cmd, report_cmd)
 
     app.add_typer(bank_cmd.app, name="bank")
     app.add_typer(report_cmd.app, name="report")
     app.add_typer(bench_cmd.app, name="bench")
+    app.add_typer(convert_cmd.app, name="convert")
+    app.add_typer(plot_cmd.app, name="plot")
     app.command("fit")(fit_cmd.fit)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("eval")(eval_cmd.evaluate)

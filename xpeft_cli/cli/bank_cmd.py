@@ -8,11 +8,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from typing import List, Optional
+
 from ..bank import MANIFEST, Bank, SiteConfig, read_manifest
+from ..bank_build import from_peft as from_peft_folders
+from ..bank_build import from_profiles as build_from_profiles
+from ..data import Columns, load_examples
 from ..errors import UsageError
 from ..plm import load_encoder, resolve_model
+from ..train import FitConfig
 from . import output
-from .common import JsonOpt, OptStr, QuietOpt
+from .common import JsonOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
@@ -32,8 +38,29 @@ def create(
     targets: OptStr = typer.Option(None, "--targets", help="Comma-separated Linear module-name suffixes "
                                    "(default: the attention output projection of each block)."),
     init_scale: float = typer.Option(1.0, "--init-scale", help="Scale of the random B matrices."),
-    ln: str = typer.Option("layernorm", "--ln", help="Bottleneck normalisation of every site: layernorm (the "
-                           "paper's LN(x Â) B̂) or none (x Â B̂: profiles then export exactly as LoRA adapters)."),
+    ln: OptStr = typer.Option(None, "--ln", help="Bottleneck normalisation of every site: layernorm (the "
+                              "paper's LN(x Â) B̂; the default for random banks) or none (x Â B̂: profiles then export "
+                              "exactly as LoRA adapters; the default for trained banks, whose adapters carry "
+                              "their own scale)."),
+    from_profiles: OptPath = typer.Option(None, "--from-profiles", help="Train the bank: one LoRA per profile of "
+                                          "this labelled file (the --profiles largest profiles)."),
+    profile_column: str = typer.Option("profile", "--profile-column", help="Column naming each row's profile."),
+    profiles: int = typer.Option(40, "--profiles", help="How many profiles (the ones with the most rows, ties by "
+                                 "name) give the bank its adapters."),
+    method: str = typer.Option("sa", "--method", help="sa: a LoRA and a head per profile; mtl: the LoRAs trained "
+                               "jointly with one shared head, which the bank keeps for its profiles."),
+    from_peft: bool = typer.Option(False, "--from-peft", help="Import the peft LoRA folders given as arguments "
+                                   "(adapter_config.json + adapter_model.safetensors), one adapter each."),
+    adapters: Optional[List[Path]] = typer.Argument(None, help="peft adapter folders (with --from-peft).",
+                                                    show_default=False),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs (--from-profiles)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Rows per profile per step (--from-profiles)."),
+    lr_adapter: float = typer.Option(FitConfig.lr_adapter, "--lr-adapter", help="LoRA learning rate."),
+    lr_head: float = typer.Option(FitConfig.lr_head, "--lr-head", help="Head learning rate."),
+    max_length: int = typer.Option(128, "--max-length", help="Tokens per example."),
+    text_column: str = TextCol,
+    label_column: str = LabelCol,
+    device: str = typer.Option("auto", "--device"),
     model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                                  help="PLM folder or cached hub id (default: the bundled all-MiniLM-L6-v2)."),
     output_dir: Path = typer.Option(Path("bank"), "--output", "-o", envvar="XPEFT_BANK", help="Bank folder to write."),
@@ -42,9 +69,14 @@ def create(
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Create a bank of N adapters per site over a PLM."""
-    if not random:
-        raise UsageError("say which bank to make: --random (trained banks are not available yet)")
+    """Create a bank over a PLM: random (--random -n N), trained from profiles (--from-profiles FILE
+    --method sa|mtl), or imported from peft LoRA folders (--from-peft DIR...)."""
+    kinds = [random, from_profiles is not None, from_peft]
+    if sum(kinds) != 1:
+        raise UsageError("say which bank to make: --random, --from-profiles FILE or --from-peft DIR... (one of them)")
+    if adapters and not from_peft:
+        raise UsageError(f"unexpected argument {adapters[0]} (adapter folders go with --from-peft)")
+    ln = ln or ("layernorm" if random else "none")
     if ln not in ("layernorm", "none"):
         raise UsageError("--ln must be 'layernorm' or 'none'")
     if (output_dir / MANIFEST).exists() and not force:
@@ -53,15 +85,30 @@ def create(
     t0 = time.perf_counter()
     plm = resolve_model(model)
     encoder, _ = load_encoder(plm)
-    bank = Bank.create_random(plm, encoder, n=n, rank=rank, seed=seed, targets=targets, init_scale=init_scale,
-                              config=SiteConfig(ln=ln == "layernorm"))
+    config = SiteConfig(ln=ln == "layernorm")
+    report = None
+    if random:
+        bank = Bank.create_random(plm, encoder, n=n, rank=rank, seed=seed, targets=targets, init_scale=init_scale,
+                                  config=config)
+    elif from_peft:
+        bank = from_peft_folders(plm, encoder, list(adapters or []), config=config)
+    else:
+        data = load_examples(from_profiles, Columns(text=text_column, label=label_column, profile=profile_column))
+        cfg = FitConfig(epochs=epochs, batch_size=batch_size, lr_adapter=lr_adapter, lr_head=lr_head, seed=seed,
+                        max_length=max_length, device=device)
+        output.note(f"training {profiles} adapters ({method}) from {from_profiles}", quiet or json_out)
+        with output.progress(f"bank {method}", enabled=not (quiet or json_out)) as update:
+            bank, report = build_from_profiles(plm, encoder, data, profiles, method, cfg, rank=rank, targets=targets,
+                                               config=config, on_step=update)
     bank.save(output_dir, materialize=materialize)
-    info = _summary(bank, output_dir) | {"materialized": materialize, "seconds": round(time.perf_counter() - t0, 2)}
+    info = _summary(bank, output_dir) | {"materialized": materialize or bank.kind != "random",
+                                         "seconds": round(time.perf_counter() - t0, 2),
+                                         "shared_head": bank.head is not None, "training": report}
     if json_out:
         output.emit_json(info)
     elif not quiet:
-        output.stdout.print(f"bank {output_dir}: N={bank.n} adapters × {len(bank.sites)} sites, rank {bank.rank}, "
-                            f"model {plm.ref}")
+        output.stdout.print(f"bank {output_dir}: N={bank.n} {bank.kind} adapters × {len(bank.sites)} sites, "
+                            f"rank {bank.rank}, model {plm.ref}" + (", shared head" if bank.head is not None else ""))
         output.stdout.print(f"bank hash {bank.bank_hash}")
 
 
@@ -78,7 +125,16 @@ def info(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help
         t.add_row(key, str(m.get(key)))
     t.add_row("model", f"{m['plm']['ref']} (sha256 {m['plm']['fingerprint']})")
     t.add_row("sites", ", ".join(s["name"] for s in m["sites"]))
-    t.add_row("generator", json.dumps(m.get("generator")))
+    if m.get("generator"):
+        t.add_row("generator", json.dumps(m.get("generator")))
+    if m.get("head"):
+        t.add_row("shared head", f"{m['head']['task']}, {m['head']['outputs']} outputs"
+                  + (f": {', '.join(m['head']['labels'])}" if m["head"].get("labels") else ""))
+    if m.get("origin"):
+        o = dict(m["origin"])
+        listed = o.pop("profiles", None) or o.pop("adapters", None)
+        t.add_row("made by", json.dumps(o) + (f"; from {len(listed)}: {', '.join(map(str, listed[:5]))}"
+                                              + (" …" if len(listed) > 5 else "") if listed else ""))
     output.stdout.print(t)
 
 

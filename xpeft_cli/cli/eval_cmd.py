@@ -12,13 +12,18 @@ from ..bank import Bank
 from ..data import Columns, encode_labels, load_examples
 from ..errors import UsageError
 from ..tasks import load_split, official_metrics, preset
-from ..evaluate import evaluate_profile, read_profile
+from ..evaluate import evaluate_profile, read_profile, with_bank_head
 from . import output
 from .common import BankOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol
 
 
 def evaluate(
-    profile: Path = typer.Option(..., "--profile", "-p", help="Profile file (.xpm, or a baseline's .safetensors)."),
+    profile: OptPath = typer.Option(None, "--profile", "-p", help="Profile file (.xpm, or a baseline's .safetensors)."),
+    profiles: OptPath = typer.Option(None, "--profiles", "-P", help="Many profiles: a folder of NAME.xpm (or "
+                                     "baselines' NAME.safetensors) or an .xps store; each row of --data is scored "
+                                     "by the profile its --profile-column names."),
+    profile_column: str = typer.Option("profile", "--profile-column", help="With --profiles: the column naming "
+                                       "each row's profile."),
     data: OptPath = typer.Option(None, "--data", "-d", help="Labelled data to score (or use --task)."),
     task_preset: OptStr = typer.Option(None, "--task", help="A GLUE/SuperGLUE preset: score its dev split from "
                                        "--data-dir with the official metrics."),
@@ -37,7 +42,15 @@ def evaluate(
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Accuracy, macro-F1 and MCC (classification) or Pearson/Spearman (regression)."""
+    """Accuracy, macro-F1 and MCC (classification) or Pearson/Spearman (regression).
+
+    With --profiles: per-profile accuracy and macro-F1 and their averages over profiles.
+    """
+    if (profile is None) == (profiles is None):
+        raise UsageError("give one profile with --profile FILE, or many with --profiles DIR|STORE")
+    if profiles is not None:
+        return _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column,
+                          text_pair_column, label_column, device, model, json_out)
     if (data is None) == (task_preset is None):
         raise UsageError("give the data with --data FILE or --task PRESET (one of them)")
     prof = read_profile(profile)
@@ -47,6 +60,7 @@ def evaluate(
     else:
         examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column))
     bank = Bank.load(bank_dir, model=model)
+    prof = with_bank_head(bank, prof)
     if force and prof.bank_hash != bank.bank_hash:
         output.stderr.print(f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
                             f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here")
@@ -68,4 +82,28 @@ def evaluate(
     for k, v in metrics.items():
         if k != "n":
             t.add_row(k, f"{v:.4f}")
+    output.stdout.print(t)
+
+
+def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column, text_pair_column,
+               label_column, device, model, json_out) -> None:
+    from ..serve import ProfileSource, evaluate_many
+
+    if data is None:
+        raise UsageError("--profiles needs --data FILE with a profile column")
+    examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column,
+                                           profile=profile_column))
+    source = ProfileSource(profiles)
+    bank = Bank.load(bank_dir, model=model)
+    res = evaluate_many(bank, source, examples, batch_size, max_length, device)
+    res = {"profiles_from": str(profiles), "data": str(data)} | res
+    if json_out:
+        output.emit_json(res)
+        return
+    keys = list(res["mean"])
+    t = Table("profile", "rows", *keys, box=None,
+              title=f"{res['count']} profiles on {data} ({res['rows']} rows)")
+    for name, m in res["profiles"].items():
+        t.add_row(name, str(m["n"]), *(f"{m[k]:.4f}" for k in keys))
+    t.add_row("mean over profiles", "", *(f"{res['mean'][k]:.4f}" for k in keys))
     output.stdout.print(t)

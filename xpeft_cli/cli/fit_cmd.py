@@ -19,7 +19,14 @@ D = FitConfig()
 
 
 def fit(
-    profile: str = typer.Option(..., "--profile", "-p", help="Profile name (stored in the file)."),
+    profile: OptStr = typer.Option(None, "--profile", "-p", help="Profile name (stored in the file); or use "
+                                   "--profile-column to fit every profile of the file in one run."),
+    profile_column: OptStr = typer.Option(None, "--profile-column", help="Fit every profile named in this column "
+                                          "in one batched run; -o is then a folder of NAME.xpm (or an .xps store)."),
+    labels: OptStr = typer.Option(None, "--labels", help="The class names, comma-separated, in order (default: "
+                                  "those in the data, sorted). A multi-profile fit gives every profile this set."),
+    max_batch_rows: int = typer.Option(2048, "--max-batch-rows", help="Multi-profile fit: at most this many rows "
+                                       "per forward pass (a step's profiles are split over several passes)."),
     data: OptPath = typer.Option(None, "--data", "-d", help="Training data: .jsonl, .json, .csv, .tsv or .parquet "
                                  "(or use --task)."),
     method: str = typer.Option(D.method, "--method", help="x-peft, or a baseline: single-adapter (a LoRA per site, "
@@ -57,11 +64,25 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint of an interrupted fit "
                                 "(same options and data); the result is the same as an uninterrupted fit."),
     log: OptPath = typer.Option(None, "--log", help="Loss log, JSONL (default: beside the output, NAME.fit.jsonl)."),
+    own_head: bool = typer.Option(False, "--own-head", help="Train a head for the profile even when the bank "
+                                  "carries a shared one (mtl banks); by default it is reused and not stored."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Fit a profile's masks (and its LN and head) over a bank, from a labelled file."""
+    """Fit a profile's masks (and its LN and head) over a bank, from a labelled file.
+
+    With --profile-column, fit every profile of the file in one run (the same result per
+    profile as fitting each alone with the same seed, on a PLM without dropout).
+    """
+    if profile_column:
+        if profile or task_preset or resume or checkpoint_every:
+            raise UsageError("--profile-column fits every profile of --data; it does not combine with --profile, "
+                             "--task, --checkpoint-every or --resume")
+        return _fit_many(**{k: v for k, v in locals().items() if k not in ("profile", "task_preset", "resume",
+                                                                          "checkpoint_every", "data_dir")})
+    if not profile:
+        raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
     if mask not in ("hard", "soft"):
         raise UsageError("--mask must be 'hard' or 'soft'")
     if method not in METHODS:
@@ -92,7 +113,8 @@ def fit(
     bank = Bank.load(bank_dir, model=model)
     cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
-                    val_fraction=val_fraction, task=task, device=device)
+                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
+                    head="own" if own_head else "auto")
     what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
@@ -120,3 +142,75 @@ def fit(
             val = ", ".join(f"{k} {v:.3f}" for k, v in result.val_metrics.items() if k != "n" and isinstance(v, float))
             val = f"; validation ({result.val_metrics['n']} rows): {val}"
         output.stdout.print(f"wrote {out} ({size} bytes) in {result.seconds:.1f}s, {result.steps} steps{val}")
+
+
+def _labels(labels: str | None) -> list[str] | None:
+    if labels is None:
+        return None
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError("--labels needs at least two distinct comma-separated names")
+    return names
+
+
+def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, batch_size, lr_masks, lr_ln, lr_head,
+              lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
+              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head) -> None:
+    from ..multifit import fit_profiles, profile_filename
+    from ..store import write_store
+
+    if data is None:
+        raise UsageError("--profile-column needs --data FILE")
+    if eval_data is not None:
+        raise UsageError("--eval-data does not combine with --profile-column (each profile holds out --val-fraction)")
+    if max_batch_rows < 1:
+        raise UsageError("--max-batch-rows must be at least 1")
+    out = out or Path("profiles")
+    to_store = out.suffix == ".xps"
+    if to_store and method != "x-peft":
+        raise UsageError("an .xps store holds x-peft profiles; baselines are written to a folder")
+    cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
+    train = load_examples(data, cols)
+    bank = Bank.load(bank_dir, model=model)
+    cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size,
+                    lr_masks=lr_masks, lr_ln=lr_ln, lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
+                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels))
+    groups = train.by_profile()
+    output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {method}", quiet or json_out)
+    log = log or (out.with_suffix(".fit.jsonl") if to_store else out / "fit.jsonl")
+    if not to_store:
+        out.mkdir(parents=True, exist_ok=True)
+    with output.progress(f"fit {len(groups)} profiles", enabled=not (quiet or json_out)) as update:
+        result = fit_profiles(bank, train, cfg, shared_head="own" if own_head else "auto",
+                              max_batch_rows=max_batch_rows, on_step=update, log_path=log)
+    files, sizes = {}, {}
+    if to_store:
+        total = write_store([result.profiles[n] for n in result.names], out)
+    else:
+        stems = {}
+        for name in result.names:
+            stem = profile_filename(name)
+            if stem in stems:
+                raise UsageError(f"profiles {stems[stem]!r} and {name!r} map to the same file name")
+            stems[stem] = name
+            prof = result.profiles[name]
+            if method == "x-peft":
+                path = out / f"{stem}.xpm"
+                write_xpm(prof, path)
+            else:
+                path = out / f"{stem}.safetensors"
+                write_adapter(prof, path)
+            files[name], sizes[name] = str(path), path.stat().st_size
+        total = sum(sizes.values())
+    accs = [m["accuracy"] for m in result.val_metrics.values() if "accuracy" in m]
+    res = {"profiles": len(result.names), "method": method, "output": str(out), "bytes": total,
+           "mean_bytes": round(total / max(1, len(result.names)), 1), "files": files or None, "n": bank.n,
+           "mask": mask if method == "x-peft" else None, "steps": result.steps, "seconds": round(result.seconds, 2),
+           "val": result.val_metrics, "val_mean_accuracy": (sum(accs) / len(accs)) if accs else None,
+           "log": str(log), "bank_hash": bank.bank_hash}
+    if json_out:
+        output.emit_json(res)
+    elif not quiet:
+        val = f"; mean validation accuracy {res['val_mean_accuracy']:.3f}" if accs else ""
+        output.stdout.print(f"wrote {len(result.names)} profiles to {out} ({total} bytes) in {result.seconds:.1f}s, "
+                            f"{result.steps} steps{val}")
