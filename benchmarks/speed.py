@@ -42,7 +42,14 @@ def random_bank(encoder, n: int, rank: int, device, dtype=torch.float32) -> Bank
                 config=SiteConfig(), bank_hash="0" * 64)
 
 
-def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.Module:
+def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype, checkpointing: bool = False) -> torch.nn.Module:
+    model = _build(kind, n, cfg, device, bank_dtype)
+    if checkpointing:
+        model.gradient_checkpointing()
+    return model
+
+
+def _build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.Module:
     torch.manual_seed(0)
     enc = BertModel(cfg).to(device)
     rank = cfg.hidden_size // 16
@@ -54,7 +61,10 @@ def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.Mo
     model = XPeftModel(enc, bank, 2, spec=MaskSpec(kind=mask, k=min(50, n),
                                                   generator=torch.Generator(device=device).manual_seed(1)))
     model.to(device)
-    if bank_dtype is not None:
+    if variant == "unfused":  # each site mixes its own Â, B̂ (the code before site-batched mixing)
+        for s in model.sites:
+            s.bank_a, s.bank_b = s.bank_a.to(bank_dtype or torch.float32), s.bank_b.to(bank_dtype or torch.float32)
+    elif bank_dtype is not None:
         model.cast_bank(bank_dtype)
     if variant == "reference":
         for layer in model.sites:
@@ -109,18 +119,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--ns", type=int, nargs="*", default=[100, 200, 400, 800])
     ap.add_argument("--reference-ns", type=int, nargs="*", default=[100, 200])
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd single_adapter and N=400")
+    ap.add_argument("--profile", action="store_true", help="write a torch.profiler table of one x-peft step")
+    ap.add_argument("--memory-seq", type=int, default=512, help="sequence length of the checkpointing rows")
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = BertConfig()
     if args.tiny:
         cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
         args.batch, args.seq, args.ns, args.reference_ns, args.steps, args.warmup = 4, 16, [8, 16], [8], 3, 1
+        args.memory_seq = 32
     bf16_bank = torch.bfloat16 if device.type == "cuda" else None
     plan = [("head_only", 0, None), ("single_adapter", 0, None)]
     for n in args.ns:
         plan += [("soft", n, bf16_bank), ("hard", n, bf16_bank)]
     if device.type == "cuda":
         plan += [("soft", 400, None)]  # the float32 bank that autocast re-casts every step, for comparison
+    plan += [("soft:unfused", 400, bf16_bank), ("hard:unfused", 400, bf16_bank)]
     plan += [("soft:reference", n, bf16_bank) for n in args.reference_ns]
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(1000, 20000, (args.batch, args.seq), generator=g).to(device),
@@ -137,9 +152,45 @@ def main() -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.compile:
+        for kind, n in (("single_adapter", 0), ("soft", 400), ("hard", 400)):
+            model = torch.compile(build(kind, n, cfg, device, bf16_bank))
+            ms, peak = time_steps(model, batch, labels, device, args.warmup, args.steps, train=True)
+            rows.append({"config": f"{kind if not n else f'xpeft {kind} N={n}'} (torch.compile)", "kind": kind,
+                         "n": n, "bank_dtype": str(bf16_bank), "train_ms": round(ms, 2),
+                         "peak_mem_gib": round(peak / 2**30, 2)})
+            print(json.dumps(rows[-1]), flush=True)
+            del model
     lora = next(r["train_ms"] for r in rows if r["config"] == "single_adapter")
+    lora_c = next((r["train_ms"] for r in rows if r["config"] == "single_adapter (torch.compile)"), None)
     for r in rows:
-        r["vs_single_adapter"] = round(r["train_ms"] / lora, 3)
+        r["vs_single_adapter"] = round(r["train_ms"] / (lora_c if "compile" in r["config"] else lora), 3)
+    memory = []
+    long = {"input_ids": torch.randint(1000, 20000, (args.batch, args.memory_seq), generator=g).to(device),
+            "attention_mask": torch.ones(args.batch, args.memory_seq, dtype=torch.long).to(device)}
+    for kind, n in (("single_adapter", 0), ("hard", 400)):
+        for ck in (False, True):
+            model = build(kind, n, cfg, device, bf16_bank, checkpointing=ck)
+            ms, peak = time_steps(model, long, labels, device, 2, max(3, args.steps // 4), train=True)
+            memory.append({"config": kind if not n else f"xpeft {kind} N={n}", "checkpointing": ck,
+                           "batch": f"{args.batch}x{args.memory_seq}", "train_ms": round(ms, 2),
+                           "peak_mem_gib": round(peak / 2**30, 2)})
+            print(json.dumps(memory[-1]), flush=True)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        model = build("hard", 400, cfg, device, bf16_bank)
+        time_steps(model, batch, labels, device, 3, 1, train=True)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            time_steps(model, batch, labels, device, 0, 2, train=True)
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "speed-profile.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
+        del model
     infer = []
     for kind, n in (("head_only", 0), ("single_adapter", 0), ("hard", 400)):
         model = build(kind, n, cfg, device, bf16_bank)
@@ -157,14 +208,17 @@ def main() -> None:
             "warmup": args.warmup}
     RESULTS.mkdir(exist_ok=True)
     tag = "tiny-cpu" if args.tiny else device.type
-    (RESULTS / f"speed-{tag}.json").write_text(json.dumps({"meta": meta, "train": rows, "inference": infer},
-                                                          indent=2) + "\n")
+    (RESULTS / f"speed-{tag}.json").write_text(json.dumps({"meta": meta, "train": rows, "inference": infer,
+                                                           "checkpointing": memory}, indent=2) + "\n")
     md = [f"# Training-step speed ({meta['device']}, {meta['shape']}, {meta['precision']})", "",
           f"Command: `{meta['command']}`; torch {meta['torch']}; median of {args.steps} steps after "
           f"{args.warmup} warm-up.", "", "| config | ms/step | × single_adapter | peak GiB |", "|---|---|---|---|"]
     md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['peak_mem_gib']} |" for r in rows]
     md += ["", "| inference | batch | sequences/s |", "|---|---|---|"]
     md += [f"| {r['config']} | {r['batch']} | {r['seqs_per_s']} |" for r in infer]
+    md += ["", "| gradient checkpointing | batch | checkpointing | ms/step | peak GiB |", "|---|---|---|---|---|"]
+    md += [f"| {r['config']} | {r['batch']} | {r['checkpointing']} | {r['train_ms']} | {r['peak_mem_gib']} |"
+           for r in memory]
     (RESULTS / f"speed-{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

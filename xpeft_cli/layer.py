@@ -29,6 +29,7 @@ class XPeftLinear(nn.Module):
         self.scale = scale
         self.spec = spec
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # mixed for all sites at once by the model
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (mask_weights(self.logits_a, self.spec, self.training),
@@ -38,6 +39,10 @@ class XPeftLinear(nn.Module):
         """(Â, B̂): one einsum per bank tensor. Cached at inference, when masks are frozen."""
         if not self.training and not torch.is_grad_enabled() and self._cache is not None:
             return self._cache
+        if self._step is not None:
+            if not self.training and not torch.is_grad_enabled():
+                self._cache = self._step
+            return self._step
         w_a, w_b = self.weights()
         a_hat = torch.einsum("n,nib->ib", w_a.to(self.bank_a.dtype), self.bank_a)
         b_hat = torch.einsum("n,nbo->bo", w_b.to(self.bank_b.dtype), self.bank_b)

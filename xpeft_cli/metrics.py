@@ -11,7 +11,15 @@ def classification_metrics(y_true: list[int], y_pred: list[int], num_classes: in
     (a profile's test rows cover few of a shared label set; absent classes would count as F1 0)."""
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+    import warnings
+
     labels = sorted(set(y_true) | set(y_pred)) if present_only else list(range(num_classes))
+    with warnings.catch_warnings():  # one class in a profile's rows: MCC is 0 by definition, no need to shout
+        warnings.simplefilter("ignore")
+        return _classification(y_true, y_pred, labels, accuracy_score, f1_score, matthews_corrcoef)
+
+
+def _classification(y_true, y_pred, labels, accuracy_score, f1_score, matthews_corrcoef) -> dict:
     majority = Counter(y_true).most_common(1)[0][1] / len(y_true) if y_true else 0.0
     return {
         "n": len(y_true),

@@ -10,7 +10,7 @@ from torch import nn
 
 from .bank import Bank
 from .layer import XPeftLinear
-from .masks import MaskSpec
+from .masks import MaskSpec, mask_weights
 
 TASK_CLASSIFICATION = "classification"
 TASK_REGRESSION = "regression"
@@ -54,6 +54,17 @@ class EncoderClassifier(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
+    def gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them:
+        less peak memory for long sequences, at the price of a second forward through the blocks."""
+        if not getattr(self.encoder, "supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.encoder).__name__} does not support gradient checkpointing")
+        if hasattr(self.encoder, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
+            self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._checkpointing = True
+
     def use_shared_head(self, shared) -> None:
         """Take a bank's shared head (bank.SharedHead), frozen: profiles then own no head."""
         w = shared.weight
@@ -95,16 +106,59 @@ class XPeftModel(EncoderClassifier):
             s.invalidate()
 
     def cast_bank(self, dtype: torch.dtype) -> "XPeftModel":
-        """Keep the shared bank in the compute dtype (e.g. bf16 on a GPU).
+        """Keep the shared bank in the compute dtype (e.g. bf16 on a GPU), stacked over sites.
 
         Under autocast a float32 bank would be cast again at every step: a full read and
-        write of every adapter, which costs more than the mixing itself.
+        write of every adapter, which costs more than the mixing itself. Where every site has
+        the same shape the bank is stored as one (L, N, d_in·b) tensor (the sites keep views
+        of it), so that one batched matmul mixes every site: a step then launches a handful of
+        mixing kernels instead of a dozen per site, which is what the per-step cost was made of.
         """
+        shapes = {(tuple(s.bank_a.shape), tuple(s.bank_b.shape)) for s in self.sites}
+        if len(shapes) == 1:
+            self._stacked = (torch.stack([s.bank_a.to(dtype) for s in self.sites]),
+                             torch.stack([s.bank_b.to(dtype) for s in self.sites]))
+            for l, s in enumerate(self.sites):
+                s.bank_a, s.bank_b = self._stacked[0][l], self._stacked[1][l]
+                s.invalidate()
+            return self
         for s in self.sites:
             s.bank_a = s.bank_a.to(dtype)
             s.bank_b = s.bank_b.to(dtype)
             s.invalidate()
         return self
+
+    def _mix_all_sites(self) -> None:
+        """Every site's (Â, B̂) for this forward: one mask computation and two bmm's for all sites.
+
+        The Gumbel noise is drawn as one (L, 2, N) tensor: site by site, A then B, the order in
+        which the sites draw it one by one.
+        """
+        bank_a, bank_b = self._stacked
+        both = torch.stack([torch.stack([s.logits_a, s.logits_b]) for s in self.sites])  # (L, 2, N)
+        w = mask_weights(both, self.spec, self.training).to(bank_a.dtype)
+        L, n = bank_a.shape[:2]
+        a_hat = torch.bmm(w[:, 0:1], bank_a.reshape(L, n, -1)).view(L, *bank_a.shape[2:])
+        b_hat = torch.bmm(w[:, 1:2], bank_b.reshape(L, n, -1)).view(L, *bank_b.shape[2:])
+        for s, a, b in zip(self.sites, a_hat.unbind(0), b_hat.unbind(0)):
+            s._step = (a, b)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        cached = not self.training and not torch.is_grad_enabled() and self.sites and self.sites[0]._cache is not None
+        keep = getattr(self, "_checkpointing", False)
+        if not cached:
+            if getattr(self, "_stacked", None) is not None:
+                self._mix_all_sites()
+            elif keep:  # the recomputation must see the same (Â, B̂), not a new Gumbel draw
+                for s in self.sites:
+                    s._step = None
+                    s._step = s.mixed()
+        try:
+            return super().forward(input_ids, attention_mask, token_type_ids)
+        finally:
+            if not keep:  # with checkpointing the backward pass re-runs the sites and still needs them
+                for s in self.sites:
+                    s._step = None
 
     def mask_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.sites for p in (s.logits_a, s.logits_b)]

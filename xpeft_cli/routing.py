@@ -166,8 +166,8 @@ class FrozenMaskTable(nn.Module):
         soft = [i for i, p in enumerate(profiles) if p.mask_kind != "hard"]
         slot = torch.zeros(len(profiles), dtype=torch.long)
         slot[hard], slot[soft] = torch.arange(len(hard)), torch.arange(len(soft))
+        self.slot_cpu, self.hard_cpu = slot, [p.mask_kind == "hard" for p in profiles]  # indexed without a sync
         self.register_buffer("slot", slot, persistent=False)
-        self.register_buffer("is_hard", torch.tensor([p.mask_kind == "hard" for p in profiles]), persistent=False)
         empty = torch.zeros(0, self.L, 2, self.n)
         self.register_buffer("bits", torch.from_numpy(np.stack([np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)
                                                                  for i in hard])) if hard else empty.bool(),
@@ -185,22 +185,26 @@ class FrozenMaskTable(nn.Module):
             self.register_buffer("ln_w", torch.from_numpy(np.stack(w)), persistent=False)
             self.register_buffer("ln_b", torch.from_numpy(np.stack(b)), persistent=False)
 
-    def weights(self, idx: torch.Tensor) -> torch.Tensor:
-        """(U, L, 2, N) mixing weights of the profiles idx."""
-        hard = self.is_hard[idx]
-        if bool(hard.all()):
-            s = self.slot[idx]
+    def weights(self, present: list[int]) -> torch.Tensor:
+        """(U, L, 2, N) mixing weights of the profiles `present`."""
+        dev = self.bits.device
+        hard = [self.hard_cpu[i] for i in present]
+        slots = self.slot_cpu[present]
+        if all(hard):
+            s = slots.to(dev, non_blocking=True)
             return self.bits[s].float() / self.k[s].view(-1, 1, 1, 1)
-        if not bool(hard.any()):
-            return self.soft[self.slot[idx]]
-        w = torch.empty(len(idx), self.L, 2, self.n, device=idx.device)
-        w[hard] = self.bits[self.slot[idx[hard]]].float() / self.k[self.slot[idx[hard]]].view(-1, 1, 1, 1)
-        w[~hard] = self.soft[self.slot[idx[~hard]]]
+        if not any(hard):
+            return self.soft[slots.to(dev, non_blocking=True)]
+        h = torch.tensor(hard)
+        w = torch.empty(len(present), self.L, 2, self.n, device=dev)
+        hs = slots[h].to(dev)
+        w[h.to(dev)] = self.bits[hs].float() / self.k[hs].view(-1, 1, 1, 1)
+        w[(~h).to(dev)] = self.soft[slots[~h].to(dev)]
         return w
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        idx = torch.tensor(present, device=self.slot.device)
-        w = self.weights(idx)
+        idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
+        w = self.weights(present)
         out = []
         for l in range(self.L):
             bank_a, bank_b = getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
@@ -272,8 +276,10 @@ class RoutedModel(nn.Module):
                 self.sites.append(layer)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, profile_ids=None) -> torch.Tensor:
-        present_t, rows = torch.unique(profile_ids, sorted=True, return_inverse=True)
+        # profile_ids on the CPU (as the server passes them) keeps this free of GPU→CPU syncs.
+        present_t, rows = torch.unique(profile_ids.cpu(), sorted=True, return_inverse=True)
         present = present_t.tolist()
+        rows = rows.to(input_ids.device, non_blocking=True)
         if self.table is not None:
             for site, route in zip(self.sites, self.table.routes(present, rows)):
                 site.route = route

@@ -84,7 +84,8 @@ class ProfileServer:
     head, so there is no per-profile reload or regrouping: switching profile costs nothing.
     """
 
-    def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False):
+    def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False,
+                 encoder=None, tokenizer=None):
         from .routing import FrozenMaskTable, HeadTable, RoutedModel
 
         if not profiles:
@@ -98,7 +99,9 @@ class ProfileServer:
             if p.L != bank.L or p.n != bank.n:
                 raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
         self.index = {p.name: i for i, p in enumerate(self.profiles)}
-        encoder, self.tokenizer = load_encoder(bank.plm)
+        if encoder is None:
+            encoder, tokenizer = load_encoder(bank.plm)
+        self.tokenizer = tokenizer
         table = FrozenMaskTable(bank.A, bank.B, self.profiles, bank.config.ln)
         heads = HeadTable.frozen([p.head_weight for p in self.profiles], [p.head_bias for p in self.profiles])
         self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
@@ -132,7 +135,7 @@ class ProfileServer:
         for s in range(0, len(texts), batch_size):
             idx = list(range(s, min(s + batch_size, len(texts))))
             batch = collate(self.tokenizer, enc, idx, self.device)
-            pid = torch.tensor(profile_idx[s:s + batch_size], device=self.device)
+            pid = torch.tensor(profile_idx[s:s + batch_size])  # stays on the CPU: routing needs no sync
             with _autocast(self.device):
                 outs.append(self.model(**batch, profile_ids=pid).float().cpu())
         return torch.cat(outs)

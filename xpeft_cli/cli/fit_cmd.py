@@ -64,6 +64,8 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint of an interrupted fit "
                                 "(same options and data); the result is the same as an uninterrupted fit."),
     log: OptPath = typer.Option(None, "--log", help="Loss log, JSONL (default: beside the output, NAME.fit.jsonl)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations "
+                                                "in the backward pass: less memory for long inputs, more time."),
     own_head: bool = typer.Option(False, "--own-head", help="Train a head for the profile even when the bank "
                                   "carries a shared one (mtl banks); by default it is reused and not stored."),
     model: OptStr = ModelOpt,
@@ -79,8 +81,11 @@ def fit(
         if profile or task_preset or resume or checkpoint_every:
             raise UsageError("--profile-column fits every profile of --data; it does not combine with --profile, "
                              "--task, --checkpoint-every or --resume")
+        if gradient_checkpointing:
+            raise UsageError("--gradient-checkpointing is for single-profile fits")
         return _fit_many(**{k: v for k, v in locals().items() if k not in ("profile", "task_preset", "resume",
-                                                                          "checkpoint_every", "data_dir")})
+                                                                          "checkpoint_every", "data_dir",
+                                                                          "gradient_checkpointing")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
     if mask not in ("hard", "soft"):
@@ -114,7 +119,7 @@ def fit(
     cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
                     val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
-                    head="own" if own_head else "auto")
+                    head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing)
     what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:

@@ -1,0 +1,209 @@
+"""Serving many profiles: mixed batches, profile loading and switching, CPU latency.
+
+    python benchmarks/serving.py                 # GPU: bert-base shape, N=400, 10,000 hard profiles
+    python benchmarks/serving.py --tiny          # CPU smoke run of the same code
+    python benchmarks/serving.py --cpu-latency   # CPU: one request at a time on the default PLM
+
+Throughput rows use xpeft's serving model (serve.ProfileServer: RoutedModel + FrozenMaskTable,
+the `xpeft predict` path) on pre-tokenised 64×128 batches, bf16, median of timed batches:
+  - one profile: every row of every batch has the same profile;
+  - mixed: every row of a batch has a different profile drawn from 10,000;
+  - the single-profile XPeftModel with its Â, B̂ cached (what `eval` runs), for reference.
+Loading: writing and reading 10,000 .xpm files, building the table; switching: loading a
+profile into an XPeftModel and its first batch vs. the routed model (nothing to switch).
+Writes benchmarks/results/serving-<tag>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import random_bank  # noqa: E402
+
+from xpeft_cli.masks import MaskSpec  # noqa: E402
+from xpeft_cli.model import XPeftModel  # noqa: E402
+from xpeft_cli.profile import Profile, apply_profile  # noqa: E402
+from xpeft_cli.serve import ProfileServer  # noqa: E402
+from xpeft_cli.xpm import read_xpm, write_xpm  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def random_profiles(count: int, L: int, n: int, k: int, rank: int, hidden: int, classes: int, bank_hash: str,
+                    seed: int = 0) -> list[Profile]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        def bits():
+            m = np.zeros((L, n), dtype=bool)
+            for row in m:
+                row[rng.choice(n, k, replace=False)] = True
+            return m
+        out.append(Profile(name=f"user{i:05d}", mask_kind="hard", n=n, L=L, k=k, bank_hash=bank_hash,
+                           mask_a=bits(), mask_b=bits(),
+                           ln_weight=(1 + 0.1 * rng.standard_normal((L, rank))).astype(np.float32),
+                           ln_bias=(0.1 * rng.standard_normal((L, rank))).astype(np.float32),
+                           head_weight=(0.02 * rng.standard_normal((classes, hidden))).astype(np.float32),
+                           head_bias=np.zeros(classes, np.float32), labels=[f"c{j}" for j in range(classes)]))
+    return out
+
+
+def timed(fn, device, warmup: int, reps: int) -> float:
+    times = []
+    for i in range(warmup + reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def throughput(args, device) -> dict:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig() if not args.tiny else BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                                        intermediate_size=128)
+    torch.manual_seed(0)
+    enc = BertModel(cfg)
+    rank = cfg.hidden_size // 16
+    bank = random_bank(enc, args.n, rank, "cpu")
+    t0 = time.perf_counter()
+    profiles = random_profiles(args.profiles, len(bank.sites), args.n, args.k, rank, cfg.hidden_size, 2,
+                               bank.bank_hash)
+    make_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        for p in profiles:
+            write_xpm(p, Path(tmp) / f"{p.name}.xpm")
+        write_s = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        t0 = time.perf_counter()
+        loaded = [read_xpm(Path(tmp) / f"{p.name}.xpm") for p in profiles]
+        read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    server = ProfileServer(bank, loaded, str(device), encoder=enc, tokenizer=None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    model = server.model
+    g = torch.Generator().manual_seed(0)
+    b, t = args.batch, args.seq
+    batch = {"input_ids": torch.randint(1000, 20000, (b, t), generator=g).to(device),
+             "attention_mask": torch.ones(b, t, dtype=torch.long).to(device)}
+    auto = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    same = torch.zeros(b, dtype=torch.long)  # on the CPU, as ProfileServer passes them
+    draws = [torch.randperm(args.profiles, generator=g)[:b] for _ in range(args.reps + args.warmup)]
+    it = iter(draws * 2)
+
+    def run(pid):
+        with torch.no_grad(), auto:
+            model(**batch, profile_ids=pid)
+
+    one_ms = timed(lambda: run(same), device, args.warmup, args.reps)
+    mixed_ms = timed(lambda: run(next(it)), device, args.warmup, args.reps)
+    # The single-profile model that eval uses, Â and B̂ cached: the plain reference.
+    torch.manual_seed(0)
+    enc2 = BertModel(cfg).to(device)
+    xm = XPeftModel(enc2, bank, 2, spec=MaskSpec("hard", k=args.k)).to(device)
+    if device.type == "cuda":
+        xm.cast_bank(torch.bfloat16)
+    apply_profile(xm, loaded[0])
+    xm.eval()
+
+    def run_x():
+        with torch.no_grad(), auto:
+            xm(**batch)
+
+    cached_ms = timed(run_x, device, args.warmup, args.reps)
+
+    def switch():
+        apply_profile(xm, loaded[int(torch.randint(args.profiles, (1,), generator=g))])
+        with torch.no_grad(), auto:
+            xm(**{k: v[:1] for k, v in batch.items()})
+
+    switch_ms = timed(switch, device, 3, 20)
+    rows = [{"config": "routed, one profile per batch", "ms_per_batch": round(one_ms, 2),
+             "seqs_per_s": round(b / one_ms * 1000)},
+            {"config": f"routed, {b} distinct profiles per batch (of {args.profiles})",
+             "ms_per_batch": round(mixed_ms, 2), "seqs_per_s": round(b / mixed_ms * 1000)},
+            {"config": "XPeftModel, one profile, cached Â/B̂", "ms_per_batch": round(cached_ms, 2),
+             "seqs_per_s": round(b / cached_ms * 1000)}]
+    return {"throughput": rows, "mixed_vs_one_profile": round(one_ms / mixed_ms, 3),
+            "mixed_vs_cached_xpeft": round(cached_ms / mixed_ms, 3),
+            "load": {"profiles": args.profiles, "xpm_bytes_total": size, "write_s": round(write_s, 2),
+                     "read_s": round(read_s, 2), "read_ms_per_profile": round(read_s / args.profiles * 1000, 3),
+                     "build_table_s": round(build_s, 2), "make_s": round(make_s, 2)},
+            "switch": {"xpeft_model_apply_and_first_row_ms": round(switch_ms, 2), "routed_ms": 0.0},
+            "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, N={args.n}, k={args.k}, "
+                     f"batch {b}x{t}"}
+
+
+def cpu_latency(args) -> dict:
+    """One request at a time on the default PLM, as `xpeft predict` serves it (CPU, float32)."""
+    from xpeft_cli.bank import Bank
+    from xpeft_cli.plm import load_encoder, resolve_model
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    plm = resolve_model(None)
+    enc, tok = load_encoder(plm)
+    bank = Bank.create_random(plm, enc, n=400, seed=0)
+    rank = bank.rank
+    profiles = random_profiles(100, bank.L, bank.n, 50, rank, 384, 3, bank.bank_hash)
+    server = ProfileServer(bank, profiles, "cpu", encoder=enc, tokenizer=tok)
+    text = "The council approved the new budget for public transport after a long debate on Tuesday."
+    g = torch.Generator().manual_seed(0)
+    ms = timed(lambda: server.outputs([text], None, [int(torch.randint(100, (1,), generator=g))]), torch.device("cpu"),
+               5, args.reps)
+    return {"cpu_latency_ms_median": round(ms, 2), "threads": torch.get_num_threads(), "model": plm.ref,
+            "tokens": len(tok(text)["input_ids"]), "reps": args.reps, "profiles_loaded": 100}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--cpu-latency", action="store_true")
+    ap.add_argument("--profiles", type=int, default=10000)
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if args.cpu_latency:
+        res = cpu_latency(args)
+        meta["device"] = platform.processor() or platform.machine()
+        tag = "cpu-latency"
+    else:
+        if args.tiny:
+            args.profiles, args.n, args.k, args.batch, args.seq, args.reps = 200, 16, 4, 8, 16, 5
+        device = torch.device(args.device)
+        res = throughput(args, device)
+        meta["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.machine()
+        tag = "tiny" if args.tiny else device.type
+    out = {"meta": meta, **res}
+    (RESULTS / f"serving-{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
