@@ -87,17 +87,20 @@ def plot_heatmap(profiles: list[Profile], out: Path) -> dict:
 
 def read_curve(path: Path) -> tuple[list[int], list[float]]:
     steps, losses = [], []
-    with open(path, encoding="utf-8") as fh:
-        for no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                raise DataError(f"{path}: line {no}: not valid JSON") from None
-            if isinstance(rec, dict) and "loss" in rec and "step" in rec:
-                steps.append(int(rec["step"]))
-                losses.append(float(rec["loss"]))
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file (a fit log is JSONL)") from None
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path}: line {no}: not valid JSON") from None
+        if isinstance(rec, dict) and "loss" in rec and "step" in rec:
+            steps.append(int(rec["step"]))
+            losses.append(float(rec["loss"]))
     if not steps:
         raise DataError(f"{path}: no training-loss records (write them with 'xpeft fit --log')")
     return steps, losses

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 import torch
 
@@ -91,13 +91,13 @@ class ProfileServer:
         if not profiles:
             raise DataError("no profiles to serve")
         self.device = pick_device(device)
-        self.profiles = [with_bank_head(bank, p) for p in profiles]
-        for p in self.profiles:
+        for p in profiles:
             if p.bank_hash != bank.bank_hash and not force:
                 raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
                                      f"({bank.bank_hash[:16]}…)")
             if p.L != bank.L or p.n != bank.n:
                 raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
+        self.profiles = [with_bank_head(bank, p) for p in profiles]
         self.index = {p.name: i for i, p in enumerate(self.profiles)}
         if encoder is None:
             encoder, tokenizer = load_encoder(bank.plm)
