@@ -27,15 +27,15 @@ import torch
 
 from .bank import Bank
 from .baselines import AdapterProfile
-from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
+from .data import Examples, encode_labels, label_key, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec, hard_inference_weights
 from .metrics import classification_metrics, regression_metrics
-from .model import TASK_CLASSIFICATION, TASK_REGRESSION
+from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
 from .profile import Profile
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .train import FitConfig, _autocast, collate, pick_device, pretokenize
+from .train import FitConfig, _autocast, collate, pick_device, pretokenize, task_and_labels
 
 
 @dataclass
@@ -91,13 +91,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     groups = train.by_profile()
     bank_head = getattr(bank, "head", None)
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
-    if use_bank_head:
-        task, names = bank_head.task, bank_head.labels
-    else:
-        task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
-        names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
-    if task == TASK_CLASSIFICATION and len(names) < 2:
-        raise DataError(f"{train.source}: the data has a single label ({names[0]!r}); need at least two")
+    task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)
     y_all = encode_labels(train, task, names)
     k = min(cfg.k, bank.n)
 

@@ -108,6 +108,17 @@ def score(model: EncoderClassifier, tokenizer, ex: Examples, targets: list, num_
     return classification_metrics(targets, preds, num_classes), preds
 
 
+def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str, list[str] | None]:
+    """(task, class names) of a fit: the shared head's (an mtl bank's) if given, else from cfg and data."""
+    if shared is not None:  # an mtl bank: its head and label set are every profile's
+        return shared.task, shared.labels
+    task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
+    names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
+    if task == TASK_CLASSIFICATION and len(names) < 2:
+        raise DataError(f"{train.source}: training data has a single label ({names[0]!r}); need at least two")
+    return task, names
+
+
 def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConfig(),
                 eval_data: Examples | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
@@ -129,13 +140,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     if train.labels is None:
         raise DataError(f"{train.source}: training data needs labels")
     shared = bank.head if (bank.head is not None and cfg.method == "x-peft" and cfg.head == "auto") else None
-    if shared is not None:  # an mtl bank: its head and label set are every profile's
-        task, names = shared.task, shared.labels
-    else:
-        task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
-        names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
-    if task == TASK_CLASSIFICATION and len(names) < 2:
-        raise DataError(f"{train.source}: training data has a single label ({names[0]!r}); need at least two")
+    task, names = task_and_labels(train, cfg, shared)
     k = min(cfg.k, bank.n)
     if cfg.mask == "hard" and k < 1:
         raise UsageError("--k must be at least 1")
