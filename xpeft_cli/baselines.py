@@ -48,6 +48,21 @@ def attach_lora(encoder: nn.Module, site_names: list[str], rank: int, seed: int 
     return layers
 
 
+def adapter_tensors(site_names: list[str], a: list[torch.Tensor], b: list[torch.Tensor], head_weight: torch.Tensor,
+                    head_bias: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A baseline's saved tensors: peft's names and layout (lora_A (b, d_in), lora_B (d_out, b)) plus the head.
+
+    a[i] is (d_in, b) and b[i] is (b, d_out), as LoRALinear holds them; no sites for head-only.
+    """
+    out = {}
+    for name, ta, tb in zip(site_names, a, b):
+        out[f"base_model.model.{name}.lora_A.weight"] = ta.detach().float().cpu().t().contiguous()
+        out[f"base_model.model.{name}.lora_B.weight"] = tb.detach().float().cpu().t().contiguous()
+    out["head.weight"] = head_weight.detach().float().cpu().contiguous()
+    out["head.bias"] = head_bias.detach().float().cpu().contiguous()
+    return out
+
+
 class BaselineModel(EncoderClassifier):
     """head_only (no sites) or single_adapter (LoRA on the bank's sites, rank b)."""
 
@@ -61,13 +76,8 @@ class BaselineModel(EncoderClassifier):
         return [p for s in self.sites for p in (s.lora_a, s.lora_b)]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, s in zip(self.site_names, self.sites):
-            out[f"base_model.model.{name}.lora_A.weight"] = s.lora_a.detach().float().cpu().t().contiguous()
-            out[f"base_model.model.{name}.lora_B.weight"] = s.lora_b.detach().float().cpu().t().contiguous()
-        out["head.weight"] = self.head.weight.detach().float().cpu().contiguous()
-        out["head.bias"] = self.head.bias.detach().float().cpu().contiguous()
-        return out
+        return adapter_tensors(self.site_names, [s.lora_a for s in self.sites], [s.lora_b for s in self.sites],
+                               self.head.weight, self.head.bias)
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

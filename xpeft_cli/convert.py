@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .data import json_lines
 from .errors import DataError
 
 NEWS_FIELDS = ("link", "headline", "category", "authors")
@@ -27,13 +28,7 @@ def read_news(paths: list[Path]) -> tuple[list[dict], dict]:
         if not Path(path).is_file():
             raise DataError(f"{path}: no such file")
         with open(path, encoding="utf-8") as fh:
-            for no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"{path}: line {no}: not valid JSON ({exc.msg})") from None
+            for no, obj in json_lines(fh, str(path)):
                 if not isinstance(obj, dict) or any(not isinstance(obj.get(f), str) for f in NEWS_FIELDS):
                     raise DataError(f"{path}: line {no}: a News Category row needs string fields "
                                     f"{', '.join(NEWS_FIELDS)}")

@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from .errors import DataError
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION
@@ -50,6 +51,17 @@ class Examples:
         for i, p in enumerate(self.profiles):
             groups.setdefault(p, []).append(i)
         return groups
+
+
+def json_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of every non-blank JSON line; a line that is not JSON is a DataError."""
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield no, json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{source}: line {no}: not valid JSON ({exc.msg})") from None
 
 
 def _first_bad_json_line(path: Path) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .bank import Bank
-from .baselines import AdapterProfile
+from .baselines import AdapterProfile, adapter_tensors
 from .data import Examples, encode_labels, label_key, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec, hard_inference_weights
@@ -89,7 +89,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     groups = train.by_profile()
-    bank_head = getattr(bank, "head", None)
+    bank_head = bank.head
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
     task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)
     y_all = encode_labels(train, task, names)
@@ -122,7 +122,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     site_names = [s.name for s in bank.sites]
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau)
-        table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln, seed=cfg.seed)
+        table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln)
         model = RoutedModel(encoder, site_names, bank.rank, table, heads, task, ln=bank.config.ln,
                             ln_eps=bank.config.ln_eps, scale=bank.config.scale).to(device)
         table.seed_generators(device, cfg.seed)
@@ -134,9 +134,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     else:
         raise UsageError(f"unknown method {cfg.method!r}")
     if device.type == "cuda" and cfg.method == "x-peft":
-        for buf_name, buf in list(model.table.named_buffers()):
-            if buf_name.startswith("bank_"):
-                setattr(model.table, buf_name, buf.to(torch.bfloat16))
+        model.table.cast_bank(torch.bfloat16)
 
     lr_of = {"masks": cfg.lr_masks, "ln": cfg.lr_ln, "head": cfg.lr_head, "adapter": cfg.lr_adapter}
     param_groups, owners = [], []  # owners[i]: the plan whose schedule group i follows (None: shared)
@@ -274,14 +272,9 @@ def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, 
                        bank_hash=bank.bank_hash, mask_a=ma, mask_b=mb, ln_weight=ln_w, ln_bias=ln_b,
                        head_weight=None if hw is None else hw.numpy(), head_bias=None if hb is None else hb.numpy(),
                        task=task, labels=None if shared else names, meta=meta)
-    tensors = {}
     if shared:  # a baseline keeps the shared head it was trained with (mtl: each profile's full model)
-        hw, hb = heads.weight[0].detach().float().cpu(), heads.bias[0].detach().float().cpu()
-    if cfg.method == "single-adapter":
-        a, b = model.table.adapter(i)
-        for site, ta, tb in zip(bank.sites, a, b):
-            tensors[f"base_model.model.{site.name}.lora_A.weight"] = ta.float().cpu().t().contiguous()
-            tensors[f"base_model.model.{site.name}.lora_B.weight"] = tb.float().cpu().t().contiguous()
-    tensors["head.weight"], tensors["head.bias"] = hw.contiguous(), hb.contiguous()
+        hw, hb = heads.weight[0], heads.bias[0]
+    a, b = model.table.adapter(i) if cfg.method == "single-adapter" else ([], [])
+    tensors = adapter_tensors([s.name for s in bank.sites], a, b, hw, hb)
     return AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,
                           sites=[s.name for s in bank.sites], bank_hash=bank.bank_hash, tensors=tensors, meta=meta)

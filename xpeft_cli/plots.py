@@ -3,13 +3,13 @@ training loss curves (Fig. 5). matplotlib (Agg, PNG) and scikit-learn's t-SNE.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write_with
+from .data import json_lines
 from .errors import DataError
 from .lora import mixing_weights
 from .profile import Profile
@@ -91,13 +91,7 @@ def read_curve(path: Path) -> tuple[list[int], list[float]]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text file (a fit log is JSONL)") from None
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise DataError(f"{path}: line {no}: not valid JSON") from None
+    for _, rec in json_lines(lines, str(path)):
         if isinstance(rec, dict) and "loss" in rec and "step" in rec:
             steps.append(int(rec["step"]))
             losses.append(float(rec["loss"]))

@@ -66,26 +66,45 @@ class RoutedLinear(nn.Module):
 
 
 # ---- tables: where each profile's parameters live ---------------------------------------------
-class MaskTable(nn.Module):
-    """Trainable X-PEFT profiles over a frozen bank: mask logits (L×N, twice), LN affine (L×b)."""
+class _BankTable(nn.Module):
+    """A table of profiles over a frozen bank: holds the bank per site and mixes Â, B̂ from it."""
 
-    def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], count: int, spec: MaskSpec,
-                 ln: bool, seed: int = 0):
+    def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor]):
         super().__init__()
         self.L, (self.n, _, self.rank) = len(bank_a), bank_a[0].shape
         for l, (a, b) in enumerate(zip(bank_a, bank_b)):
             self.register_buffer(f"bank_a{l}", a, persistent=False)
             self.register_buffer(f"bank_b{l}", b, persistent=False)
+
+    def bank(self, l: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
+
+    def mix(self, l: int, w_a: torch.Tensor, w_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Â, B̂) of site l for U profiles: w_a, w_b are (U, N) mixing weights."""
+        bank_a, bank_b = self.bank(l)
+        return (torch.einsum("un,nib->uib", w_a.to(bank_a.dtype), bank_a),
+                torch.einsum("un,nbo->ubo", w_b.to(bank_b.dtype), bank_b))
+
+    def cast_bank(self, dtype: torch.dtype) -> None:
+        """Keep the bank in the compute dtype (bf16 on a GPU): autocast would re-cast it every step."""
+        for l in range(self.L):
+            a, b = self.bank(l)
+            setattr(self, f"bank_a{l}", a.to(dtype))
+            setattr(self, f"bank_b{l}", b.to(dtype))
+
+
+class MaskTable(_BankTable):
+    """Trainable X-PEFT profiles over a frozen bank: mask logits (L×N, twice), LN affine (L×b)."""
+
+    def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], count: int, spec: MaskSpec,
+                 ln: bool):
+        super().__init__(bank_a, bank_b)
         self.spec = spec
         self.logits_a = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.n)) for _ in range(count)])
         self.logits_b = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.n)) for _ in range(count)])
         self.ln_w = nn.ParameterList([nn.Parameter(torch.ones(self.L, self.rank)) for _ in range(count)] if ln else [])
         self.ln_b = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.rank)) for _ in range(count)] if ln else [])
         self.generators: list[torch.Generator | None] = [None] * count
-        self.seed = seed
-
-    def bank(self, l: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
 
     def seed_generators(self, device: torch.device, seed: int) -> None:
         """One Gumbel generator per profile, seeded as a lone fit of that profile seeds its own."""
@@ -102,11 +121,7 @@ class MaskTable(nn.Module):
         ws = [self.weights(p) for p in present]
         out = []
         for l in range(self.L):
-            bank_a, bank_b = self.bank(l)
-            w_a = torch.stack([w[0][l] for w in ws]).to(bank_a.dtype)
-            w_b = torch.stack([w[1][l] for w in ws]).to(bank_b.dtype)
-            a_hat = torch.einsum("un,nib->uib", w_a, bank_a)
-            b_hat = torch.einsum("un,nbo->ubo", w_b, bank_b)
+            a_hat, b_hat = self.mix(l, torch.stack([w[0][l] for w in ws]), torch.stack([w[1][l] for w in ws]))
             ln_w = torch.stack([self.ln_w[p][l] for p in present]) if len(self.ln_w) else None
             ln_b = torch.stack([self.ln_b[p][l] for p in present]) if len(self.ln_b) else None
             out.append(Route(a_hat, b_hat, ln_w, ln_b, rows))
@@ -149,7 +164,7 @@ class AdapterTable(nn.Module):
                 [self.b[p * self.L + l].detach() for l in range(self.L)])
 
 
-class FrozenMaskTable(nn.Module):
+class FrozenMaskTable(_BankTable):
     """Stored X-PEFT profiles for inference: hard bits or soft weights, LN affine, mixed per batch.
 
     A hard profile costs 2·L·N bytes here (bool); Â, B̂ are mixed only for the profiles a batch
@@ -157,17 +172,12 @@ class FrozenMaskTable(nn.Module):
     """
 
     def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], profiles: list, ln: bool):
-        super().__init__()
-        self.L, self.n = len(bank_a), bank_a[0].shape[0]
-        for l, (a, b) in enumerate(zip(bank_a, bank_b)):
-            self.register_buffer(f"bank_a{l}", a, persistent=False)
-            self.register_buffer(f"bank_b{l}", b, persistent=False)
+        super().__init__(bank_a, bank_b)
         hard = [i for i, p in enumerate(profiles) if p.mask_kind == "hard"]
         soft = [i for i, p in enumerate(profiles) if p.mask_kind != "hard"]
         slot = torch.zeros(len(profiles), dtype=torch.long)
         slot[hard], slot[soft] = torch.arange(len(hard)), torch.arange(len(soft))
         self.slot_cpu, self.hard_cpu = slot, [p.mask_kind == "hard" for p in profiles]  # indexed without a sync
-        self.register_buffer("slot", slot, persistent=False)
         empty = torch.zeros(0, self.L, 2, self.n)
         self.register_buffer("bits", torch.from_numpy(np.stack([np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)
                                                                  for i in hard])) if hard else empty.bool(),
@@ -179,9 +189,8 @@ class FrozenMaskTable(nn.Module):
         self.register_buffer("soft", torch.stack(soft_w) if soft else empty, persistent=False)
         self.has_ln = ln
         if ln:  # a profile stored without LN affine runs with the identity affine
-            rank = bank_a[0].shape[2]
-            w = [p.ln_weight if p.ln_weight is not None else np.ones((self.L, rank), np.float32) for p in profiles]
-            b = [p.ln_bias if p.ln_bias is not None else np.zeros((self.L, rank), np.float32) for p in profiles]
+            w = [p.ln_weight if p.ln_weight is not None else np.ones((self.L, self.rank), np.float32) for p in profiles]
+            b = [p.ln_bias if p.ln_bias is not None else np.zeros((self.L, self.rank), np.float32) for p in profiles]
             self.register_buffer("ln_w", torch.from_numpy(np.stack(w)), persistent=False)
             self.register_buffer("ln_b", torch.from_numpy(np.stack(b)), persistent=False)
 
@@ -203,14 +212,14 @@ class FrozenMaskTable(nn.Module):
         return w
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
         w = self.weights(present)
+        if self.has_ln:  # one gather for every site
+            idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
+            ln_w, ln_b = self.ln_w[idx], self.ln_b[idx]
         out = []
         for l in range(self.L):
-            bank_a, bank_b = getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
-            a_hat = torch.einsum("un,nib->uib", w[:, l, 0].to(bank_a.dtype), bank_a)
-            b_hat = torch.einsum("un,nbo->ubo", w[:, l, 1].to(bank_b.dtype), bank_b)
-            ln = (self.ln_w[idx, l], self.ln_b[idx, l]) if self.has_ln else (None, None)
+            a_hat, b_hat = self.mix(l, w[:, l, 0], w[:, l, 1])
+            ln = (ln_w[:, l], ln_b[:, l]) if self.has_ln else (None, None)
             out.append(Route(a_hat, b_hat, *ln, rows))
         return out
 

@@ -4,7 +4,6 @@ back in request order.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -12,7 +11,7 @@ from typing import TextIO
 import torch
 
 from .bank import Bank
-from .data import Examples
+from .data import Examples, json_lines
 from .errors import DataError, IntegrityError
 from .evaluate import default_max_length, with_bank_head
 from .model import TASK_REGRESSION
@@ -20,7 +19,7 @@ from .multifit import profile_filename
 from .plm import load_encoder
 from .profile import Profile
 from .store import Store, is_store
-from .train import pick_device
+from .train import pick_device, predict_outputs
 from .xpm import read_xpm
 
 
@@ -35,13 +34,7 @@ class Request:
 
 def read_requests(stream: TextIO, source: str) -> list[Request]:
     out = []
-    for no, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{source}: line {no}: not valid JSON ({exc.msg})") from None
+    for no, obj in json_lines(stream, source):
         if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str) or not isinstance(obj.get("text"), str):
             raise DataError(f"{source}: line {no}: needs string fields 'profile' and 'text'")
         out.append(Request(len(out), obj["profile"], obj["text"], obj.get("text_pair"), obj.get("id")))
@@ -107,10 +100,8 @@ class ProfileServer:
         self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
                                  ln=bank.config.ln, ln_eps=bank.config.ln_eps, scale=bank.config.scale)
         self.model.to(self.device).eval()
-        if self.device.type == "cuda":  # keep the bank in the compute dtype, as training does
-            for name, buf in list(table.named_buffers()):
-                if name.startswith("bank_"):
-                    setattr(table, name, buf.to(torch.bfloat16))
+        if self.device.type == "cuda":
+            table.cast_bank(torch.bfloat16)
 
     @torch.no_grad()
     def outputs(self, texts: list[str], pairs: list[str] | None, profile_idx: list[int], batch_size: int = 64,
@@ -173,39 +164,34 @@ def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_siz
     over the classes present in a profile's rows (its truth or its predictions).
     """
     from .data import encode_labels
-    from .evaluate import evaluate_profile
+    from .evaluate import model_for_profile
     from .metrics import classification_metrics, regression_metrics
 
     groups = data.by_profile()
     found = {name: profiles.get(name, adapters=True) for name in groups}
-    per: dict[str, dict] = {}
+    outputs: dict[str, torch.Tensor] = {}  # per profile, its head outputs for its rows
     xpm = [n for n, p in found.items() if isinstance(p, Profile)]
     if xpm:
         server = ProfileServer(bank, [found[n] for n in xpm], device)
+        found.update({n: server.profiles[server.index[n]] for n in xpm})  # with the bank's head where shared
         rows = [i for n in xpm for i in groups[n]]
         pidx = [server.index[n] for n in xpm for _ in groups[n]]
         out = server.outputs([data.texts[i] for i in rows], [data.pairs[i] for i in rows] if data.pairs else None,
                              pidx, batch_size, max_length)
-        pos = 0
-        for n in xpm:
-            prof = server.profiles[server.index[n]]
-            part, pos = out[pos:pos + len(groups[n])], pos + len(groups[n])
-            sub = data.subset(groups[n])
-            y = encode_labels(sub, prof.task, prof.labels)
-            if prof.task == TASK_REGRESSION:
-                per[n] = regression_metrics(y, part[:, 0].tolist())
-            else:
-                per[n] = classification_metrics(y, part[:, :prof.num_outputs].argmax(-1).tolist(), prof.num_outputs,
-                                                present_only=True)
+        for n, part in zip(xpm, out.split([len(groups[n]) for n in xpm])):
+            outputs[n] = part[:, :found[n].num_outputs]
     for n, prof in found.items():
-        if n not in per:
-            sub = data.subset(groups[n])
-            metrics, preds = evaluate_profile(bank, prof, sub, batch_size, max_length, device)
-            if prof.task != TASK_REGRESSION:
-                y = encode_labels(sub, prof.task, prof.labels)
-                metrics = classification_metrics(y, [prof.labels.index(x) for x in preds], prof.num_outputs,
-                                                  present_only=True)
-            per[n] = metrics
+        if n not in outputs:  # a baseline: its own model
+            model, tok, dev = model_for_profile(bank, prof, device)
+            outputs[n] = predict_outputs(model, tok, data.subset(groups[n]), batch_size,
+                                         max_length or default_max_length(prof), dev).reshape(len(groups[n]), -1)
+    per: dict[str, dict] = {}
+    for n, prof in found.items():
+        y = encode_labels(data.subset(groups[n]), prof.task, prof.labels)
+        if prof.task == TASK_REGRESSION:
+            per[n] = regression_metrics(y, outputs[n][:, 0].tolist())
+        else:
+            per[n] = classification_metrics(y, outputs[n].argmax(-1).tolist(), prof.num_outputs, present_only=True)
     keys = [k for k in ("accuracy", "macro_f1", "pearson", "spearman") if all(k in m for m in per.values())]
     mean = {k: sum(m[k] for m in per.values()) / len(per) for k in keys}
     rows_total = sum(m["n"] for m in per.values())
