@@ -60,15 +60,15 @@ def from_profiles(plm: PLMRef, encoder: torch.nn.Module, data: Examples, count: 
     cfg = FitConfig(**{**cfg.__dict__, "method": "single-adapter"})
     res = fit_profiles(skeleton, subset, cfg, shared_head="train" if method == "mtl" else "own",
                        on_step=on_step, log_path=log_path)
-    order = [res.names.index(n) for n in names]  # adapter i of the bank is profile names[i]
-    table = res.model.table
-    A = [torch.stack([table.a[p * len(sites) + l].detach().float().cpu() for p in order]) for l in range(len(sites))]
-    B = [torch.stack([table.b[p * len(sites) + l].detach().float().cpu() for p in order]) for l in range(len(sites))]
+    # Adapter i of the bank is profile names[i]'s LoRA, read from its (peft-layout) tensors.
+    tensors = [res.profiles[n].tensors for n in names]
+    A = [torch.stack([t[f"base_model.model.{s.name}.lora_A.weight"].t() for t in tensors]) for s in sites]
+    B = [torch.stack([t[f"base_model.model.{s.name}.lora_B.weight"].t() for t in tensors]) for s in sites]
     head = None
-    if method == "mtl":
-        heads = res.model.heads
-        head = SharedHead(task=res.profiles[names[0]].task, labels=res.profiles[names[0]].labels,
-                          weight=heads.weight[0].detach().float().cpu(), bias=heads.bias[0].detach().float().cpu())
+    if method == "mtl":  # every profile holds the one shared head
+        first = res.profiles[names[0]]
+        head = SharedHead(task=first.task, labels=first.labels, weight=first.tensors["head.weight"],
+                          bias=first.tensors["head.bias"])
     accs = {n: m.get("accuracy") for n, m in res.val_metrics.items()}
     origin = {"method": method, "profiles": names, "data": data.source, "rows": len(subset),
               "epochs": cfg.epochs, "seed": cfg.seed, "steps": res.steps}

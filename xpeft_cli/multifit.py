@@ -8,6 +8,10 @@ its learning rates its own param groups. The result per profile is that of `fit`
 the same seed, up to float noise — when the PLM has no dropout (dropout draws depend on the
 batch's shape; a lone fit and a joint one agree statistically, not bit for bit).
 
+With several processes (distributed.py) each trains its share of the profiles, and a shared
+head that is trained (mtl) has its gradients summed over them every step; the results are
+gathered, so every profile's result is the one a single process gives.
+
 The same loop trains a bank's adapters (`bank create --from-profiles`): one LoRA per profile
 with its own head (sa) or with one shared head (mtl).
 """
@@ -27,6 +31,7 @@ import torch
 
 from .bank import Bank
 from .baselines import AdapterProfile, adapter_tensors
+from .distributed import deal, world
 from .data import Examples, encode_labels, label_key, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec, hard_inference_weights
@@ -35,7 +40,7 @@ from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
 from .profile import Profile
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .train import FitConfig, _autocast, collate, pick_device, pretokenize, task_and_labels
+from .train import FitConfig, _autocast, collate, pretokenize, task_and_labels
 
 
 @dataclass
@@ -46,7 +51,7 @@ class MultiFitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
-    model: RoutedModel | None = None
+    model: RoutedModel | None = None   # this process's profiles (all of them when it runs alone)
     tokenizer: object = None
 
 
@@ -91,11 +96,17 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     groups = train.by_profile()
     bank_head = bank.head
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
-    task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)
+    task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)  # from all rows, on every rank
+    all_names = list(groups)
+    w = world(cfg.device)
+    if w.size > 1:  # this rank's profiles; the rest of the run only sees their rows
+        mine = deal({n: len(rows) for n, rows in groups.items()}, w.size)[w.rank]
+        train = train.subset([r for n in mine for r in groups[n]])
+        groups = train.by_profile()
     y_all = encode_labels(train, task, names)
     k = min(cfg.k, bank.n)
 
-    device = pick_device(cfg.device)
+    device = w.device
     torch.manual_seed(cfg.seed)
     encoder, tokenizer = load_encoder(bank.plm)
     enc = pretokenize(tokenizer, train, min(cfg.max_length, max_tokens(encoder)))
@@ -143,15 +154,20 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
             if params:
                 param_groups.append({"params": params, "lr": lr_of[kind]})
                 owners.append(i)
+    synced: list[torch.nn.Parameter] = []  # parameters every profile trains: gradients summed over processes
     if shared_head == "train":
-        param_groups.append({"params": list(heads.parameters()), "lr": cfg.lr_head})
+        synced = list(heads.parameters())
+        param_groups.append({"params": synced, "lr": cfg.lr_head})
         owners.append(None)
     opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
     steps = max(p.total for p in plans)
+    if synced and w.size > 1:
+        steps = w.max(steps)  # every rank takes part in every step's sum
     loss_fn = torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
-    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    log = open(log_path, "w", encoding="utf-8") if (log_path and w.size == 1) else None
     history: list[dict] = []
+    raw: list[dict[str, float]] = []  # each step's unrounded per-profile losses, for merging ranks' logs
     t0 = time.perf_counter()
     try:
         model.train()
@@ -184,8 +200,11 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
                     sums = torch.zeros(count, device=device).index_add_(0, pid, per_row.detach() * weight)
                 for i, _, _ in chunk:
                     step_losses[i] = float(sums[i])
+            if synced and w.size > 1:
+                w.sum_grads_(synced)
             opt.step()
-            mean_loss = sum(step_losses.values()) / len(step_losses)
+            mean_loss = sum(step_losses.values()) / max(1, len(step_losses))
+            raw.append({plans[i].name: v for i, v in step_losses.items()})
             rec = {"step": t + 1, "profiles": len(step_losses), "loss": round(mean_loss, 6),
                    "per_profile": {plans[i].name: round(v, 6) for i, v in step_losses.items()}}
             history.append(rec)
@@ -203,10 +222,33 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     for i, p in enumerate(plans):
         counts = Counter(label_key(train.labels[r]) for r in p.rows)
         meta = {"fit": {k2: v for k2, v in asdict(cfg).items() if k2 not in ("device", "labels")}
-                | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": count,
+                | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": len(all_names),
                    "label_counts": {str(a): b for a, b in counts.most_common()}}}
         profiles[p.name] = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
-    return MultiFitResult([p.name for p in plans], profiles, val, history, seconds, steps, model, tokenizer)
+    if w.size > 1:
+        profiles, val, history, seconds, steps = _gather(w, all_names, profiles, val, raw, seconds, steps)
+        if log_path and w.is_main:
+            with open(log_path, "w", encoding="utf-8") as log:
+                log.writelines(json.dumps(rec) + "\n" for rec in history)
+    return MultiFitResult(all_names, profiles, val, history, seconds, steps, model, tokenizer)
+
+
+def _gather(w, names: list[str], profiles: dict, val: dict, raw: list[dict], seconds: float, steps: int):
+    """Every rank's profiles, validation and loss log, merged in the data's profile order."""
+    parts = w.gather((profiles, val, raw, seconds, steps))
+    prof = {n: p for part in parts for n, p in part[0].items()}
+    vals = {n: v for part in parts for n, v in part[1].items()}
+    merged = []
+    for t in range(max(len(part[2]) for part in parts)):
+        pp = {}
+        for part in parts:
+            pp.update(part[2][t] if t < len(part[2]) else {})
+        pp = {n: pp[n] for n in names if n in pp}  # as one process logs them
+        if pp:
+            merged.append({"step": t + 1, "profiles": len(pp), "loss": round(sum(pp.values()) / len(pp), 6),
+                           "per_profile": {n: round(v, 6) for n, v in pp.items()}})
+    return ({n: prof[n] for n in names}, {n: vals[n] for n in names if n in vals}, merged,
+            max(part[3] for part in parts), max(part[4] for part in parts))
 
 
 def _chunks(picked: list, max_rows: int):

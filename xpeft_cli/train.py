@@ -16,6 +16,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .bank import Bank
+from .distributed import share, world
 from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec
@@ -151,7 +152,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     y_train = encode_labels(train, task, names)
     y_val = encode_labels(eval_data, task, names) if eval_data is not None else None
 
-    device = pick_device(cfg.device)
+    w = world(cfg.device)  # one process, or one of several sharing each batch (distributed.py)
+    device = w.device
     torch.manual_seed(cfg.seed)  # dropout inside the frozen PLM
     encoder, tokenizer = load_encoder(bank.plm)
     gumbel = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -178,6 +180,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         except ValueError as exc:
             raise UsageError(f"--gradient-checkpointing: {exc}") from None
     opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    trainable = [p for g in opt.param_groups for p in g["params"]]
     base_lrs = [g["lr"] for g in opt.param_groups]
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     total = n_batches * cfg.epochs
@@ -195,7 +198,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     if resume:
         pos, order_state, history = ckpt.load(Path(checkpoint_path), model, opt, gumbel, ckpt_config, fingerprint)
         order_gen.set_state(order_state)
-    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    log = open(log_path, "w", encoding="utf-8") if (log_path and w.is_main) else None
     if log:
         log.writelines(json.dumps(rec) + "\n" for rec in history)  # a resumed log restarts from the checkpoint
     val_metrics = None
@@ -207,14 +210,20 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             perm = torch.randperm(len(train), generator=order_gen).tolist()
             for b in range(pos.batch if epoch == pos.epoch else 0, n_batches):
                 idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                if w.size > 1:
+                    idx, weight = share(idx, w)
                 batch = collate(tokenizer, enc_train, idx, device)
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
                     g["lr"] = base * max(0.0, 1.0 - step / total)
                 with _autocast(device):
                     out = model(**batch)
                 loss = loss_fn(out.float(), targets[idx].to(device))
+                if w.size > 1:
+                    loss = loss * weight  # the shares' weighted means sum to the whole batch's mean
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if w.size > 1:
+                    loss = w.sum_grads_(trainable, loss.detach())
                 opt.step()
                 step += 1
                 loss_value = loss.item()
@@ -224,12 +233,12 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     log.write(json.dumps(rec) + "\n")
                 if on_step:
                     on_step(step, total, loss_value)
-                if checkpoint_path and checkpoint_every and step % checkpoint_every == 0:
+                if checkpoint_path and checkpoint_every and step % checkpoint_every == 0 and w.is_main:
                     if log:
                         log.flush()
                     ckpt.save(Path(checkpoint_path), model, opt, ckpt.Position(epoch, b + 1, step), epoch_order,
                               gumbel, ckpt_config, fingerprint, history, identity)
-            if eval_data is not None:
+            if eval_data is not None and w.is_main:  # the other ranks hold the same parameters
                 val_metrics, _ = score(model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2,
                                        cfg.max_length, device)
                 rec = {"epoch": epoch, "step": step, "val": val_metrics}

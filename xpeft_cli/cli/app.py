@@ -59,9 +59,13 @@ def _one_line(msg: str) -> str:
     return " ".join(str(msg).split())
 
 
+ARGV: list[str] = []  # this run's arguments, for `--devices` to start the same command again
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; never lets a traceback reach the user unless XPEFT_DEBUG=1."""
     command = typer.main.get_command(app)
+    ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         rv = command.main(args=argv, prog_name="xpeft", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0

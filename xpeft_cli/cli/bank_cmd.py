@@ -18,7 +18,8 @@ from ..errors import UsageError
 from ..plm import load_encoder, resolve_model
 from ..train import FitConfig
 from . import output
-from .common import JsonOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol
+from ..distributed import is_main_process
+from .common import DevicesOpt, JsonOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
@@ -66,11 +67,21 @@ def create(
     output_dir: Path = typer.Option(Path("bank"), "--output", "-o", envvar="XPEFT_BANK", help="Bank folder to write."),
     materialize: bool = typer.Option(False, "--materialize", help="Also write the tensors (adapters.safetensors)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bank in that folder."),
+    devices: int = DevicesOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Create a bank over a PLM: random (--random -n N), trained from profiles (--from-profiles FILE
-    --method sa|mtl), or imported from peft LoRA folders (--from-peft DIR...)."""
+    --method sa|mtl), or imported from peft LoRA folders (--from-peft DIR...).
+
+    --from-profiles runs data-parallel with --devices N (or under accelerate launch): the
+    profiles are dealt to the processes; an mtl bank's shared head sums its gradients over them.
+    """
+    if devices != 1 and from_profiles is None:
+        raise UsageError("--devices is for training a bank (--from-profiles)")
+    devices_launch(devices, device)
+    main = is_main_process()
+    quiet = quiet or not main
     kinds = [random, from_profiles is not None, from_peft]
     if sum(kinds) != 1:
         raise UsageError("say which bank to make: --random, --from-profiles FILE or --from-peft DIR... (one of them)")
@@ -100,6 +111,8 @@ def create(
         with output.progress(f"bank {method}", enabled=not (quiet or json_out)) as update:
             bank, report = build_from_profiles(plm, encoder, data, profiles, method, cfg, rank=rank, targets=targets,
                                                config=config, on_step=update)
+    if not main:
+        return
     bank.save(output_dir, materialize=materialize)
     info = _summary(bank, output_dir) | {"materialized": materialize or bank.kind != "random",
                                          "seconds": round(time.perf_counter() - t0, 2),

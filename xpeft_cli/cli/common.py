@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..bank import ENV_BANK
+from ..errors import UsageError
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr.")
@@ -14,9 +15,25 @@ BankOpt = typer.Option(Path("bank"), "--bank", "-b", envvar=ENV_BANK, show_envva
                        help="Bank folder (made by 'xpeft bank create').")
 ModelOpt = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                         help="Where to find the bank's PLM (folder or cached hub id); its hash must match.")
+DevicesOpt = typer.Option(1, "--devices", help="Run data-parallel on this many processes, one per GPU "
+                          "(or on CPU with --device cpu); the same result as one process. See DISTRIBUTED in the README.")
 TextCol = typer.Option("text", "--text-column", help="Column with the text.")
 PairCol = typer.Option(None, "--text-pair-column", help="Column with the second text of a pair task.")
 LabelCol = typer.Option("label", "--label-column", help="Column with the label.")
 
 OptPath = Optional[Path]
 OptStr = Optional[str]
+
+
+def devices_launch(devices: int, device: str) -> None:
+    """With --devices N > 1, run this command as N processes and exit with their exit code."""
+    if devices < 1:
+        raise UsageError("--devices must be at least 1")
+    if devices == 1:
+        return
+    from .app import ARGV
+    from .launch import relaunch
+
+    if not ARGV:
+        raise UsageError("--devices needs the xpeft command line (run it from the shell)")
+    raise typer.Exit(relaunch(ARGV, devices, device))

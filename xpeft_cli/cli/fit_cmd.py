@@ -13,7 +13,8 @@ from ..tasks import load_split, preset
 from ..train import FitConfig, fit_profile
 from ..xpm import read_xpm_full, write_xpm
 from . import output
-from .common import BankOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol
+from ..distributed import is_main_process
+from .common import BankOpt, DevicesOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch
 
 D = FitConfig()
 
@@ -68,6 +69,7 @@ def fit(
                                                 "in the backward pass: less memory for long inputs, more time."),
     own_head: bool = typer.Option(False, "--own-head", help="Train a head for the profile even when the bank "
                                   "carries a shared one (mtl banks); by default it is reused and not stored."),
+    devices: int = DevicesOpt,
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
@@ -76,7 +78,14 @@ def fit(
 
     With --profile-column, fit every profile of the file in one run (the same result per
     profile as fitting each alone with the same seed, on a PLM without dropout).
+
+    With --devices N (or under accelerate launch / torchrun) the fit is data-parallel: a
+    multi-profile fit deals the profiles to the processes, a single profile's batches are split
+    and the gradients summed.
     """
+    devices_launch(devices, device)
+    main = is_main_process()  # in a data-parallel run only rank 0 prints and writes
+    quiet = quiet or not main
     if profile_column:
         if profile or task_preset or resume or checkpoint_every:
             raise UsageError("--profile-column fits every profile of --data; it does not combine with --profile, "
@@ -85,7 +94,7 @@ def fit(
             raise UsageError("--gradient-checkpointing is for single-profile fits")
         return _fit_many(**{k: v for k, v in locals().items() if k not in ("profile", "task_preset", "resume",
                                                                           "checkpoint_every", "data_dir",
-                                                                          "gradient_checkpointing")})
+                                                                          "gradient_checkpointing", "devices")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
     if mask not in ("hard", "soft"):
@@ -126,6 +135,8 @@ def fit(
         result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log,
                              checkpoint_path=ckpt_path if (checkpoint_every or resume) else None,
                              checkpoint_every=checkpoint_every, resume=resume)
+    if not main:
+        return
     if method == "x-peft":
         size = write_xpm(result.profile, out)
         sections, k_used = read_xpm_full(out).sizes, result.profile.k
@@ -160,7 +171,7 @@ def _labels(labels: str | None) -> list[str] | None:
 
 def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, batch_size, lr_masks, lr_ln, lr_head,
               lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
-              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head) -> None:
+              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main) -> None:
     from ..multifit import fit_profiles, profile_filename
     from ..store import write_store
 
@@ -183,11 +194,13 @@ def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, b
     groups = train.by_profile()
     output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {method}", quiet or json_out)
     log = log or (out.with_suffix(".fit.jsonl") if to_store else out / "fit.jsonl")
-    if not to_store:
+    if not to_store and main:
         out.mkdir(parents=True, exist_ok=True)
     with output.progress(f"fit {len(groups)} profiles", enabled=not (quiet or json_out)) as update:
         result = fit_profiles(bank, train, cfg, shared_head="own" if own_head else "auto",
                               max_batch_rows=max_batch_rows, on_step=update, log_path=log)
+    if not main:
+        return
     files, sizes = {}, {}
     if to_store:
         total = write_store([result.profiles[n] for n in result.names], out)
