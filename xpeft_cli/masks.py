@@ -39,16 +39,25 @@ def khot(indices: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
     return out.scatter_(-1, indices, 1.0)
 
 
-def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    u = u.clamp_(torch.finfo(logits.dtype).tiny, 1.0 - torch.finfo(logits.dtype).eps)
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) samples from uniform ones (clamped away from 0 and 1)."""
+    u = u.clamp_(torch.finfo(u.dtype).tiny, 1.0 - torch.finfo(u.dtype).eps)
     return -torch.log(-torch.log(u))
 
 
+def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return gumbel(torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype))
+
+
 def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Algorithm 1: forward value is k-hot/k; gradient is that of softmax((logits+νg)/τ)."""
-    noisy = logits + nu * gumbel_like(logits, generator) if nu else logits
+                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Algorithm 1: forward value is k-hot/k; gradient is that of softmax((logits+νg)/τ).
+
+    `noise`: Gumbel samples drawn by the caller (many profiles, each from its own generator).
+    """
+    if nu and noise is None:
+        noise = gumbel_like(logits, generator)
+    noisy = logits + nu * noise if nu else logits
     y_soft = torch.softmax(noisy / tau, dim=-1)
     y_hard = khot(topk_indices(y_soft, k), logits.shape[-1], logits.dtype) / k
     return y_hard - y_soft.detach() + y_soft
@@ -58,11 +67,11 @@ def hard_inference_weights(logits: torch.Tensor, k: int) -> torch.Tensor:
     return khot(topk_indices(logits, k), logits.shape[-1], logits.dtype) / k
 
 
-def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool) -> torch.Tensor:
+def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
     if spec.kind == "soft":
         return soft_weights(logits)
     if training:
-        return hard_topk_st(logits, spec.k, spec.nu, spec.tau, spec.generator)
+        return hard_topk_st(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
     return hard_inference_weights(logits, spec.k)
 
 

@@ -40,7 +40,7 @@ from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
 from .profile import Profile
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .train import FitConfig, _autocast, collate, pretokenize, task_and_labels
+from .train import FitConfig, compute_context, collate, pretokenize, task_and_labels, uses_bf16
 
 
 @dataclass
@@ -144,26 +144,27 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         model = RoutedModel(encoder, site_names, bank.rank, None, heads, task).to(device)
     else:
         raise UsageError(f"unknown method {cfg.method!r}")
-    if device.type == "cuda" and cfg.method == "x-peft":
+    if device.type == "cuda" and cfg.method == "x-peft" and uses_bf16(device, cfg.precision):
         model.table.cast_bank(torch.bfloat16)
 
+    # One param group per (kind, schedule length): profiles whose lone fits share a linear
+    # schedule share a group, so AdamW runs a few multi-tensor updates, not a few per profile.
     lr_of = {"masks": cfg.lr_masks, "ln": cfg.lr_ln, "head": cfg.lr_head, "adapter": cfg.lr_adapter}
-    param_groups, owners = [], []  # owners[i]: the plan whose schedule group i follows (None: shared)
-    for i, _ in enumerate(plans):
+    merged: dict[tuple[str, int], dict] = {}
+    for i, p in enumerate(plans):
         for kind, params in model.profile_groups(i).items():
             if params:
-                param_groups.append({"params": params, "lr": lr_of[kind]})
-                owners.append(i)
+                merged.setdefault((kind, p.total), {"params": [], "lr": lr_of[kind], "total": p.total})["params"] += params
+    param_groups = list(merged.values())
+    steps = max(p.total for p in plans)
     synced: list[torch.nn.Parameter] = []  # parameters every profile trains: gradients summed over processes
     if shared_head == "train":
+        if w.size > 1:
+            steps = w.max(steps)  # every rank takes part in every step's sum
         synced = list(heads.parameters())
-        param_groups.append({"params": synced, "lr": cfg.lr_head})
-        owners.append(None)
+        param_groups.append({"params": synced, "lr": cfg.lr_head, "total": steps})
     opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    steps = max(p.total for p in plans)
-    if synced and w.size > 1:
-        steps = w.max(steps)  # every rank takes part in every step's sum
     loss_fn = torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
     log = open(log_path, "w", encoding="utf-8") if (log_path and w.size == 1) else None
     history: list[dict] = []
@@ -181,25 +182,25 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
                     p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
                 local = p.perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
                 picked.append((i, [p.rows[x] for x in local], p.targets[local]))
-            for g, base, owner in zip(opt.param_groups, base_lrs, owners):
-                total = steps if owner is None else plans[owner].total
-                g["lr"] = base * max(0.0, 1.0 - t / total)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * max(0.0, 1.0 - t / g["total"])
             opt.zero_grad(set_to_none=True)
             step_losses: dict[int, float] = {}
             for chunk in _chunks(picked, max_batch_rows):
                 idx = [r for _, rows, _ in chunk for r in rows]
-                pid = torch.tensor([i for i, rows, _ in chunk for _ in rows], device=device)
+                pid = torch.tensor([i for i, rows, _ in chunk for _ in rows])  # on the CPU: routing needs no sync
                 y = torch.cat([tg for _, _, tg in chunk]).to(device)
                 weight = torch.tensor([1.0 / len(rows) for _, rows, _ in chunk for _ in rows], device=device)
                 batch = collate(tokenizer, enc, idx, device)
-                with _autocast(device):
+                with compute_context(device, cfg.precision):
                     out = model(**batch, profile_ids=pid)
                 per_row = loss_fn(out.float(), y)
                 (per_row * weight).sum().backward()
                 with torch.no_grad():
-                    sums = torch.zeros(count, device=device).index_add_(0, pid, per_row.detach() * weight)
+                    sums = torch.zeros(count, device=device).index_add_(0, pid.to(device), per_row.detach() * weight)
+                sums = sums.tolist()  # one sync per forward pass
                 for i, _, _ in chunk:
-                    step_losses[i] = float(sums[i])
+                    step_losses[i] = sums[i]
             if synced and w.size > 1:
                 w.sum_grads_(synced)
             opt.step()
@@ -266,13 +267,13 @@ def _chunks(picked: list, max_rows: int):
 
 @torch.no_grad()
 def routed_outputs(model: RoutedModel, tokenizer, enc: dict, rows: list[int], pids: list[int], device,
-                   batch_size: int = 128) -> torch.Tensor:
+                   batch_size: int = 128, precision: str = "auto") -> torch.Tensor:
     """Head outputs of tokenised rows, each row with its own profile, float32 on CPU, in order."""
     outs = []
     for s in range(0, len(rows), batch_size):
         batch = collate(tokenizer, enc, rows[s:s + batch_size], device)
-        pid = torch.tensor(pids[s:s + batch_size], device=device)
-        with _autocast(device):
+        pid = torch.tensor(pids[s:s + batch_size])  # on the CPU: routing needs no sync
+        with compute_context(device, precision):
             outs.append(model(**batch, profile_ids=pid).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -282,7 +283,7 @@ def _validate(model, tokenizer, enc, plans: list[_Plan], task, n_out, cfg, devic
     if not rows:
         return {}
     pids = [i for i, p in enumerate(plans) for _ in p.val_rows]
-    out = routed_outputs(model, tokenizer, enc, rows, pids, device, cfg.batch_size * 8)
+    out = routed_outputs(model, tokenizer, enc, rows, pids, device, cfg.batch_size * 8, cfg.precision)
     res, pos = {}, 0
     for p in plans:
         o = out[pos:pos + len(p.val_rows)]

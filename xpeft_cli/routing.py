@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import MaskSpec, mask_weights, soft_weights
+from .masks import MaskSpec, gumbel, mask_weights, soft_weights
 from .model import TASK_REGRESSION, _set_submodule, mean_pool
 
 
@@ -110,21 +110,32 @@ class MaskTable(_BankTable):
         """One Gumbel generator per profile, seeded as a lone fit of that profile seeds its own."""
         self.generators = [torch.Generator(device=device).manual_seed(seed + 1) for _ in self.logits_a]
 
-    def weights(self, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w_A, w_B), each L×N. Noise is drawn site by site, A then B, as XPeftLinear draws it."""
-        both = torch.stack([self.logits_a[p], self.logits_b[p]], dim=1)   # (L, 2, N)
-        spec = MaskSpec(self.spec.kind, self.spec.k, self.spec.nu, self.spec.tau, self.generators[p])
-        w = mask_weights(both, spec, self.training)
-        return w[:, 0], w[:, 1]
+    def weights(self, present: list[int]) -> torch.Tensor:
+        """(U, L, 2, N) mixing weights of the profiles `present`, computed together.
+
+        Each profile's Gumbel noise is drawn from its own generator with the (L, 2, N) shape a
+        lone fit draws (XPeftModel mixes all sites at once), so the draws are the same.
+        """
+        u = len(present)
+        logits = torch.stack([t for p in present for t in (self.logits_a[p], self.logits_b[p])])  # (2U, L, N)
+        logits = logits.view(u, 2, self.L, self.n).transpose(1, 2)                               # (U, L, 2, N)
+        noise = None
+        if self.spec.kind == "hard" and self.training and self.spec.nu:
+            draw = (self.L, 2, self.n)
+            noise = gumbel(torch.stack([torch.rand(draw, generator=self.generators[p], device=logits.device,
+                                                   dtype=logits.dtype) for p in present]))
+        return mask_weights(logits, self.spec, self.training, noise)
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        ws = [self.weights(p) for p in present]
+        w = self.weights(present)
+        if len(self.ln_w):  # one stack for every site
+            ln_w = torch.stack([self.ln_w[p] for p in present])
+            ln_b = torch.stack([self.ln_b[p] for p in present])
         out = []
         for l in range(self.L):
-            a_hat, b_hat = self.mix(l, torch.stack([w[0][l] for w in ws]), torch.stack([w[1][l] for w in ws]))
-            ln_w = torch.stack([self.ln_w[p][l] for p in present]) if len(self.ln_w) else None
-            ln_b = torch.stack([self.ln_b[p][l] for p in present]) if len(self.ln_b) else None
-            out.append(Route(a_hat, b_hat, ln_w, ln_b, rows))
+            a_hat, b_hat = self.mix(l, w[:, l, 0], w[:, l, 1])
+            ln = (ln_w[:, l], ln_b[:, l]) if len(self.ln_w) else (None, None)
+            out.append(Route(a_hat, b_hat, *ln, rows))
         return out
 
     def groups(self, p: int) -> dict[str, list[nn.Parameter]]:

@@ -108,7 +108,7 @@ class ProfileServer:
                 max_length: int | None = None) -> torch.Tensor:
         """Raw head outputs (C_max wide; narrower heads padded with −inf), float32 on CPU, in order."""
         from .plm import max_tokens
-        from .train import _autocast, collate
+        from .train import compute_context, collate
 
         limit = max_tokens(self.model.encoder)
         lengths = [min(limit, max_length or default_max_length(self.profiles[i])) for i in profile_idx]
@@ -127,7 +127,7 @@ class ProfileServer:
             idx = list(range(s, min(s + batch_size, len(texts))))
             batch = collate(self.tokenizer, enc, idx, self.device)
             pid = torch.tensor(profile_idx[s:s + batch_size])  # stays on the CPU: routing needs no sync
-            with _autocast(self.device):
+            with compute_context(self.device):
                 outs.append(self.model(**batch, profile_ids=pid).float().cpu())
         return torch.cat(outs)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import checkpoint as ckpt
 from .bank import Bank
@@ -48,6 +50,7 @@ class FitConfig:
     labels: list[str] | None = None  # the class names, in order (default: those in the data, sorted)
     head: str = "auto"        # auto: reuse the bank's shared head if it has one (not stored) | own
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more time
+    precision: str = "auto"   # auto (bf16 autocast on a GPU, fp32 on CPU) | bf16 | fp32
 
 
 @dataclass
@@ -79,29 +82,46 @@ def collate(tokenizer, enc: dict[str, list], idx: list[int], device) -> dict:
     return {k: batch[k].to(device) for k in enc}
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+# cuDNN's attention builds an execution plan for every new padded length it meets: ~14 ms of
+# CPU each, which made a bf16 fit of variable-length batches 8x slower in a fresh process
+# (measured on an H200, benchmarks/README.md). Flash / memory-efficient attention need no plans.
+_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+@contextmanager
+def compute_context(device: torch.device, precision: str = "auto"):
+    """How the frozen PLM runs: bf16 autocast on a GPU (unless fp32 is asked for), no cuDNN attention."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision)), \
+            sdpa_kernel(_ATTENTION):
+        yield
 
 
 @torch.no_grad()
 def predict_outputs(model: EncoderClassifier, tokenizer, ex: Examples, batch_size: int, max_length: int,
-                    device: torch.device) -> torch.Tensor:
+                    device: torch.device, precision: str = "auto") -> torch.Tensor:
     """Raw head outputs (logits or regression values) for every example, in order, float32 on CPU."""
     model.eval()
     enc = pretokenize(tokenizer, ex, min(max_length, max_tokens(model.encoder)))
     outs = []
     for i in range(0, len(ex), batch_size):
         batch = collate(tokenizer, enc, list(range(i, min(i + batch_size, len(ex)))), device)
-        with _autocast(device):
+        with compute_context(device, precision):
             outs.append(model(**batch).float().cpu())
     return torch.cat(outs)
 
 
 def score(model: EncoderClassifier, tokenizer, ex: Examples, targets: list, num_classes: int, batch_size: int,
-          max_length: int, device) -> tuple[dict, list]:
-    out = predict_outputs(model, tokenizer, ex, batch_size, max_length, device)
+          max_length: int, device, precision: str = "auto") -> tuple[dict, list]:
+    out = predict_outputs(model, tokenizer, ex, batch_size, max_length, device, precision)
     if model.task == TASK_REGRESSION:
         preds = out.tolist()
         return regression_metrics(targets, preds), preds
@@ -161,7 +181,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
         model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed).to(device)
-        if device.type == "cuda":
+        if device.type == "cuda" and uses_bf16(device, cfg.precision):
             model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
         groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
                   {"params": model.ln_parameters(), "lr": cfg.lr_ln},
@@ -215,7 +235,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                 batch = collate(tokenizer, enc_train, idx, device)
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
                     g["lr"] = base * max(0.0, 1.0 - step / total)
-                with _autocast(device):
+                with compute_context(device, cfg.precision):
                     out = model(**batch)
                 loss = loss_fn(out.float(), targets[idx].to(device))
                 if w.size > 1:
@@ -240,7 +260,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                               gumbel, ckpt_config, fingerprint, history, identity)
             if eval_data is not None and w.is_main:  # the other ranks hold the same parameters
                 val_metrics, _ = score(model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2,
-                                       cfg.max_length, device)
+                                       cfg.max_length, device, cfg.precision)
                 rec = {"epoch": epoch, "step": step, "val": val_metrics}
                 history.append(rec)
                 if log:

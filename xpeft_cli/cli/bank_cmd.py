@@ -19,7 +19,7 @@ from ..plm import load_encoder, resolve_model
 from ..train import FitConfig
 from . import output
 from ..distributed import is_main_process
-from .common import DevicesOpt, JsonOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch
+from .common import DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
@@ -68,6 +68,7 @@ def create(
     materialize: bool = typer.Option(False, "--materialize", help="Also write the tensors (adapters.safetensors)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bank in that folder."),
     devices: int = DevicesOpt,
+    precision: str = PrecisionOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -106,7 +107,7 @@ def create(
     else:
         data = load_examples(from_profiles, Columns(text=text_column, label=label_column, profile=profile_column))
         cfg = FitConfig(epochs=epochs, batch_size=batch_size, lr_adapter=lr_adapter, lr_head=lr_head, seed=seed,
-                        max_length=max_length, device=device)
+                        max_length=max_length, device=device, precision=precision)
         output.note(f"training {profiles} adapters ({method}) from {from_profiles}", quiet or json_out)
         with output.progress(f"bank {method}", enabled=not (quiet or json_out)) as update:
             bank, report = build_from_profiles(plm, encoder, data, profiles, method, cfg, rank=rank, targets=targets,

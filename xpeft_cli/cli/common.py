@@ -17,6 +17,8 @@ ModelOpt = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                         help="Where to find the bank's PLM (folder or cached hub id); its hash must match.")
 DevicesOpt = typer.Option(1, "--devices", help="Run data-parallel on this many processes, one per GPU "
                           "(or on CPU with --device cpu); the same result as one process. See DISTRIBUTED in the README.")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or "
+                            "fp32 (slower on a GPU; results that depend less on batch shapes).")
 TextCol = typer.Option("text", "--text-column", help="Column with the text.")
 PairCol = typer.Option(None, "--text-pair-column", help="Column with the second text of a pair task.")
 LabelCol = typer.Option("label", "--label-column", help="Column with the label.")

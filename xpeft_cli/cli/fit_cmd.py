@@ -14,7 +14,7 @@ from ..train import FitConfig, fit_profile
 from ..xpm import read_xpm_full, write_xpm
 from . import output
 from ..distributed import is_main_process
-from .common import BankOpt, DevicesOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch
+from .common import BankOpt, DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch
 
 D = FitConfig()
 
@@ -70,6 +70,7 @@ def fit(
     own_head: bool = typer.Option(False, "--own-head", help="Train a head for the profile even when the bank "
                                   "carries a shared one (mtl banks); by default it is reused and not stored."),
     devices: int = DevicesOpt,
+    precision: str = PrecisionOpt,
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
@@ -128,7 +129,8 @@ def fit(
     cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
                     val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
-                    head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing)
+                    head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing,
+                    precision=precision)
     what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
@@ -171,7 +173,8 @@ def _labels(labels: str | None) -> list[str] | None:
 
 def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, batch_size, lr_masks, lr_ln, lr_head,
               lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
-              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main) -> None:
+              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main,
+              precision) -> None:
     from ..multifit import fit_profiles, profile_filename
     from ..store import write_store
 
@@ -190,7 +193,7 @@ def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, b
     bank = Bank.load(bank_dir, model=model)
     cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size,
                     lr_masks=lr_masks, lr_ln=lr_ln, lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
-                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels))
+                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels), precision=precision)
     groups = train.by_profile()
     output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {method}", quiet or json_out)
     log = log or (out.with_suffix(".fit.jsonl") if to_store else out / "fit.jsonl")
