@@ -140,3 +140,50 @@ def test_subprocess_console_script_no_traceback(tmp_path, tiny_bert):
                        capture_output=True, text=True, env=env)
     assert p.returncode == EXIT_INTEGRITY and p.stdout == ""
     _one_line_error(p.stderr)
+
+
+def test_every_command_has_json_and_quiet():
+    import typer
+
+    from xpeft_cli.cli.app import app
+
+    missing = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        opts = {o for p in cmd.params for o in p.opts}
+        missing.extend(" ".join(path) + f" {flag}" for flag in ("--json", "--quiet") if flag not in opts)
+
+    walk(typer.main.get_command(app), [])
+    assert missing == []
+
+
+def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
+    write_jsonl(fitted / "req.jsonl", [{"profile": "alice", "text": "the film was good"},
+                                       {"profile": "alice", "text": "the food was awful"}])
+    quiet_runs = [("inspect", "alice.xpm", "--bank", "bank"), ("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl"),
+                  ("verify", "alice.xpm"), ("bank", "info"), ("bank", "verify"), ("bank", "hash"),
+                  ("report", "memory"), ("pack", "alice.xpm", "-o", "alice.xps"),
+                  ("unpack", "alice.xpm", "-o", "alice.json"),
+                  ("predict", "-P", ".", "--data", "req.jsonl", "-o", "answers.jsonl")]
+    for args in quiet_runs:
+        code, out, err = cli(*args, "--quiet")
+        assert (code, out, err) == (0, "", ""), args
+    assert len((fitted / "answers.jsonl").read_text().splitlines()) == 2
+    code, out, _ = cli("predict", "-P", ".", "--data", "req.jsonl", "-q")  # stdout is the data: still written
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, _ = cli("predict", "-P", ".", "--data", "req.jsonl", "-o", "a2.jsonl", "--json")
+    assert code == 0 and json.loads(out) | {"seconds": 0} == {"output": "a2.jsonl", "answers": 2, "profiles": 1,
+                                                                "seconds": 0}
+    code, out, err = cli("predict", "-P", ".", "--data", "req.jsonl", "--json")
+    assert code == 2 and out == "" and "--json needs --output" in err
+    code, out, _ = cli("bank", "hash", "--json")
+    assert code == 0 and len(json.loads(out)["bank_hash"]) == 64
+    # failures still say why, on one line, with their exit code
+    cli("bank", "create", "--random", "-n", "4", "-o", "bank2", "--seed", "9", "-q")
+    code, out, err = cli("inspect", "alice.xpm", "--bank", "bank2", "-q")
+    assert code == 4 and out == ""
+    _one_line_error(err)

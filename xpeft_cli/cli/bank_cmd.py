@@ -128,11 +128,13 @@ def create(
 
 @app.command("info")
 def info(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
-         json_out: bool = JsonOpt) -> None:
+         json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Show a bank's manifest (fast: does not regenerate or hash the tensors)."""
     m = read_manifest(bank_dir)
     if json_out:
         output.emit_json(m)
+        return
+    if quiet:
         return
     t = Table(show_header=False, box=None)
     for key in ("bank_hash", "kind", "n_adapters", "rank", "dtype", "tensors"):
@@ -155,18 +157,23 @@ def info(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help
 @app.command("verify")
 def verify(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
            model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", help="Where to find the PLM."),
-           json_out: bool = JsonOpt) -> None:
+           json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Regenerate or read the tensors and check them against the recorded bank hash (exit 4 if not)."""
     t0 = time.perf_counter()
     bank = Bank.load(bank_dir, model=model)
     res = _summary(bank, bank_dir) | {"ok": True, "seconds": round(time.perf_counter() - t0, 2)}
     if json_out:
         output.emit_json(res)
-    else:
+    elif not quiet:
         output.stdout.print(f"ok: {bank_dir} matches bank hash {bank.bank_hash}")
 
 
 @app.command("hash")
-def hash_(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder.")) -> None:
-    """Print the recorded bank hash (for scripts)."""
-    output.stdout.print(read_manifest(bank_dir)["bank_hash"])
+def hash_(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
+          json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+    """Print the recorded bank hash (for scripts); --quiet only checks the manifest reads."""
+    h = read_manifest(bank_dir)["bank_hash"]
+    if json_out:
+        output.emit_json({"bank": str(bank_dir), "bank_hash": h})
+    elif not quiet:
+        output.stdout.print(h)

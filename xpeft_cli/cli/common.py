@@ -10,15 +10,16 @@ from ..bank import ENV_BANK
 from ..errors import UsageError
 
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress or notes on stderr.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no notes, progress or summary; "
+                        "data a command writes to stdout still goes there); the exit status tells how it went.")
 BankOpt = typer.Option(Path("bank"), "--bank", "-b", envvar=ENV_BANK, show_envvar=True,
                        help="Bank folder (made by 'xpeft bank create').")
 ModelOpt = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                         help="Where to find the bank's PLM (folder or cached hub id); its hash must match.")
 DevicesOpt = typer.Option(1, "--devices", help="Run data-parallel on this many processes, one per GPU "
-                          "(or on CPU with --device cpu); the same result as one process. See DISTRIBUTED in the README.")
-PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or "
-                            "fp32 (slower on a GPU; results that depend less on batch shapes).")
+                          "(or on CPU with --device cpu). Each profile's fit follows the steps one process takes: "
+                          "bit for bit on CPU, up to float noise on GPUs (README: Data-parallel fits).")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32.")
 TextCol = typer.Option("text", "--text-column", help="Column with the text.")
 PairCol = typer.Option(None, "--text-pair-column", help="Column with the second text of a pair task.")
 LabelCol = typer.Option("label", "--label-column", help="Column with the label.")

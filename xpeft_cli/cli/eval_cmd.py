@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..tasks import load_split, official_metrics, preset
 from ..evaluate import evaluate_profile, read_profile, with_bank_head
 from . import output
-from .common import BankOpt, JsonOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol
+from .common import BankOpt, JsonOpt, QuietOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol
 
 
 def evaluate(
@@ -41,6 +41,7 @@ def evaluate(
                                "unless the banks hold the same adapters)."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Accuracy, macro-F1 and MCC (classification) or Pearson/Spearman (regression).
 
@@ -50,7 +51,7 @@ def evaluate(
         raise UsageError("give one profile with --profile FILE, or many with --profiles DIR|STORE")
     if profiles is not None:
         return _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column,
-                          text_pair_column, label_column, device, model, json_out)
+                          text_pair_column, label_column, device, model, json_out, quiet)
     if (data is None) == (task_preset is None):
         raise UsageError("give the data with --data FILE or --task PRESET (one of them)")
     prof = read_profile(profile)
@@ -62,8 +63,8 @@ def evaluate(
     bank = Bank.load(bank_dir, model=model)
     prof = with_bank_head(bank, prof)
     if force and prof.bank_hash != bank.bank_hash:
-        output.stderr.print(f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
-                            f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here")
+        output.note(f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
+                            f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here", quiet)
     metrics, preds = evaluate_profile(bank, prof, examples, batch_size=batch_size, max_length=max_length,
                                       device=device, force=force)
     if task_preset:
@@ -78,6 +79,8 @@ def evaluate(
     if json_out:
         output.emit_json(res)
         return
+    if quiet:
+        return
     t = Table("metric", "value", box=None, title=f"{prof.name} on {res['data']} ({metrics['n']} rows)")
     for k, v in metrics.items():
         if k != "n":
@@ -86,7 +89,7 @@ def evaluate(
 
 
 def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column, text_pair_column,
-               label_column, device, model, json_out) -> None:
+               label_column, device, model, json_out, quiet) -> None:
     from ..serve import ProfileSource, evaluate_many
 
     if data is None:
@@ -99,6 +102,8 @@ def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length,
     res = {"profiles_from": str(profiles), "data": str(data)} | res
     if json_out:
         output.emit_json(res)
+        return
+    if quiet:
         return
     keys = list(res["mean"])
     t = Table("profile", "rows", *keys, box=None,

@@ -10,7 +10,7 @@ from ..errors import IntegrityError, UsageError
 from ..export import export_peft
 from ..xpm import read_xpm
 from . import output
-from .common import BankOpt, JsonOpt, ModelOpt, OptStr
+from .common import BankOpt, JsonOpt, QuietOpt, ModelOpt, OptStr
 
 
 def export(
@@ -20,6 +20,7 @@ def export(
     bank_dir: Path = BankOpt,
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Write a profile as a peft LoRA adapter that PeftModel.from_pretrained loads on the bank's PLM."""
     if to != "peft":
@@ -31,6 +32,6 @@ def export(
     res = export_peft(bank, prof, out)
     if json_out:
         output.emit_json(res)
-    else:
+    elif not quiet:
         output.stdout.print(f"wrote {out}: LoRA r={res['rank']} on {res['sites']} modules, {res['bytes']:,} bytes "
                             f"({', '.join(res['files'])})")

@@ -11,7 +11,7 @@ from ..baselines import read_adapter
 from ..errors import IntegrityError
 from ..xpm import read_xpm_full
 from . import output
-from .common import JsonOpt, OptPath
+from .common import JsonOpt, QuietOpt, OptPath
 
 
 def recorded_bank_hash(bank_dir: Path) -> str:
@@ -52,6 +52,7 @@ def inspect(
     file: Path = typer.Argument(..., help="Profile file (.xpm, or a baseline's .safetensors)."),
     bank: OptPath = typer.Option(None, "--bank", "-b", help="Check the profile belongs to this bank."),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Show an .xpm profile: header, sections and their sizes, checksum, selected adapters."""
     info = describe(file)
@@ -61,6 +62,8 @@ def inspect(
         info["bank_match"] = recorded == info["bank_hash"]
     if json_out:
         output.emit_json(info)
+    elif quiet:  # a check only: the exit status says whether the file reads (and matches --bank)
+        pass
     elif "method" in info:
         t = Table(show_header=False, box=None, pad_edge=False)
         for key in ("file", "bytes", "format", "profile", "method", "task", "rank", "sites", "trainable_parameters"):

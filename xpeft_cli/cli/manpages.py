@@ -23,7 +23,10 @@ EXIT_STATUS = [("0", "Success."), ("1", "Internal error (a bug); set XPEFT_DEBUG
                ("5", "The PLM is not available offline.")]
 ENVIRONMENT = [("XPEFT_BANK", "Bank folder used when --bank is not given (default ./bank)."),
                ("XPEFT_MODEL", "PLM folder or locally cached hub id (default: the bundled all-MiniLM-L6-v2)."),
-               ("XPEFT_DEBUG", "When set, internal errors show a Python traceback.")]
+               ("XPEFT_DEBUG", "When set, internal errors show a Python traceback."),
+               ("RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT",
+                "Set by --devices, accelerate launch or torchrun: this process is one worker of a data-parallel "
+                "fit; only rank 0 prints and writes.")]
 FILES = [("bank/bank.json", "Bank manifest with the bank hash (formats/bank.md)."),
          ("bank/adapters.safetensors", "Bank tensors, for trained or materialised banks."),
          ("PROFILE.xpm", "A profile (formats/xpm.md, xpeft-xpm(5))."),
@@ -32,11 +35,16 @@ EXAMPLES = {
     "xpeft": ["xpeft bank create --random -n 400", "xpeft fit --profile alice --data alice.jsonl",
               "xpeft inspect alice.xpm", "xpeft eval --profile alice.xpm --data test.jsonl --json | jq .metrics"],
     "xpeft-bank-create": ["xpeft bank create --random -n 400", "xpeft bank create --random -n 100 --model ./my-bert "
-                          "--targets query,value -o bank-qv"],
+                          "--targets query,value -o bank-qv",
+                          "xpeft bank create --from-profiles authors.jsonl --profile-column author --profiles 40 "
+                          "--method mtl -o bank-mtl --devices 2"],
     "xpeft-bank-verify": ["xpeft bank verify bank || echo 'bank damaged'"],
     "xpeft-fit": ["xpeft fit --profile alice --data alice.jsonl",
                   "xpeft fit --profile sst2-lora --task sst2 --data-dir ../shared/data --method single-adapter",
-                  "xpeft fit -p bob -d bob.csv --text-column review --label-column stars --mask soft --epochs 5"],
+                  "xpeft fit -p bob -d bob.csv --text-column review --label-column stars --mask soft --epochs 5",
+                  "xpeft fit -d authors.jsonl --profile-column author -o profiles/ --devices 2",
+                  "accelerate launch --num_processes 2 -m xpeft_cli fit -d authors.jsonl --profile-column author "
+                  "-o profiles/"],
     "xpeft-inspect": ["xpeft inspect alice.xpm --bank bank", "xpeft inspect alice.xpm --json | jq .sections"],
     "xpeft-eval": ["xpeft eval --profile alice.xpm --data alice_test.jsonl --predictions preds.jsonl"],
     "xpeft-report-memory": ["xpeft report memory", "xpeft report memory --bank bank --profile alice.xpm --json"],

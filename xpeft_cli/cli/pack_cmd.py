@@ -14,7 +14,7 @@ from ..profile import Profile, harden, profile_to_json, strip_to_masks
 from ..store import Store, is_store, write_store
 from ..xpm import read_xpm, read_xpm_full, write_xpm
 from . import output
-from .common import JsonOpt, OptPath, OptStr
+from .common import JsonOpt, QuietOpt, OptPath, OptStr
 from .inspect_cmd import recorded_bank_hash
 
 
@@ -48,6 +48,7 @@ def pack(
     k: Optional[int] = typer.Option(None, "--k", help="Turn soft profiles into hard ones selecting k adapters."),
     masks_only: bool = typer.Option(False, "--masks-only", help="Drop LN, head, labels and meta (bank supplies them)."),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Convert profiles (soft → hard with --k, a fit checkpoint → .xpm, masks-only) or pack many into a store (.xps)."""
     profiles = [p for path in _expand(inputs) for p in _profiles(path, k)]
@@ -72,7 +73,7 @@ def pack(
            "bytes_per_profile": round(size / len(converted), 1)}
     if json_out:
         output.emit_json(res)
-    else:
+    elif not quiet:
         output.stdout.print(f"wrote {out}: {len(converted)} profile(s), {size:,} bytes")
 
 
@@ -81,6 +82,9 @@ def unpack(
     out: OptPath = typer.Option(None, "--output", "-o", help="JSON file (default: stdout)."),
     npy: OptPath = typer.Option(None, "--npy", help="Write arrays as .npy files into this folder instead."),
     name: OptStr = typer.Option(None, "--name", help="From a store: only this profile (an O(1) lookup)."),
+    json_out: bool = typer.Option(False, "--json", help="With --output or --npy: print one JSON object saying what "
+                                  "was written (without them stdout carries the decoded JSON itself)."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Decode profiles to JSON (lossless) or to NumPy .npy arrays plus a JSON summary."""
     if is_store(file):
@@ -99,21 +103,32 @@ def unpack(
                                       lambda tmp, a=arr: np.save(open(tmp, "wb"), a, allow_pickle=False))
             summary = {k: v for k, v in profile_to_json(p).items() if k not in ("masks", "ln", "head")}
             atomic_write_text(npy / f"{p.name}.json", json.dumps(summary, indent=2) + "\n")
-        output.note(f"wrote {len(profiles)} profile(s) to {npy}")
+        _unpacked({"output": str(npy), "format": "npy", "profiles": len(profiles)}, json_out, quiet)
         return
     doc = profile_to_json(profiles[0]) if len(profiles) == 1 and not is_store(file) else \
         {"profiles": [profile_to_json(p) for p in profiles]}
     text = json.dumps(doc) + "\n"
     if out:
         atomic_write_text(out, text)
+        _unpacked({"output": str(out), "format": "json", "profiles": len(profiles)}, json_out, quiet)
+    elif json_out:
+        raise UsageError("--json needs --output or --npy: without them stdout carries the decoded profiles")
     else:
         output.stdout.file.write(text)
+
+
+def _unpacked(res: dict, json_out: bool, quiet: bool) -> None:
+    if json_out:
+        output.emit_json(res)
+    else:
+        output.note(f"wrote {res['profiles']} profile(s) to {res['output']}", quiet)
 
 
 def verify(
     files: List[Path] = typer.Argument(..., help="Profiles, stores, or folders of them."),
     bank: OptPath = typer.Option(None, "--bank", "-b", help="Also check each profile belongs to this bank."),
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Check many profiles: readable, checksums intact, and (with --bank) of that bank. Exit 4 if any fails."""
     expected = recorded_bank_hash(bank) if bank else None
@@ -135,7 +150,7 @@ def verify(
     failed = [r for r in results if not r["ok"]]
     if json_out:
         output.emit_json({"ok": not failed, "checked": len(results), "failed": len(failed), "files": results})
-    else:
+    elif not quiet:
         for r in results:
             output.stdout.print(f"ok    {r['file']}" if r["ok"] else f"FAIL  {r['file']}: {r['error']}")
     if failed:

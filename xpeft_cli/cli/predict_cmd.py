@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import typer
 
 from ..atomic import atomic_write_text
 from ..bank import Bank
-from ..errors import DataError
+from ..errors import DataError, UsageError
+from . import output
 from ..serve import ProfileSource, predict_requests, read_requests
-from .common import BankOpt, ModelOpt, OptStr
+from .common import BankOpt, ModelOpt, OptStr, QuietOpt
 
 
 def predict(
@@ -25,8 +27,14 @@ def predict(
                                    "as fitted)."),
     device: str = typer.Option("auto", "--device"),
     model: OptStr = ModelOpt,
+    json_out: bool = typer.Option(False, "--json", help="With --output: print one JSON object saying what was "
+                                  "written (without it stdout carries the answers)."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Answer requests for many profiles with one model: one JSON line per request, in request order."""
+    if json_out and not out:
+        raise UsageError("--json needs --output: without it stdout carries the answers")
+    t0 = time.perf_counter()
     if data == "-":
         requests = read_requests(sys.stdin, "stdin")
     else:
@@ -39,7 +47,13 @@ def predict(
     bank = Bank.load(bank_dir, model=model)
     answers = predict_requests(bank, source, requests, batch_size, max_length, device)
     text = "".join(json.dumps(a) + "\n" for a in answers)
-    if out:
-        atomic_write_text(out, text)
-    else:
+    if not out:
         sys.stdout.write(text)
+        return
+    atomic_write_text(out, text)
+    res = {"output": out, "answers": len(answers), "profiles": len({r.profile for r in requests}),
+           "seconds": round(time.perf_counter() - t0, 2)}
+    if json_out:
+        output.emit_json(res)
+    else:
+        output.note(f"wrote {res['answers']} answers for {res['profiles']} profiles to {out}", quiet)

@@ -12,7 +12,7 @@ from ..baselines import read_adapter
 from ..memory import measured_sizes, table1
 from ..xpm import read_xpm_full
 from . import output
-from .common import JsonOpt, ModelOpt, OptPath, OptStr
+from .common import JsonOpt, QuietOpt, ModelOpt, OptPath, OptStr
 
 app = typer.Typer(help="Reports.", no_args_is_help=True)
 
@@ -27,6 +27,7 @@ def memory(
     profile: Optional[List[Path]] = typer.Option(None, "--profile", "-p", help="Profile file(s) to measure."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Trainable parameters and bytes per profile (Table 1); with --bank/--profile, real sizes too."""
     res = {"table1": table1(tuple(n or (100, 200, 400)), rank, dim, layers)}
@@ -46,6 +47,8 @@ def memory(
         res["measured"] = measured
     if json_out:
         output.emit_json(res)
+        return
+    if quiet:
         return
     t1 = res["table1"]
     t = Table("mode", "N", "trainable", "", "bytes", "", box=None,
