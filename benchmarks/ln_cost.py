@@ -20,7 +20,8 @@ import torch
 from xpeft_cli import Bank, FitConfig, SiteConfig, fit_profile
 from xpeft_cli.plm import load_encoder, resolve_model
 from xpeft_cli.tasks import load_split, official_metrics, preset
-from xpeft_cli.train import pick_device, score
+from xpeft_cli.distributed import pick_device
+from xpeft_cli.train import score
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "ln_cost"

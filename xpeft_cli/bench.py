@@ -17,7 +17,8 @@ from .bank import Bank
 from .data import Examples
 from .plm import load_encoder, resolve_model
 from .tasks import load_split, official_metrics, preset
-from .train import FitConfig, fit_profile, pick_device, score
+from .distributed import pick_device
+from .train import FitConfig, fit_profile, score
 
 METRIC_NAMES = {"mcc": "MCC", "acc": "Acc", "acc_f1": "Comb", "pearson_spearman": "Comb", "acc_gps": "Acc"}
 

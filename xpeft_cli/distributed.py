@@ -76,6 +76,13 @@ class World:
         return max(self.gather(value))
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """The device a process computes on: "auto" is the GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 _WORLD: World | None = None
 
 
@@ -86,8 +93,7 @@ def world(device: str = "auto") -> World:
         return _WORLD
     size = launched_size()
     if size == 1:
-        name = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        return World(1, 0, torch.device(name))
+        return World(1, 0, pick_device(device))
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device {device}: with several processes each one takes its own GPU; "
                          "use auto, cuda or cpu")

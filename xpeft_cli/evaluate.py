@@ -12,7 +12,8 @@ from .masks import MaskSpec
 from .model import TASK_REGRESSION, XPeftModel
 from .plm import load_encoder
 from .profile import Profile, apply_profile
-from .train import pick_device, predict_outputs, score
+from .distributed import pick_device
+from .train import predict_outputs, score
 from .xpm import read_xpm
 
 AnyProfile = Profile | AdapterProfile

@@ -19,7 +19,8 @@ from .multifit import profile_filename
 from .plm import load_encoder
 from .profile import Profile
 from .store import Store, is_store
-from .train import pick_device, predict_outputs
+from .distributed import pick_device
+from .train import predict_outputs
 from .xpm import read_xpm
 
 

@@ -64,12 +64,6 @@ class FitResult:
     steps: int = 0
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def pretokenize(tokenizer, ex: Examples, max_length: int) -> dict[str, list]:
     """Token ids of every example, once (truncated, not padded)."""
     enc = tokenizer(ex.texts, ex.pairs, truncation=True, max_length=max_length)
