@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -108,10 +109,24 @@ def world(device: str = "auto") -> World:
     return _WORLD
 
 
+_FAILED = False
+
+
+def mark_failed() -> None:
+    """This process is exiting on an error: it must not wait at the exit barrier for ranks that never come."""
+    global _FAILED
+    _FAILED = True
+
+
 def _close() -> None:
-    """At exit: wait for every rank (rank 0 is still writing), then tear the group down together."""
+    """At exit: wait for every rank (rank 0 may still be writing), then tear the group down.
+
+    A rank that failed skips the wait (the others may be inside a collective; the launcher
+    stops them), as does one ending on an unhandled exception.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        if not (_FAILED or hasattr(sys, "last_value")):
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

@@ -96,4 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"xpeft: internal error: {exc.__class__.__name__}: {_one_line(exc)[:300]} "
               "(set XPEFT_DEBUG=1 for a traceback)", file=sys.stderr)
         code = EXIT_INTERNAL
+    if code:
+        from ..distributed import mark_failed
+
+        mark_failed()
     sys.exit(code)
