@@ -77,6 +77,15 @@ class World:
         return max(self.gather(value))
 
 
+def check_process_device(device: str) -> None:
+    """With several processes each takes its own device: only auto, cuda (with a GPU) or cpu make sense."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {device}: with several processes each one takes its own GPU; "
+                         "use auto, cuda or cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no GPU here")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """The device a process computes on: "auto" is the GPU when there is one."""
     if name == "auto":
@@ -95,13 +104,8 @@ def world(device: str = "auto") -> World:
     size = launched_size()
     if size == 1:
         return World(1, 0, pick_device(device))
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device {device}: with several processes each one takes its own GPU; "
-                         "use auto, cuda or cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no GPU here")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // size)))
-    from accelerate import PartialState
+    check_process_device(device)
+    from accelerate import PartialState  # on CPU it sets the threads per process unless OMP_NUM_THREADS is set
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     _WORLD = World(state.num_processes, state.process_index, state.device)

@@ -204,15 +204,13 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
             if synced and w.size > 1:
                 w.sum_grads_(synced)
             opt.step()
-            mean_loss = sum(step_losses.values()) / max(1, len(step_losses))
             raw.append({plans[i].name: v for i, v in step_losses.items()})
-            rec = {"step": t + 1, "profiles": len(step_losses), "loss": round(mean_loss, 6),
-                   "per_profile": {plans[i].name: round(v, 6) for i, v in step_losses.items()}}
+            rec = _step_record(t + 1, raw[-1])
             history.append(rec)
             if log:
                 log.write(json.dumps(rec) + "\n")
             if on_step:
-                on_step(t + 1, steps, mean_loss)
+                on_step(t + 1, steps, rec["loss"])
     finally:
         if log:
             log.close()
@@ -246,10 +244,15 @@ def _gather(w, names: list[str], profiles: dict, val: dict, raw: list[dict], sec
             pp.update(part[2][t] if t < len(part[2]) else {})
         pp = {n: pp[n] for n in names if n in pp}  # as one process logs them
         if pp:
-            merged.append({"step": t + 1, "profiles": len(pp), "loss": round(sum(pp.values()) / len(pp), 6),
-                           "per_profile": {n: round(v, 6) for n, v in pp.items()}})
+            merged.append(_step_record(t + 1, pp))
     return ({n: prof[n] for n in names}, {n: vals[n] for n in names if n in vals}, merged,
             max(part[3] for part in parts), max(part[4] for part in parts))
+
+
+def _step_record(step: int, losses: dict[str, float]) -> dict:
+    """One line of the loss log: the step's mean over its profiles, and each profile's loss."""
+    return {"step": step, "profiles": len(losses), "loss": round(sum(losses.values()) / max(1, len(losses)), 6),
+            "per_profile": {n: round(v, 6) for n, v in losses.items()}}
 
 
 def _chunks(picked: list, max_rows: int):

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-from ..distributed import launched_size
+from ..distributed import check_process_device, launched_size
 from ..errors import UsageError
 
 
@@ -43,13 +43,10 @@ def relaunch(argv: list[str], devices: int, device: str) -> int:
     if launched_size() > 1:
         raise UsageError("--devices: this process was already started by a launcher (accelerate launch, "
                          "torchrun); drop --devices")
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError("--devices gives each process its own GPU: --device must be auto, cuda or cpu")
+    check_process_device(device)
     gpus = torch.cuda.device_count() if device != "cpu" else 0
     if gpus and devices > gpus:
         raise UsageError(f"--devices {devices}: only {gpus} GPUs here")
-    if device == "cuda" and not gpus:
-        raise UsageError("--device cuda: no GPU here")
     args = [sys.executable, "-m", "xpeft_cli", *_without_devices(argv)]
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(devices),
                 LOCAL_WORLD_SIZE=str(devices))
