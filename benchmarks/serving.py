@@ -21,7 +21,9 @@ import platform
 import statistics
 import sys
 import tempfile
+import itertools
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,9 @@ from speed import random_bank  # noqa: E402
 from xpeft_cli.masks import MaskSpec  # noqa: E402
 from xpeft_cli.model import XPeftModel  # noqa: E402
 from xpeft_cli.profile import Profile, apply_profile  # noqa: E402
+from xpeft_cli.routing import Route  # noqa: E402
 from xpeft_cli.serve import ProfileServer  # noqa: E402
+from xpeft_cli.train import compute_context  # noqa: E402
 from xpeft_cli.xpm import read_xpm, write_xpm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -55,6 +59,22 @@ def random_profiles(count: int, L: int, n: int, k: int, rank: int, hidden: int, 
                            ln_bias=(0.1 * rng.standard_normal((L, rank))).astype(np.float32),
                            head_weight=(0.02 * rng.standard_normal((classes, hidden))).astype(np.float32),
                            head_bias=np.zeros(classes, np.float32), labels=[f"c{j}" for j in range(classes)]))
+    return out
+
+
+def legacy_routes(table, present, rows):
+    """FrozenMaskTable's routes before the serving route: Â, B̂ per present profile, site by site,
+    gathered per row and LN-affined inside every site (kept here to measure against)."""
+    w = table.weights(present)
+    idx = torch.tensor(present).to(table.bits.device)
+    ln_w, ln_b = (table.ln_w[idx], table.ln_b[idx]) if table.has_ln else (None, None)
+    out = []
+    for l in range(table.L):
+        bank_a, bank_b = table.bank(l)
+        a_hat = torch.einsum("un,nib->uib", w[:, l, 0].to(bank_a.dtype), bank_a)
+        b_hat = torch.einsum("un,nbo->ubo", w[:, l, 1].to(bank_b.dtype), bank_b)
+        out.append(Route(a_hat, b_hat, ln_w[:, l] if ln_w is not None else None,
+                         ln_b[:, l] if ln_b is not None else None, rows))
     return out
 
 
@@ -104,17 +124,17 @@ def throughput(args, device) -> dict:
     b, t = args.batch, args.seq
     batch = {"input_ids": torch.randint(1000, 20000, (b, t), generator=g).to(device),
              "attention_mask": torch.ones(b, t, dtype=torch.long).to(device)}
-    auto = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def auto():  # what predict and eval run under: bf16 autocast on a GPU, no cuDNN attention
+        return compute_context(device)
+
     same = torch.zeros(b, dtype=torch.long)  # on the CPU, as ProfileServer passes them
-    draws = [torch.randperm(args.profiles, generator=g)[:b] for _ in range(args.reps + args.warmup)]
-    it = iter(draws * 2)
+    draws = [torch.randperm(args.profiles, generator=g)[:b] for _ in range(64)]
+    it = itertools.cycle(draws)
 
     def run(pid):
-        with torch.no_grad(), auto:
+        with torch.no_grad(), auto():
             model(**batch, profile_ids=pid)
 
-    one_ms = timed(lambda: run(same), device, args.warmup, args.reps)
-    mixed_ms = timed(lambda: run(next(it)), device, args.warmup, args.reps)
     # The single-profile model that eval uses, Â and B̂ cached: the plain reference.
     torch.manual_seed(0)
     enc2 = BertModel(cfg).to(device)
@@ -125,14 +145,40 @@ def throughput(args, device) -> dict:
     xm.eval()
 
     def run_x():
-        with torch.no_grad(), auto:
+        with torch.no_grad(), auto():
             xm(**batch)
 
-    cached_ms = timed(run_x, device, args.warmup, args.reps)
+    table = model.table
+    fast_routes = table.routes
+
+    def run_legacy():  # the route of the previous session: U-profile Â, B̂, gathered per site and row
+        table.routes = types.MethodType(legacy_routes, table)
+        try:
+            run(next(it))
+        finally:
+            table.routes = fast_routes
+
+    configs = {"one": lambda: run(same), "mixed": lambda: run(next(it)), "cached": run_x, "legacy": run_legacy}
+    for fn in configs.values():
+        timed(fn, device, args.warmup, 1)
+    # Interleaved rounds, order rotated each round: the host's drift hits every configuration alike.
+    per_round = []
+    names = list(configs)
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        per_round.append({k: timed(configs[k], device, 0, args.reps) for k in order})
+    med = {k: statistics.median(rd[k] for rd in per_round) for k in names}
+
+    def ratio(num: str, den: str) -> dict:
+        """Throughput of `num` over that of `den`, round by round: median and range."""
+        rs = [rd[den] / rd[num] for rd in per_round]
+        return {"median": round(statistics.median(rs), 3), "min": round(min(rs), 3), "max": round(max(rs), 3)}
+
+    one_ms, mixed_ms, cached_ms, legacy_ms = med["one"], med["mixed"], med["cached"], med["legacy"]
 
     def switch():
         apply_profile(xm, loaded[int(torch.randint(args.profiles, (1,), generator=g))])
-        with torch.no_grad(), auto:
+        with torch.no_grad(), auto():
             xm(**{k: v[:1] for k, v in batch.items()})
 
     switch_ms = timed(switch, device, 3, 20)
@@ -140,10 +186,13 @@ def throughput(args, device) -> dict:
              "seqs_per_s": round(b / one_ms * 1000)},
             {"config": f"routed, {b} distinct profiles per batch (of {args.profiles})",
              "ms_per_batch": round(mixed_ms, 2), "seqs_per_s": round(b / mixed_ms * 1000)},
+            {"config": f"routed, {b} distinct profiles, previous route (per-site mixing and gathers)",
+             "ms_per_batch": round(legacy_ms, 2), "seqs_per_s": round(b / legacy_ms * 1000)},
             {"config": "XPeftModel, one profile, cached Â/B̂", "ms_per_batch": round(cached_ms, 2),
              "seqs_per_s": round(b / cached_ms * 1000)}]
-    return {"throughput": rows, "mixed_vs_one_profile": round(one_ms / mixed_ms, 3),
-            "mixed_vs_cached_xpeft": round(cached_ms / mixed_ms, 3),
+    return {"throughput": rows, "rounds": args.rounds, "reps_per_round": args.reps,
+            "mixed_vs_one_profile": ratio("mixed", "one"), "mixed_vs_cached_xpeft": ratio("mixed", "cached"),
+            "legacy_mixed_vs_cached_xpeft": ratio("legacy", "cached"),
             "load": {"profiles": args.profiles, "xpm_bytes_total": size, "write_s": round(write_s, 2),
                      "read_s": round(read_s, 2), "read_ms_per_profile": round(read_s / args.profiles * 1000, 3),
                      "build_table_s": round(build_s, 2), "make_s": round(make_s, 2)},
@@ -183,7 +232,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=20, help="timed batches per configuration and round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput configurations")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
@@ -195,7 +245,7 @@ def main() -> None:
         tag = "cpu-latency"
     else:
         if args.tiny:
-            args.profiles, args.n, args.k, args.batch, args.seq, args.reps = 200, 16, 4, 8, 16, 5
+            args.profiles, args.n, args.k, args.batch, args.seq, args.reps, args.rounds = 200, 16, 4, 8, 16, 5, 2
         device = torch.device(args.device)
         res = throughput(args, device)
         meta["device"] = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.machine()

@@ -72,41 +72,82 @@ def _build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.M
     return model
 
 
+class Stepper:
+    """One configuration's model, optimizer and batch: runs timed steps, returns ms per step."""
+
+    def __init__(self, model, batch, labels, device, train: bool = True):
+        self.model, self.batch, self.labels, self.device, self.train = model, batch, labels, device, train
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-3) if train else None
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        model.train(train)
+
+    def run(self, steps: int) -> list[float]:
+        cuda = self.device.type == "cuda"
+        times = []
+        for _ in range(steps):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            else:
+                t0 = time.perf_counter()
+            if self.train:
+                with self.autocast:
+                    out = self.model(**self.batch)
+                loss = torch.nn.functional.cross_entropy(out.float(), self.labels)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+            else:
+                with torch.no_grad(), self.autocast:
+                    self.model(**self.batch)
+            if cuda:
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+
 def time_steps(model, batch, labels, device, warmup: int, steps: int, train: bool) -> tuple[float, int]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3) if train else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    times = []
+    """Median ms per step after warm-up, and the peak GPU memory of those steps."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    model.train(train)
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-        else:
-            t0 = time.perf_counter()
-        if train:
-            with autocast:
-                out = model(**batch)
-            loss = torch.nn.functional.cross_entropy(out.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        else:
-            with torch.no_grad(), autocast:
-                model(**batch)
-        if device.type == "cuda":
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end)
-        else:
-            ms = (time.perf_counter() - t0) * 1000
-        if i >= warmup:
-            times.append(ms)
+    stepper = Stepper(model, batch, labels, device, train)
+    stepper.run(warmup)
+    ms = statistics.median(stepper.run(steps))
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
-    return statistics.median(times), peak
+    return ms, peak
+
+
+def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int, rounds: int) -> list[dict]:
+    """Each configuration's step time over/under single_adapter's, measured in interleaved rounds.
+
+    All models stay resident; every round times each configuration for `steps` steps, in an
+    order rotated by one each round, so that slow drifts of a launch-bound host hit every
+    configuration alike. Reports the median ratio over rounds and its range.
+    """
+    steppers = [(kind, n, Stepper(build(kind, n, cfg, device, dtype), batch, labels, device)) for kind, n, dtype in plan]
+    for _, _, st in steppers:
+        st.run(warmup)
+    per_round: list[dict[tuple, float]] = []
+    for r in range(rounds):
+        order = steppers[r % len(steppers):] + steppers[:r % len(steppers)]
+        per_round.append({(kind, n): statistics.median(st.run(steps)) for kind, n, st in order})
+    out = []
+    for kind, n, _ in steppers:
+        ratios = [rd[(kind, n)] / rd[("single_adapter", 0)] for rd in per_round]
+        out.append({"config": kind if not n else f"xpeft {kind} N={n}", "kind": kind, "n": n,
+                    "train_ms": round(statistics.median(rd[(kind, n)] for rd in per_round), 2),
+                    "vs_single_adapter": round(statistics.median(ratios), 3),
+                    "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3)})
+        print(json.dumps(out[-1]), flush=True)
+    del steppers
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
 def main() -> None:
@@ -122,6 +163,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd single_adapter and N=400")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler table of one x-peft step")
     ap.add_argument("--memory-seq", type=int, default=512, help="sequence length of the checkpointing rows")
+    ap.add_argument("--tag", help="results file name: speed-TAG.{json,md} (default: the device type)")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="also time head_only, single_adapter and x-peft at every N in this many interleaved rounds")
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = BertConfig()
@@ -129,6 +173,7 @@ def main() -> None:
         cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
         args.batch, args.seq, args.ns, args.reference_ns, args.steps, args.warmup = 4, 16, [8, 16], [8], 3, 1
         args.memory_seq = 32
+        args.rounds = min(args.rounds, 2)
     bf16_bank = torch.bfloat16 if device.type == "cuda" else None
     plan = [("head_only", 0, None), ("single_adapter", 0, None)]
     for n in args.ns:
@@ -152,6 +197,11 @@ def main() -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    rounds = []
+    if args.rounds:
+        ratio_plan = [("head_only", 0, None), ("single_adapter", 0, None)]
+        ratio_plan += [(kind, n, bf16_bank) for n in args.ns for kind in ("soft", "hard")]
+        rounds = interleaved_ratios(ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2, args.rounds)
     if args.compile:
         for kind, n in (("single_adapter", 0), ("soft", 400), ("hard", 400)):
             model = torch.compile(build(kind, n, cfg, device, bf16_bank))
@@ -205,15 +255,22 @@ def main() -> None:
             "torch": torch.__version__, "python": platform.python_version(),
             "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {args.batch}x{args.seq}",
             "precision": "bf16 autocast" if device.type == "cuda" else "float32", "steps": args.steps,
-            "warmup": args.warmup}
+            "warmup": args.warmup, "rounds": args.rounds}
     RESULTS.mkdir(exist_ok=True)
-    tag = "tiny-cpu" if args.tiny else device.type
+    tag = args.tag or ("tiny-cpu" if args.tiny else device.type)
     (RESULTS / f"speed-{tag}.json").write_text(json.dumps({"meta": meta, "train": rows, "inference": infer,
-                                                           "checkpointing": memory}, indent=2) + "\n")
+                                                           "checkpointing": memory, "interleaved": rounds},
+                                                          indent=2) + "\n")
     md = [f"# Training-step speed ({meta['device']}, {meta['shape']}, {meta['precision']})", "",
           f"Command: `{meta['command']}`; torch {meta['torch']}; median of {args.steps} steps after "
           f"{args.warmup} warm-up.", "", "| config | ms/step | × single_adapter | peak GiB |", "|---|---|---|---|"]
     md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['peak_mem_gib']} |" for r in rows]
+    if rounds:
+        md += ["", f"Interleaved: {args.rounds} rounds of {args.steps // 2} steps per configuration, all models "
+               "resident, order rotated each round; ratio = median over rounds of the round's ratio (range).", "",
+               "| config | ms/step | × single_adapter | range over rounds |", "|---|---|---|---|"]
+        md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['ratio_min']}–{r['ratio_max']} |"
+               for r in rounds]
     md += ["", "| inference | batch | sequences/s |", "|---|---|---|"]
     md += [f"| {r['config']} | {r['batch']} | {r['seqs_per_s']} |" for r in infer]
     md += ["", "| gradient checkpointing | batch | checkpointing | ms/step | peak GiB |", "|---|---|---|---|---|"]

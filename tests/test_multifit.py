@@ -80,3 +80,33 @@ def test_profile_filename_is_safe_and_distinct():
     a, b = profile_filename("Lee Moran, Contributor"), profile_filename("Lee Moran / Contributor")
     assert a != b and all(c.isalnum() or c in "._-" for c in a + b)
     assert profile_filename("../../etc") not in ("..", "") and "/" not in profile_filename("../../etc")
+
+
+@pytest.mark.parametrize("mask", ["hard", "soft"])
+def test_server_rows_match_each_profiles_own_model(nodrop_bank, mask):
+    """The serving route (per-row Â, B̂ with the LN affine folded into B̂) gives what each
+    profile's own XPeftModel gives, in a mixed batch and in a batch of one profile."""
+    from dataclasses import replace
+
+    from xpeft_cli.evaluate import model_for_profile
+    from xpeft_cli.serve import ProfileServer
+
+    ex = _multi_examples()
+    cfg = FitConfig(mask=mask, k=4, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
+    res = fit_profiles(nodrop_bank, ex, cfg)
+    rng = np.random.default_rng(0)  # an LN affine far from the identity, so that folding it matters
+    profiles = [replace(p, ln_weight=(1 + 0.5 * rng.standard_normal(p.ln_weight.shape)).astype(np.float32),
+                        ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
+                for p in res.profiles.values()]
+    server = ProfileServer(nodrop_bank, profiles, "cpu")
+    texts = ex.texts[:12]
+    pid = [i % 3 for i in range(12)]
+    mixed = server.outputs(texts, None, pid, batch_size=12)
+    for i, prof in enumerate(profiles):
+        model, tok, _ = model_for_profile(nodrop_bank, prof, "cpu")
+        rows = [j for j in range(12) if pid[j] == i]
+        with torch.no_grad():
+            own = model(**tok([texts[j] for j in rows], padding=True, truncation=True, return_tensors="pt"))
+        torch.testing.assert_close(mixed[rows], own, atol=1e-5, rtol=1e-5)
+        alone = server.outputs([texts[j] for j in rows], None, [i] * len(rows))  # one-profile batch
+        torch.testing.assert_close(alone, own, atol=1e-5, rtol=1e-5)

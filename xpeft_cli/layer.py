@@ -60,10 +60,14 @@ class XPeftLinear(nn.Module):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         a_hat, b_hat = self.mixed()
-        h = x @ a_hat.to(x.dtype)
+        # Under autocast the matmuls cast for themselves: casting B̂ to LN's float32 output
+        # first would add a copy there and back per site and step (and two in the backward).
+        auto = torch.is_autocast_enabled(x.device.type)
+        h = x @ (a_hat if auto else a_hat.to(x.dtype))
         if self.ln is not None:
             h = self.ln(h)
-        return self.scale * (h @ b_hat.to(h.dtype))
+        d = h @ (b_hat if auto else b_hat.to(h.dtype))
+        return d if self.scale == 1.0 else self.scale * d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.delta(x)

@@ -135,7 +135,8 @@ class XPeftModel(EncoderClassifier):
         which the sites draw it one by one.
         """
         bank_a, bank_b = self._stacked
-        both = torch.stack([torch.stack([s.logits_a, s.logits_b]) for s in self.sites])  # (L, 2, N)
+        both = torch.stack([t for s in self.sites for t in (s.logits_a, s.logits_b)])   # one copy, not L + 1
+        both = both.view(len(self.sites), 2, -1)                                          # (L, 2, N)
         w = mask_weights(both, self.spec, self.training).to(bank_a.dtype)
         L, n = bank_a.shape[:2]
         a_hat = torch.bmm(w[:, 0:1], bank_a.reshape(L, n, -1)).view(L, *bank_a.shape[2:])

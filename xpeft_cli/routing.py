@@ -35,62 +35,120 @@ class Route:
     rows: torch.Tensor             # (B,) index into U
 
 
+@dataclass
+class RowRoute:
+    """The serving form of a route: Â, B̂ already per row, the LN affine folded into B̂.
+
+    LN(h)·γ + β, then ·B̂, equals LN(h)·(diag(γ) B̂) + β B̂, so a site runs bmm, LN, baddbmm
+    and one add: no per-site gathers or affine ops, the same launches as one cached profile.
+    """
+
+    a: torch.Tensor                # (R, d_in, b), R = 1 (one profile in the batch) or B (per row)
+    b: torch.Tensor                # (R, b, d_out): diag(γ) B̂
+    c: torch.Tensor | None         # (R, 1, d_out): β B̂ (None: no LN affine)
+
+
 class RoutedLinear(nn.Module):
     """y = W x + s · LN(x Â_r) B̂_r, where r is the row's profile (no LN: plain LoRA form)."""
 
     def __init__(self, base: nn.Linear, rank: int, ln: bool, ln_eps: float, scale: float):
         super().__init__()
         self.base, self.rank, self.ln, self.ln_eps, self.scale = base, rank, ln, ln_eps, scale
-        self.route: Route | None = None
+        self.route: Route | RowRoute | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         r = self.route
         if r is None:
             return y
+        if isinstance(r, RowRoute):
+            return self._rows(x, y, r)
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
+        # Under autocast the matmuls cast for themselves (see XPeftLinear.delta); without it, match x.
+        cast = (lambda t, _: t) if torch.is_autocast_enabled(x.device.type) else (lambda t, like: t.to(like.dtype))
         if r.a_hat.shape[0] == 1:   # one profile in the batch: plain matmuls, no gather
-            h = x3 @ r.a_hat[0].to(x.dtype)
+            h = x3 @ cast(r.a_hat[0], x)
         else:
-            h = torch.bmm(x3, r.a_hat[r.rows].to(x.dtype))
+            h = torch.bmm(x3, cast(r.a_hat[r.rows], x))
         if self.ln:
             h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
             if r.ln_w is not None:
                 h = h * r.ln_w[r.rows].unsqueeze(1).to(h.dtype) + r.ln_b[r.rows].unsqueeze(1).to(h.dtype)
         if r.b_hat.shape[0] == 1:
-            d = h @ r.b_hat[0].to(h.dtype)
+            d = h @ cast(r.b_hat[0], h)
         else:
-            d = torch.bmm(h, r.b_hat[r.rows].to(h.dtype))
-        return y + self.scale * d.reshape(*shape[:-1], -1).to(y.dtype)
+            d = torch.bmm(h, cast(r.b_hat[r.rows], h))
+        d = d.reshape(*shape[:-1], -1).to(y.dtype)
+        return y + d if self.scale == 1.0 else y + self.scale * d
+
+    def _rows(self, x: torch.Tensor, y: torch.Tensor, r: RowRoute) -> torch.Tensor:
+        shape = x.shape
+        x3 = x.reshape(shape[0], -1, shape[-1])
+        one = r.a.shape[0] == 1
+        # Under autocast the matmuls cast their operands; without it, match the activations.
+        auto = torch.is_autocast_enabled(x.device.type)
+        a = r.a if auto else r.a.to(x.dtype)
+        h = x3 @ a[0] if one else torch.bmm(x3, a)
+        if self.ln:
+            h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
+        b = r.b if auto else r.b.to(h.dtype)
+        if r.c is None:
+            d = h @ b[0] if one else torch.bmm(h, b)
+        else:
+            c = r.c if auto else r.c.to(h.dtype)
+            d = torch.addmm(c[0], h.reshape(-1, self.rank), b[0]) if one else torch.baddbmm(c, h, b)
+        d = d.reshape(*shape[:-1], -1).to(y.dtype)
+        return y + d if self.scale == 1.0 else torch.add(y, d, alpha=self.scale)
 
 
 # ---- tables: where each profile's parameters live ---------------------------------------------
 class _BankTable(nn.Module):
-    """A table of profiles over a frozen bank: holds the bank per site and mixes Â, B̂ from it."""
+    """A table of profiles over a frozen bank: holds the bank and mixes Â, B̂ from it.
+
+    Sites of one shape (every site, for the usual query/value targets) share one stacked
+    tensor, so that mixing them all is one bmm per bank tensor rather than two einsums a site.
+    """
 
     def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor]):
         super().__init__()
         self.L, (self.n, _, self.rank) = len(bank_a), bank_a[0].shape
+        by_shape: dict[tuple, list[int]] = {}
         for l, (a, b) in enumerate(zip(bank_a, bank_b)):
-            self.register_buffer(f"bank_a{l}", a, persistent=False)
-            self.register_buffer(f"bank_b{l}", b, persistent=False)
+            by_shape.setdefault((tuple(a.shape), tuple(b.shape)), []).append(l)
+        self.shape_groups = list(by_shape.values())
+        self.where = {l: (g, i) for g, sites in enumerate(self.shape_groups) for i, l in enumerate(sites)}
+        for g, sites in enumerate(self.shape_groups):
+            self.register_buffer(f"stack_a{g}", torch.stack([bank_a[l] for l in sites]), persistent=False)
+            self.register_buffer(f"stack_b{g}", torch.stack([bank_b[l] for l in sites]), persistent=False)
+
+    def stack(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape group g's bank: (G, N, d_in, b), (G, N, b, d_out)."""
+        return getattr(self, f"stack_a{g}"), getattr(self, f"stack_b{g}")
 
     def bank(self, l: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return getattr(self, f"bank_a{l}"), getattr(self, f"bank_b{l}")
+        g, i = self.where[l]
+        a, b = self.stack(g)
+        return a[i], b[i]
 
-    def mix(self, l: int, w_a: torch.Tensor, w_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Â, B̂) of site l for U profiles: w_a, w_b are (U, N) mixing weights."""
-        bank_a, bank_b = self.bank(l)
-        return (torch.einsum("un,nib->uib", w_a.to(bank_a.dtype), bank_a),
-                torch.einsum("un,nbo->ubo", w_b.to(bank_b.dtype), bank_b))
+    def mix_group(self, g: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Â, B̂) of every site in shape group g for U profiles, w (U, L, 2, N): two bmm's.
+
+        Returns (G, U, d_in, b) and (G, U, b, d_out).
+        """
+        bank_a, bank_b = self.stack(g)
+        wg = w[:, self.shape_groups[g]].permute(1, 2, 0, 3).to(bank_a.dtype)   # (G, 2, U, N)
+        G, n, u = bank_a.shape[0], self.n, w.shape[0]
+        a_hat = torch.bmm(wg[:, 0], bank_a.reshape(G, n, -1)).view(G, u, *bank_a.shape[2:])
+        b_hat = torch.bmm(wg[:, 1], bank_b.reshape(G, n, -1)).view(G, u, *bank_b.shape[2:])
+        return a_hat, b_hat
 
     def cast_bank(self, dtype: torch.dtype) -> None:
         """Keep the bank in the compute dtype (bf16 on a GPU): autocast would re-cast it every step."""
-        for l in range(self.L):
-            a, b = self.bank(l)
-            setattr(self, f"bank_a{l}", a.to(dtype))
-            setattr(self, f"bank_b{l}", b.to(dtype))
+        for g in range(len(self.shape_groups)):
+            a, b = self.stack(g)
+            setattr(self, f"stack_a{g}", a.to(dtype))
+            setattr(self, f"stack_b{g}", b.to(dtype))
 
 
 class MaskTable(_BankTable):
@@ -131,11 +189,12 @@ class MaskTable(_BankTable):
         if len(self.ln_w):  # one stack for every site
             ln_w = torch.stack([self.ln_w[p] for p in present])
             ln_b = torch.stack([self.ln_b[p] for p in present])
-        out = []
-        for l in range(self.L):
-            a_hat, b_hat = self.mix(l, w[:, l, 0], w[:, l, 1])
-            ln = (ln_w[:, l], ln_b[:, l]) if len(self.ln_w) else (None, None)
-            out.append(Route(a_hat, b_hat, *ln, rows))
+        out: list[Route | None] = [None] * self.L
+        for g, sites in enumerate(self.shape_groups):
+            a_hat, b_hat = self.mix_group(g, w)   # every site of this shape in two bmm's
+            for i, l in enumerate(sites):
+                ln = (ln_w[:, l], ln_b[:, l]) if len(self.ln_w) else (None, None)
+                out[l] = Route(a_hat[i], b_hat[i], *ln, rows)
         return out
 
     def groups(self, p: int) -> dict[str, list[nn.Parameter]]:
@@ -222,16 +281,31 @@ class FrozenMaskTable(_BankTable):
         w[(~h).to(dev)] = self.soft[slots[~h].to(dev)]
         return w
 
-    def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
+    def routes(self, present: list[int], rows: torch.Tensor) -> list[RowRoute]:
+        """Per-row Â, B̂ for every site, LN affine folded in, computed for all sites of a shape at once.
+
+        About a dozen launches per batch whatever L is, so a mixed batch runs each site as
+        cheaply as one cached profile does.
+        """
         w = self.weights(present)
-        if self.has_ln:  # one gather for every site
+        one = len(present) == 1
+        if self.has_ln:  # one gather for every site: (U, L, b)
             idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
             ln_w, ln_b = self.ln_w[idx], self.ln_b[idx]
-        out = []
-        for l in range(self.L):
-            a_hat, b_hat = self.mix(l, w[:, l, 0], w[:, l, 1])
-            ln = (ln_w[:, l], ln_b[:, l]) if self.has_ln else (None, None)
-            out.append(Route(a_hat, b_hat, *ln, rows))
+        out: list[RowRoute | None] = [None] * self.L
+        for g, sites in enumerate(self.shape_groups):
+            a_hat, b_hat = self.mix_group(g, w)                          # (G, U, d_in, b), (G, U, b, d_out)
+            c = None
+            if self.has_ln:
+                gamma = ln_w[:, sites].transpose(0, 1).to(b_hat.dtype)   # (G, U, b)
+                beta = ln_b[:, sites].transpose(0, 1).to(b_hat.dtype)
+                c = beta.unsqueeze(2) @ b_hat                            # β B̂: (G, U, 1, d_out)
+                b_hat = gamma.unsqueeze(-1) * b_hat                      # diag(γ) B̂
+            if not one:  # per row: one gather per tensor for the whole group
+                a_hat, b_hat = a_hat[:, rows], b_hat[:, rows]
+                c = c[:, rows] if c is not None else None
+            for i, l in enumerate(sites):
+                out[l] = RowRoute(a_hat[i], b_hat[i], c[i] if c is not None else None)
         return out
 
 
