@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import random_bank  # noqa: E402
 
+from xpeft_cli.graphs import GraphedForward  # noqa: E402
 from xpeft_cli.masks import MaskSpec  # noqa: E402
 from xpeft_cli.model import XPeftModel  # noqa: E402
 from xpeft_cli.profile import Profile, apply_profile  # noqa: E402
@@ -78,6 +79,57 @@ def legacy_routes(table, present, rows):
     return out
 
 
+def graphed_configs(model, xm, batch, same, draws, device) -> dict:
+    """The same three workloads replayed as CUDA graphs: the routed model through GraphedForward
+    (what `xpeft predict --cuda-graphs` runs), and the cached XPeftModel captured the same way."""
+    b, t = batch["input_ids"].shape
+    gf = GraphedForward(model, b, t, device)
+    model.table.cached = True   # captured with the precomputed Â, B̂ (the graph keeps the path it saw)
+    gf_pre = GraphedForward(model, b, t, device)
+    gf_pre(batch, same.to(device))
+    model.table.cached = False
+    static = {k: v.clone() for k, v in batch.items()}
+    with torch.no_grad(), compute_context(device):
+        xm(**static)  # fills the Â, B̂ cache that the captured forward reads
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad(), compute_context(device, cache_casts=False):
+        for _ in range(2):
+            xm(**static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad(), compute_context(device, cache_casts=False):
+        out = xm(**static)
+
+    def cached():  # the same copy-in, replay, copy-out as GraphedForward does
+        for k, v in batch.items():
+            static[k].copy_(v)
+        graph.replay()
+        return out.clone()
+
+    return {"graph_one": lambda: gf(batch, same.to(device)), "graph_mixed": lambda: gf(batch, next(draws).to(device)),
+            "graph_cached": cached, "graph_mixed_pre": lambda: gf_pre(batch, next(draws).to(device))}
+
+
+def check_graph(model, batch, device) -> dict:
+    """Graph replay against the eager routed forward on a short, ragged batch (padding rows and
+    tokens): the largest output difference and the share of equal argmaxes."""
+    b, t = batch["input_ids"].shape
+    n = b - 7
+    part = {k: v[:n, : t - 20].clone() for k, v in batch.items()}
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.randint(5, t - 20, (n,), generator=g)
+    part["attention_mask"] = (torch.arange(t - 20) < lengths[:, None]).long().to(device)
+    ids = torch.randint(model.heads.weight.shape[0], (n,), generator=g)
+    gf = GraphedForward(model, b, t, device)
+    with torch.no_grad():
+        got = gf(part, ids.to(device)).float()
+        with compute_context(device):
+            want = model(**part, profile_ids=ids).float()
+    return {"rows": n, "max_abs_diff": round(float((got - want).abs().max()), 5),
+            "argmax_equal": round(float((got.argmax(-1) == want.argmax(-1)).float().mean()), 4)}
+
+
 def timed(fn, device, warmup: int, reps: int) -> float:
     times = []
     for i in range(warmup + reps):
@@ -115,7 +167,7 @@ def throughput(args, device) -> dict:
         loaded = [read_xpm(Path(tmp) / f"{p.name}.xpm") for p in profiles]
         read_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    server = ProfileServer(bank, loaded, str(device), encoder=enc, tokenizer=None)
+    server = ProfileServer(bank, loaded, str(device), encoder=enc, tokenizer=None, cache_gb=0)
     if device.type == "cuda":
         torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
@@ -158,7 +210,26 @@ def throughput(args, device) -> dict:
         finally:
             table.routes = fast_routes
 
-    configs = {"one": lambda: run(same), "mixed": lambda: run(next(it)), "cached": run_x, "legacy": run_legacy}
+    t0 = time.perf_counter()
+    table.precompute()  # every profile's Â, B̂ mixed once (what --cache-gb allows where they fit)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    precompute_s = time.perf_counter() - t0
+    table.cached = False
+
+    def run_pre():
+        table.cached = True
+        try:
+            run(next(it))
+        finally:
+            table.cached = False
+
+    configs = {"one": lambda: run(same), "mixed": lambda: run(next(it)), "cached": run_x, "legacy": run_legacy,
+               "mixed_pre": run_pre}
+    graph_check = None
+    if device.type == "cuda" and not args.no_graphs:
+        configs.update(graphed_configs(model, xm, batch, same, it, device))
+        graph_check = check_graph(model, batch, device)
     for fn in configs.values():
         timed(fn, device, args.warmup, 1)
     # Interleaved rounds, order rotated each round: the host's drift hits every configuration alike.
@@ -175,6 +246,23 @@ def throughput(args, device) -> dict:
         return {"median": round(statistics.median(rs), 3), "min": round(min(rs), 3), "max": round(max(rs), 3)}
 
     one_ms, mixed_ms, cached_ms, legacy_ms = med["one"], med["mixed"], med["cached"], med["legacy"]
+    graphs = {}
+    if "graph_mixed" in med:
+        graphs = {"check": graph_check,
+                  "rows": [{"config": f"CUDA graph, routed, {b} distinct profiles per batch",
+                            "ms_per_batch": round(med["graph_mixed"], 2), "seqs_per_s": round(b / med["graph_mixed"] * 1000)},
+                           {"config": "CUDA graph, routed, one profile per batch",
+                            "ms_per_batch": round(med["graph_one"], 2), "seqs_per_s": round(b / med["graph_one"] * 1000)},
+                           {"config": f"CUDA graph, routed, {b} distinct profiles, precomputed Â/B̂",
+                            "ms_per_batch": round(med["graph_mixed_pre"], 2),
+                            "seqs_per_s": round(b / med["graph_mixed_pre"] * 1000)},
+                           {"config": "CUDA graph, XPeftModel, one profile, cached Â/B̂",
+                            "ms_per_batch": round(med["graph_cached"], 2),
+                            "seqs_per_s": round(b / med["graph_cached"] * 1000)}],
+                  "mixed_vs_one_profile": ratio("graph_mixed", "graph_one"),
+                  "mixed_vs_cached_xpeft": ratio("graph_mixed", "graph_cached"),
+                  "mixed_precomputed_vs_cached_xpeft": ratio("graph_mixed_pre", "graph_cached"),
+                  "mixed_vs_eager_cached_xpeft": ratio("graph_mixed", "cached")}
 
     def switch():
         apply_profile(xm, loaded[int(torch.randint(args.profiles, (1,), generator=g))])
@@ -188,14 +276,18 @@ def throughput(args, device) -> dict:
              "ms_per_batch": round(mixed_ms, 2), "seqs_per_s": round(b / mixed_ms * 1000)},
             {"config": f"routed, {b} distinct profiles, previous route (per-site mixing and gathers)",
              "ms_per_batch": round(legacy_ms, 2), "seqs_per_s": round(b / legacy_ms * 1000)},
+            {"config": f"routed, {b} distinct profiles, precomputed Â/B̂", "ms_per_batch": round(med["mixed_pre"], 2),
+             "seqs_per_s": round(b / med["mixed_pre"] * 1000)},
             {"config": "XPeftModel, one profile, cached Â/B̂", "ms_per_batch": round(cached_ms, 2),
              "seqs_per_s": round(b / cached_ms * 1000)}]
     return {"throughput": rows, "rounds": args.rounds, "reps_per_round": args.reps,
             "mixed_vs_one_profile": ratio("mixed", "one"), "mixed_vs_cached_xpeft": ratio("mixed", "cached"),
             "legacy_mixed_vs_cached_xpeft": ratio("legacy", "cached"),
+            "precomputed_mixed_vs_cached_xpeft": ratio("mixed_pre", "cached"), "cuda_graphs": graphs,
             "load": {"profiles": args.profiles, "xpm_bytes_total": size, "write_s": round(write_s, 2),
                      "read_s": round(read_s, 2), "read_ms_per_profile": round(read_s / args.profiles * 1000, 3),
-                     "build_table_s": round(build_s, 2), "make_s": round(make_s, 2)},
+                     "build_table_s": round(build_s, 2), "make_s": round(make_s, 2),
+                     "precompute_s": round(precompute_s, 2), "precomputed_gib": round(table.mixed_bytes() / 2**30, 2)},
             "switch": {"xpeft_model_apply_and_first_row_ms": round(switch_ms, 2), "routed_ms": 0.0},
             "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, N={args.n}, k={args.k}, "
                      f"batch {b}x{t}"}
@@ -221,6 +313,39 @@ def cpu_latency(args) -> dict:
             "tokens": len(tok(text)["input_ids"]), "reps": args.reps, "profiles_loaded": 100}
 
 
+def markdown(res: dict) -> str:
+    """The throughput results as a Markdown table, with the ratios the issue's target reads."""
+    meta = res["meta"]
+    rows = res["throughput"] + res.get("cuda_graphs", {}).get("rows", [])
+    md = [f"# Serving throughput ({meta['device']}, {res['shape']})", "",
+          f"Command: `{meta['command']}`; torch {meta['torch']}; {res['rounds']} interleaved rounds of "
+          f"{res['reps_per_round']} batches, median.", "", "| config | ms/batch | sequences/s |", "|---|---|---|"]
+    md += [f"| {r['config']} | {r['ms_per_batch']} | {r['seqs_per_s']} |" for r in rows]
+
+    def line(name: str, r: dict) -> str:
+        return f"| {name} | {r['median']} | {r['min']}–{r['max']} |"
+
+    md += ["", "| throughput ratio | median | range over rounds |", "|---|---|---|",
+           line("eager: mixed / one profile (routed)", res["mixed_vs_one_profile"]),
+           line("eager: mixed / cached XPeftModel", res["mixed_vs_cached_xpeft"]),
+           line("eager: mixed, precomputed Â/B̂ / cached XPeftModel", res["precomputed_mixed_vs_cached_xpeft"]),
+           line("eager: mixed, previous route / cached XPeftModel", res["legacy_mixed_vs_cached_xpeft"])]
+    g = res.get("cuda_graphs")
+    if g:
+        md += [line("graphs: mixed / one profile (routed)", g["mixed_vs_one_profile"]),
+               line("graphs: mixed / cached XPeftModel", g["mixed_vs_cached_xpeft"]),
+               line("graphs: mixed, precomputed Â/B̂ / cached XPeftModel", g["mixed_precomputed_vs_cached_xpeft"]),
+               line("graphs: mixed / eager cached XPeftModel", g["mixed_vs_eager_cached_xpeft"]), "",
+               f"Graph replay vs eager routed forward on a ragged batch of {g['check']['rows']} rows: largest output "
+               f"difference {g['check']['max_abs_diff']}, argmax equal {g['check']['argmax_equal']}."]
+    ld = res["load"]
+    md += ["", f"Loading {ld['profiles']} profiles: write {ld['write_s']} s, read {ld['read_s']} s "
+           f"({ld['read_ms_per_profile']} ms each), table {ld['build_table_s']} s; precomputing every Â/B̂ "
+           f"{ld.get('precompute_s', '–')} s, {ld.get('precomputed_gib', '–')} GiB. Switching profile in an "
+           f"XPeftModel (load + first row): {res['switch']['xpeft_model_apply_and_first_row_ms']} ms."]
+    return "\n".join(md) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -235,6 +360,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20, help="timed batches per configuration and round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput configurations")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph rows")
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     meta = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
@@ -252,6 +378,8 @@ def main() -> None:
         tag = "tiny" if args.tiny else device.type
     out = {"meta": meta, **res}
     (RESULTS / f"serving-{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    if "throughput" in out:
+        (RESULTS / f"serving-{tag}.md").write_text(markdown(out))
     print(json.dumps(out, indent=2))
 
 

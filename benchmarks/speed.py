@@ -110,6 +110,54 @@ class Stepper:
         return times
 
 
+class GraphStepper(Stepper):
+    """The same training step captured whole as a CUDA graph (forward, backward, AdamW), replayed.
+
+    What is left is the GPU's own work: a launch-bound host no longer decides the step time.
+    AdamW runs with capturable=True; the Gumbel generator of a hard mask is registered with the
+    graph, so every replay draws new noise, as eager steps do. Shapes are those of `batch`.
+    """
+
+    def __init__(self, model, batch, labels, device, warmup: int = 3):
+        self.model, self.batch, self.labels, self.device, self.train = model, batch, labels, device, True
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-3, capturable=True)
+        model.train(True)
+        auto = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+
+        def step():
+            with auto:
+                out = model(**batch)
+            torch.nn.functional.cross_entropy(out.float(), labels).backward()
+            self.opt.step()
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.opt.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        gen = getattr(getattr(model, "spec", None), "generator", None)
+        if gen is not None:
+            self.graph.register_generator_state(gen)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            step()
+
+    def run(self, steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
+
+
 def time_steps(model, batch, labels, device, warmup: int, steps: int, train: bool) -> tuple[float, int]:
     """Median ms per step after warm-up, and the peak GPU memory of those steps."""
     if device.type == "cuda":
@@ -122,14 +170,16 @@ def time_steps(model, batch, labels, device, warmup: int, steps: int, train: boo
     return ms, peak
 
 
-def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int, rounds: int) -> list[dict]:
+def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int, rounds: int,
+                       graphs: bool = False) -> list[dict]:
     """Each configuration's step time over/under single_adapter's, measured in interleaved rounds.
 
     All models stay resident; every round times each configuration for `steps` steps, in an
     order rotated by one each round, so that slow drifts of a launch-bound host hit every
     configuration alike. Reports the median ratio over rounds and its range.
     """
-    steppers = [(kind, n, Stepper(build(kind, n, cfg, device, dtype), batch, labels, device)) for kind, n, dtype in plan]
+    make = GraphStepper if graphs else Stepper
+    steppers = [(kind, n, make(build(kind, n, cfg, device, dtype), batch, labels, device)) for kind, n, dtype in plan]
     for _, _, st in steppers:
         st.run(warmup)
     per_round: list[dict[tuple, float]] = []
@@ -139,7 +189,8 @@ def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int
     out = []
     for kind, n, _ in steppers:
         ratios = [rd[(kind, n)] / rd[("single_adapter", 0)] for rd in per_round]
-        out.append({"config": kind if not n else f"xpeft {kind} N={n}", "kind": kind, "n": n,
+        out.append({"config": (kind if not n else f"xpeft {kind} N={n}") + (" (CUDA graph)" if graphs else ""),
+                    "kind": kind, "n": n, "cuda_graph": graphs,
                     "train_ms": round(statistics.median(rd[(kind, n)] for rd in per_round), 2),
                     "vs_single_adapter": round(statistics.median(ratios), 3),
                     "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3)})
@@ -161,8 +212,12 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="*", default=[100, 200, 400, 800])
     ap.add_argument("--reference-ns", type=int, nargs="*", default=[100, 200])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd single_adapter and N=400")
+    ap.add_argument("--skip-sequential", action="store_true",
+                    help="skip the one-at-a-time pass (its peak memory, fp32-bank, unfused and reference rows)")
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler table of one x-peft step")
     ap.add_argument("--memory-seq", type=int, default=512, help="sequence length of the checkpointing rows")
+    ap.add_argument("--graphs", action="store_true",
+                    help="with --rounds: also time every configuration's step captured as a CUDA graph")
     ap.add_argument("--tag", help="results file name: speed-TAG.{json,md} (default: the device type)")
     ap.add_argument("--rounds", type=int, default=0,
                     help="also time head_only, single_adapter and x-peft at every N in this many interleaved rounds")
@@ -187,6 +242,8 @@ def main() -> None:
              "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long).to(device)}
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(device)
     rows = []
+    if args.skip_sequential:
+        plan = []
     for kind, n, dtype in plan:
         model = build(kind, n, cfg, device, dtype)
         ms, peak = time_steps(model, batch, labels, device, args.warmup, args.steps, train=True)
@@ -202,6 +259,9 @@ def main() -> None:
         ratio_plan = [("head_only", 0, None), ("single_adapter", 0, None)]
         ratio_plan += [(kind, n, bf16_bank) for n in args.ns for kind in ("soft", "hard")]
         rounds = interleaved_ratios(ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2, args.rounds)
+        if args.graphs and device.type == "cuda":
+            rounds += interleaved_ratios(ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2,
+                                         args.rounds, graphs=True)
     if args.compile:
         for kind, n in (("single_adapter", 0), ("soft", 400), ("hard", 400)):
             model = torch.compile(build(kind, n, cfg, device, bf16_bank))
@@ -211,14 +271,14 @@ def main() -> None:
                          "peak_mem_gib": round(peak / 2**30, 2)})
             print(json.dumps(rows[-1]), flush=True)
             del model
-    lora = next(r["train_ms"] for r in rows if r["config"] == "single_adapter")
+    lora = next((r["train_ms"] for r in rows if r["config"] == "single_adapter"), None)
     lora_c = next((r["train_ms"] for r in rows if r["config"] == "single_adapter (torch.compile)"), None)
     for r in rows:
         r["vs_single_adapter"] = round(r["train_ms"] / (lora_c if "compile" in r["config"] else lora), 3)
     memory = []
     long = {"input_ids": torch.randint(1000, 20000, (args.batch, args.memory_seq), generator=g).to(device),
             "attention_mask": torch.ones(args.batch, args.memory_seq, dtype=torch.long).to(device)}
-    for kind, n in (("single_adapter", 0), ("hard", 400)):
+    for kind, n in (("single_adapter", 0), ("hard", 400)) if not args.skip_sequential else ():
         for ck in (False, True):
             model = build(kind, n, cfg, device, bf16_bank, checkpointing=ck)
             ms, peak = time_steps(model, long, labels, device, 2, max(3, args.steps // 4), train=True)
@@ -242,7 +302,7 @@ def main() -> None:
         (RESULTS / "speed-profile.txt").write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
         del model
     infer = []
-    for kind, n in (("head_only", 0), ("single_adapter", 0), ("hard", 400)):
+    for kind, n in (("head_only", 0), ("single_adapter", 0), ("hard", 400)) if not args.skip_sequential else ():
         model = build(kind, n, cfg, device, bf16_bank)
         big = {k: v.repeat(4, 1) for k, v in batch.items()}
         ms, _ = time_steps(model, big, labels, device, args.warmup, args.steps, train=False)

@@ -82,31 +82,85 @@ def test_profile_filename_is_safe_and_distinct():
     assert profile_filename("../../etc") not in ("..", "") and "/" not in profile_filename("../../etc")
 
 
-@pytest.mark.parametrize("mask", ["hard", "soft"])
-def test_server_rows_match_each_profiles_own_model(nodrop_bank, mask):
-    """The serving route (per-row Â, B̂ with the LN affine folded into B̂) gives what each
-    profile's own XPeftModel gives, in a mixed batch and in a batch of one profile."""
+@pytest.mark.parametrize("cache_gb", [0.0, 4.0])
+@pytest.mark.parametrize("masks", [["hard"], ["soft"], ["hard", "soft"]])
+def test_server_rows_match_each_profiles_own_model(nodrop_bank, masks, cache_gb):
+    """The serving route (per-row Â, B̂ with the LN affine folded into B̂; mixed per batch, or
+    precomputed for every profile) gives what each profile's own XPeftModel gives, in a mixed
+    batch and in a batch of one profile."""
     from dataclasses import replace
 
     from xpeft_cli.evaluate import model_for_profile
     from xpeft_cli.serve import ProfileServer
 
     ex = _multi_examples()
-    cfg = FitConfig(mask=mask, k=4, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
-    res = fit_profiles(nodrop_bank, ex, cfg)
     rng = np.random.default_rng(0)  # an LN affine far from the identity, so that folding it matters
-    profiles = [replace(p, ln_weight=(1 + 0.5 * rng.standard_normal(p.ln_weight.shape)).astype(np.float32),
-                        ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
-                for p in res.profiles.values()]
-    server = ProfileServer(nodrop_bank, profiles, "cpu")
+    profiles = []
+    for mask in masks:
+        cfg = FitConfig(mask=mask, k=4, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
+        res = fit_profiles(nodrop_bank, ex, cfg)
+        profiles += [replace(p, name=f"{p.name}-{mask}",
+                             ln_weight=(1 + 0.5 * rng.standard_normal(p.ln_weight.shape)).astype(np.float32),
+                             ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
+                     for p in res.profiles.values()]
+    server = ProfileServer(nodrop_bank, profiles, "cpu", cache_gb=cache_gb)
+    assert server.cached == (cache_gb > 0)
     texts = ex.texts[:12]
-    pid = [i % 3 for i in range(12)]
+    pid = [i % len(profiles) for i in range(12)]
     mixed = server.outputs(texts, None, pid, batch_size=12)
     for i, prof in enumerate(profiles):
         model, tok, _ = model_for_profile(nodrop_bank, prof, "cpu")
         rows = [j for j in range(12) if pid[j] == i]
+        if not rows:
+            continue
         with torch.no_grad():
             own = model(**tok([texts[j] for j in rows], padding=True, truncation=True, return_tensors="pt"))
         torch.testing.assert_close(mixed[rows], own, atol=1e-5, rtol=1e-5)
         alone = server.outputs([texts[j] for j in rows], None, [i] * len(rows))  # one-profile batch
         torch.testing.assert_close(alone, own, atol=1e-5, rtol=1e-5)
+    # the per-row route (fixed shapes, no host syncs: what a CUDA graph captures) gives the same
+    batch = server.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        per_row = server.model.forward_rows(**batch, row_ids=torch.tensor(pid))
+    torch.testing.assert_close(per_row, mixed, atol=1e-5, rtol=1e-5)
+
+
+def test_sites_of_two_shapes_route_like_own_models(tiny_bert_nodrop):
+    """A bank over sites of different shapes (attention value, d×d, and the FFN's d×4d) is mixed
+    in one group per shape; rows still get what their profile's own model gives them."""
+    from dataclasses import replace
+
+    from xpeft_cli.bank import Bank
+    from xpeft_cli.evaluate import model_for_profile
+    from xpeft_cli.plm import load_encoder, resolve_model
+    from xpeft_cli.serve import ProfileServer
+
+    plm = resolve_model(str(tiny_bert_nodrop))
+    enc, _ = load_encoder(plm)
+    bank = Bank.create_random(plm, enc, n=8, seed=0, targets="attention.self.value,intermediate.dense")
+    assert len({(s.d_in, s.d_out) for s in bank.sites}) == 2
+    ex = _multi_examples()
+    res = fit_profiles(bank, ex, FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"],
+                                           val_fraction=0))
+    lone = fit_profile(bank, ex.subset(ex.by_profile()["alice"]), "alice",
+                       FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0))
+    assert np.array_equal(lone.profile.mask_a, res.profiles["alice"].mask_a)
+    rng = np.random.default_rng(1)
+    profiles = [replace(p, ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
+                for p in res.profiles.values()]
+    server = ProfileServer(bank, profiles, "cpu", cache_gb=0)  # mixed per batch, one group per shape
+    pid = [i % 3 for i in range(9)]
+    mixed = server.outputs(ex.texts[:9], None, pid, batch_size=9)
+    batch = server.tokenizer(ex.texts[:9], padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(server.model.forward_rows(**batch, row_ids=torch.tensor(pid)), mixed,
+                                   atol=1e-5, rtol=1e-5)
+    for i, prof in enumerate(profiles):
+        model, tok, _ = model_for_profile(bank, prof, "cpu")
+        rows = [j for j in range(9) if pid[j] == i]
+        with torch.no_grad():
+            own = model(**tok([ex.texts[j] for j in rows], padding=True, truncation=True, return_tensors="pt"))
+        torch.testing.assert_close(mixed[rows], own, atol=1e-5, rtol=1e-5)
+    cached = ProfileServer(bank, profiles, "cpu")  # precomputed, per group
+    assert cached.cached
+    torch.testing.assert_close(cached.outputs(ex.texts[:9], None, pid, batch_size=9), mixed, atol=1e-5, rtol=1e-5)

@@ -39,13 +39,13 @@ class Route:
 class RowRoute:
     """The serving form of a route: Â, B̂ already per row, the LN affine folded into B̂.
 
-    LN(h)·γ + β, then ·B̂, equals LN(h)·(diag(γ) B̂) + β B̂, so a site runs bmm, LN, baddbmm
-    and one add: no per-site gathers or affine ops, the same launches as one cached profile.
+    LN(h)·γ + β, then ·B̂, equals [LN(h), 1]·[diag(γ) B̂; β B̂]: a site runs bmm, LN, a pad of
+    the narrow h (b wide) and bmm, with no per-site gathers or affine ops on the wide output.
     """
 
     a: torch.Tensor                # (R, d_in, b), R = 1 (one profile in the batch) or B (per row)
-    b: torch.Tensor                # (R, b, d_out): diag(γ) B̂
-    c: torch.Tensor | None         # (R, 1, d_out): β B̂ (None: no LN affine)
+    b: torch.Tensor                # (R, b, d_out), or (R, b+1, d_out) = [diag(γ) B̂; β B̂] when `affine`
+    affine: bool = False
 
 
 class RoutedLinear(nn.Module):
@@ -92,12 +92,10 @@ class RoutedLinear(nn.Module):
         h = x3 @ a[0] if one else torch.bmm(x3, a)
         if self.ln:
             h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
+        if r.affine:  # the column of ones that picks up β B̂
+            h = F.pad(h, (0, 1), value=1.0)
         b = r.b if auto else r.b.to(h.dtype)
-        if r.c is None:
-            d = h @ b[0] if one else torch.bmm(h, b)
-        else:
-            c = r.c if auto else r.c.to(h.dtype)
-            d = torch.addmm(c[0], h.reshape(-1, self.rank), b[0]) if one else torch.baddbmm(c, h, b)
+        d = h @ b[0] if one else torch.bmm(h, b)
         d = d.reshape(*shape[:-1], -1).to(y.dtype)
         return y + d if self.scale == 1.0 else torch.add(y, d, alpha=self.scale)
 
@@ -121,6 +119,14 @@ class _BankTable(nn.Module):
         for g, sites in enumerate(self.shape_groups):
             self.register_buffer(f"stack_a{g}", torch.stack([bank_a[l] for l in sites]), persistent=False)
             self.register_buffer(f"stack_b{g}", torch.stack([bank_b[l] for l in sites]), persistent=False)
+            # the group's site numbers on the device: a Python list index would copy from the host
+            self.register_buffer(f"sites{g}", torch.tensor(sites), persistent=False)
+
+    def pick(self, t: torch.Tensor, g: int) -> torch.Tensor:
+        """t[:, sites of group g] (t: (U, L, ...)); t itself when the group is every site, in order."""
+        if self.shape_groups[g] == list(range(self.L)):
+            return t
+        return t.index_select(1, getattr(self, f"sites{g}"))
 
     def stack(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape group g's bank: (G, N, d_in, b), (G, N, b, d_out)."""
@@ -137,7 +143,7 @@ class _BankTable(nn.Module):
         Returns (G, U, d_in, b) and (G, U, b, d_out).
         """
         bank_a, bank_b = self.stack(g)
-        wg = w[:, self.shape_groups[g]].permute(1, 2, 0, 3).to(bank_a.dtype)   # (G, 2, U, N)
+        wg = self.pick(w, g).permute(1, 2, 0, 3).to(bank_a.dtype)   # (G, 2, U, N)
         G, n, u = bank_a.shape[0], self.n, w.shape[0]
         a_hat = torch.bmm(wg[:, 0], bank_a.reshape(G, n, -1)).view(G, u, *bank_a.shape[2:])
         b_hat = torch.bmm(wg[:, 1], bank_b.reshape(G, n, -1)).view(G, u, *bank_b.shape[2:])
@@ -257,6 +263,15 @@ class FrozenMaskTable(_BankTable):
                                                           np.asarray(profiles[i].mask_b, np.float32)], 1)))
                   for i in soft]
         self.register_buffer("soft", torch.stack(soft_w) if soft else empty, persistent=False)
+        # For the per-row path (fixed shapes, no host syncs: CUDA graphs), every profile has a row
+        # in both tables: its own, or an all-zero one appended to the other kind's table.
+        zero = torch.zeros(1, self.L, 2, self.n)
+        self.register_buffer("bits_rows", torch.cat([self.bits, zero.bool()]), persistent=False)
+        self.register_buffer("k_rows", torch.cat([self.k, torch.ones(1)]), persistent=False)
+        self.register_buffer("soft_rows", torch.cat([self.soft, zero]), persistent=False)
+        is_hard = torch.tensor(self.hard_cpu)
+        self.register_buffer("hard_slot", torch.where(is_hard, slot, len(hard)), persistent=False)
+        self.register_buffer("soft_slot", torch.where(is_hard, len(soft), slot), persistent=False)
         self.has_ln = ln
         if ln:  # a profile stored without LN affine runs with the identity affine
             w = [p.ln_weight if p.ln_weight is not None else np.ones((self.L, self.rank), np.float32) for p in profiles]
@@ -281,31 +296,92 @@ class FrozenMaskTable(_BankTable):
         w[(~h).to(dev)] = self.soft[slots[~h].to(dev)]
         return w
 
-    def routes(self, present: list[int], rows: torch.Tensor) -> list[RowRoute]:
-        """Per-row Â, B̂ for every site, LN affine folded in, computed for all sites of a shape at once.
+    def row_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L, 2, N) mixing weights, one per row; `ids` (B,) on the table's device. Fixed shapes."""
+        hs = self.hard_slot[ids]
+        return self.bits_rows[hs].float() / self.k_rows[hs].view(-1, 1, 1, 1) + self.soft_rows[self.soft_slot[ids]]
 
-        About a dozen launches per batch whatever L is, so a mixed batch runs each site as
-        cheaply as one cached profile does.
-        """
-        w = self.weights(present)
-        one = len(present) == 1
-        if self.has_ln:  # one gather for every site: (U, L, b)
-            idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
-            ln_w, ln_b = self.ln_w[idx], self.ln_b[idx]
+    def routes(self, present: list[int], rows: torch.Tensor) -> list[RowRoute]:
+        """Routes for the profiles `present`, rows (B,) indexing into them: Â, B̂ mixed per profile,
+        then gathered per row. About a dozen launches per batch whatever L is, so a mixed batch
+        runs each site as cheaply as one cached profile does."""
+        idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
+        if self.cached:
+            return self._gather(idx if len(present) == 1 else idx[rows])
+        ln = (self.ln_w[idx], self.ln_b[idx]) if self.has_ln else None  # one gather for every site
+        return self._routes(self.weights(present), ln, None if len(present) == 1 else rows)
+
+    def row_routes(self, ids: torch.Tensor) -> list[RowRoute]:
+        """Routes with Â, B̂ for every row: no host syncs and fixed shapes, so the forward can be
+        captured in a CUDA graph. Mixes B rows instead of one per distinct profile (or gathers them)."""
+        if self.cached:
+            return self._gather(ids)
+        ln = (self.ln_w[ids], self.ln_b[ids]) if self.has_ln else None
+        return self._routes(self.row_weights(ids), ln, None)
+
+    # -- mixing, and the precomputed alternative ----------------------------------------------
+    def _mix_fold(self, g: int, w: torch.Tensor, ln: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shape group g's Â (G, U, d_in, b) and B̂ (G, U, b, d_out), or with an LN affine
+        [diag(γ) B̂; β B̂] (G, U, b+1, d_out); from (U, L, 2, N) weights and (U, L, b) γ, β."""
+        a_hat, b_hat = self.mix_group(g, w)
+        if ln is None:
+            return a_hat, b_hat
+        gamma = self.pick(ln[0], g).transpose(0, 1).to(b_hat.dtype)  # (G, U, b)
+        beta = self.pick(ln[1], g).transpose(0, 1).to(b_hat.dtype)
+        return a_hat, torch.cat([gamma.unsqueeze(-1) * b_hat, beta.unsqueeze(2) @ b_hat], dim=2)
+
+    def _routes(self, w: torch.Tensor, ln: tuple | None, rows: torch.Tensor | None) -> list[RowRoute]:
         out: list[RowRoute | None] = [None] * self.L
         for g, sites in enumerate(self.shape_groups):
-            a_hat, b_hat = self.mix_group(g, w)                          # (G, U, d_in, b), (G, U, b, d_out)
-            c = None
-            if self.has_ln:
-                gamma = ln_w[:, sites].transpose(0, 1).to(b_hat.dtype)   # (G, U, b)
-                beta = ln_b[:, sites].transpose(0, 1).to(b_hat.dtype)
-                c = beta.unsqueeze(2) @ b_hat                            # β B̂: (G, U, 1, d_out)
-                b_hat = gamma.unsqueeze(-1) * b_hat                      # diag(γ) B̂
-            if not one:  # per row: one gather per tensor for the whole group
+            a_hat, b_hat = self._mix_fold(g, w, ln)
+            if rows is not None:  # per row: one gather per tensor for the whole group
                 a_hat, b_hat = a_hat[:, rows], b_hat[:, rows]
-                c = c[:, rows] if c is not None else None
             for i, l in enumerate(sites):
-                out[l] = RowRoute(a_hat[i], b_hat[i], c[i] if c is not None else None)
+                out[l] = RowRoute(a_hat[i], b_hat[i], ln is not None)
+        return out
+
+    cached = False
+
+    def mixed_bytes(self) -> int:
+        """What precompute() would hold: every profile's Â, B̂ (and β B̂) at every site."""
+        count, size = self.hard_slot.shape[0], self.stack(0)[0].element_size()
+        per = 0
+        for g, sites in enumerate(self.shape_groups):
+            a, b = self.stack(g)
+            per += len(sites) * (a[0, 0].numel() + b[0, 0].numel() + (b.shape[-1] if self.has_ln else 0))
+        return count * per * size
+
+    @torch.no_grad()
+    def precompute(self, chunk: int = 256) -> None:
+        """Mix and fold every stored profile's Â, B̂ once: a batch then gathers its rows' (about
+        B·L·2·d·b values) instead of reading the whole bank (L·N·2·d·b) to mix them. The same
+        numbers either way; costs mixed_bytes() of memory. Held profile-major, (P, G, …), so
+        that a gather copies whole contiguous blocks."""
+        count = self.hard_slot.shape[0]
+        held: list[list[torch.Tensor]] = []
+        for s in range(0, count, chunk):  # filled in place: no second copy of the whole table
+            ids = torch.arange(s, min(s + chunk, count), device=self.hard_slot.device)
+            w = self.row_weights(ids)
+            ln = (self.ln_w[ids], self.ln_b[ids]) if self.has_ln else None
+            for g in range(len(self.shape_groups)):
+                parts = self._mix_fold(g, w, ln)
+                if s == 0:
+                    held.append([t.new_empty(count, t.shape[0], *t.shape[2:]) for t in parts])
+                for dest, t in zip(held[g], parts):
+                    dest[s:s + len(ids)] = t.transpose(0, 1)
+        for g, (a, b) in enumerate(held):
+            self.register_buffer(f"mixed_a{g}", a, persistent=False)
+            self.register_buffer(f"mixed_b{g}", b, persistent=False)
+        self.cached = True
+
+    def _gather(self, ids: torch.Tensor) -> list[RowRoute]:
+        """Routes from the precomputed Â, B̂: two contiguous gathers per shape group."""
+        out: list[RowRoute | None] = [None] * self.L
+        for g, sites in enumerate(self.shape_groups):
+            a = getattr(self, f"mixed_a{g}").index_select(0, ids)   # (B, G, d_in, b)
+            b = getattr(self, f"mixed_b{g}").index_select(0, ids)
+            for i, l in enumerate(sites):
+                out[l] = RowRoute(a[:, i], b[:, i], self.has_ln)
         return out
 
 
@@ -324,19 +400,6 @@ class HeadTable(nn.Module):
             self.weight.append(nn.Parameter(torch.randn(num_outputs, hidden, generator=g) * 0.02))
             self.bias.append(nn.Parameter(torch.zeros(num_outputs)))
 
-    @classmethod
-    def frozen(cls, weights: list[np.ndarray], biases: list[np.ndarray]) -> "HeadTable":
-        """Stored heads; narrower heads are padded with −inf biases so they never win an argmax."""
-        c = max(w.shape[0] for w in weights)
-        t = cls(weights[0].shape[1], c, len(weights))
-        with torch.no_grad():
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                t.weight[i].zero_()
-                t.weight[i][: w.shape[0]].copy_(torch.from_numpy(np.asarray(w, np.float32)))
-                t.bias[i].fill_(-math.inf)
-                t.bias[i][: b.shape[0]].copy_(torch.from_numpy(np.asarray(b, np.float32)))
-        return t.requires_grad_(False)
-
     def forward(self, pooled: torch.Tensor, present: list[int], rows: torch.Tensor) -> torch.Tensor:
         if self.shared or len(present) == 1:
             i = 0 if self.shared else present[0]
@@ -347,6 +410,33 @@ class HeadTable(nn.Module):
 
     def groups(self, p: int) -> dict[str, list[nn.Parameter]]:
         return {} if self.shared else {"head": [self.weight[p], self.bias[p]]}
+
+
+class FrozenHeadTable(nn.Module):
+    """Stored heads, stacked (P, C, d): narrower heads are padded with −inf biases so they never
+    win an argmax. Gathered per row, for the profiles present or straight from row ids."""
+
+    def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray]):
+        super().__init__()
+        c, d = max(w.shape[0] for w in weights), weights[0].shape[1]
+        w_all = torch.zeros(len(weights), c, d)
+        b_all = torch.full((len(weights), c), -math.inf)
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            w_all[i, : w.shape[0]] = torch.from_numpy(np.asarray(w, np.float32))
+            b_all[i, : b.shape[0]] = torch.from_numpy(np.asarray(b, np.float32))
+        self.register_buffer("weight", w_all, persistent=False)
+        self.register_buffer("bias", b_all, persistent=False)
+
+    def forward(self, pooled: torch.Tensor, present: list[int], rows: torch.Tensor) -> torch.Tensor:
+        if len(present) == 1:
+            return F.linear(pooled, self.weight[present[0]].to(pooled.dtype), self.bias[present[0]].to(pooled.dtype))
+        idx = torch.tensor(present).to(pooled.device, non_blocking=True)[rows]
+        return self.forward_rows(pooled, idx)
+
+    def forward_rows(self, pooled: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each row through its own head; `ids` (B,) on the device."""
+        w, b = self.weight[ids].to(pooled.dtype), self.bias[ids].to(pooled.dtype)
+        return torch.einsum("bd,bcd->bc", pooled, w) + b
 
 
 class RoutedModel(nn.Module):
@@ -374,19 +464,29 @@ class RoutedModel(nn.Module):
         present_t, rows = torch.unique(profile_ids.cpu(), sorted=True, return_inverse=True)
         present = present_t.tolist()
         rows = rows.to(input_ids.device, non_blocking=True)
-        if self.table is not None:
-            for site, route in zip(self.sites, self.table.routes(present, rows)):
-                site.route = route
+        routes = self.table.routes(present, rows) if self.table is not None else None
+        pooled = self._encode(routes, input_ids, attention_mask, token_type_ids)
+        out = self.heads(pooled, present, rows)
+        return out.squeeze(-1) if self.task == TASK_REGRESSION else out
+
+    def forward_rows(self, input_ids, attention_mask, token_type_ids=None, row_ids=None) -> torch.Tensor:
+        """forward with every row's profile id on the device and Â, B̂ mixed per row: no host
+        syncs and fixed shapes, so that it can be captured in a CUDA graph (stored profiles only)."""
+        pooled = self._encode(self.table.row_routes(row_ids), input_ids, attention_mask, token_type_ids)
+        out = self.heads.forward_rows(pooled, row_ids)
+        return out.squeeze(-1) if self.task == TASK_REGRESSION else out
+
+    def _encode(self, routes, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
+        for site, route in zip(self.sites, routes or []):
+            site.route = route
         try:
             kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
-            pooled = mean_pool(self.encoder(**kwargs).last_hidden_state, attention_mask)
+            return mean_pool(self.encoder(**kwargs).last_hidden_state, attention_mask)
         finally:
             for site in self.sites:
                 site.route = None
-        out = self.heads(pooled, present, rows)
-        return out.squeeze(-1) if self.task == TASK_REGRESSION else out
 
     def profile_groups(self, p: int) -> dict[str, list[nn.Parameter]]:
         """The parameter tensors that belong to profile p alone, by learning-rate group."""

@@ -12,7 +12,7 @@ import torch
 
 from .bank import Bank
 from .data import Examples, json_lines
-from .errors import DataError, IntegrityError
+from .errors import DataError, IntegrityError, UsageError
 from .evaluate import default_max_length, with_bank_head
 from .model import TASK_REGRESSION
 from .multifit import profile_filename
@@ -71,16 +71,20 @@ class ProfileSource:
         return read_xpm(path)
 
 
+DEFAULT_CACHE_GB = 4.0  # bert-base, N=400: ~1.8 MB a profile in bf16, so ~2,300 profiles; MiniLM ~9,000 (fp32)
+
+
 class ProfileServer:
     """One frozen encoder and a table of stored profiles; any batch may mix any of them.
 
-    Each row runs with its own profile's Â, B̂ (mixed for the profiles a batch holds), LN and
-    head, so there is no per-profile reload or regrouping: switching profile costs nothing.
+    Each row runs with its own profile's Â, B̂ (mixed for the profiles a batch holds, or mixed
+    once at start-up where all of them fit in `cache_gb`), LN and head, so there is no
+    per-profile reload or regrouping: switching profile costs nothing.
     """
 
     def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False,
-                 encoder=None, tokenizer=None):
-        from .routing import FrozenMaskTable, HeadTable, RoutedModel
+                 encoder=None, tokenizer=None, cuda_graphs: bool = False, cache_gb: float = DEFAULT_CACHE_GB):
+        from .routing import FrozenHeadTable, FrozenMaskTable, RoutedModel
 
         if not profiles:
             raise DataError("no profiles to serve")
@@ -97,12 +101,20 @@ class ProfileServer:
             encoder, tokenizer = load_encoder(bank.plm)
         self.tokenizer = tokenizer
         table = FrozenMaskTable(bank.A, bank.B, self.profiles, bank.config.ln)
-        heads = HeadTable.frozen([p.head_weight for p in self.profiles], [p.head_bias for p in self.profiles])
+        heads = FrozenHeadTable([p.head_weight for p in self.profiles], [p.head_bias for p in self.profiles])
         self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
                                  ln=bank.config.ln, ln_eps=bank.config.ln_eps, scale=bank.config.scale)
         self.model.to(self.device).eval()
         if self.device.type == "cuda":
             table.cast_bank(torch.bfloat16)
+        # Every profile's Â, B̂ mixed once, where they fit: batches then gather instead of mixing.
+        self.cached = 0 < table.mixed_bytes() <= cache_gb * 2**30
+        if self.cached:
+            table.precompute()
+        if cuda_graphs and self.device.type != "cuda":
+            raise UsageError("--cuda-graphs needs a CUDA device")
+        self.cuda_graphs = cuda_graphs
+        self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
 
     @torch.no_grad()
     def outputs(self, texts: list[str], pairs: list[str] | None, profile_idx: list[int], batch_size: int = 64,
@@ -123,14 +135,26 @@ class ProfileServer:
                     col = enc.setdefault(key, [None] * len(texts))
                     for j, v in zip(rows, part[key]):
                         col[j] = v
+        graphed = self._graphs(batch_size, limit) if self.cuda_graphs else None
         outs = []
         for s in range(0, len(texts), batch_size):
             idx = list(range(s, min(s + batch_size, len(texts))))
             batch = collate(self.tokenizer, enc, idx, self.device)
             pid = torch.tensor(profile_idx[s:s + batch_size])  # stays on the CPU: routing needs no sync
+            if graphed is not None:
+                outs.append(graphed(batch, pid).float().cpu())
+                continue
             with compute_context(self.device):
                 outs.append(self.model(**batch, profile_ids=pid).float().cpu())
         return torch.cat(outs)
+
+    def _graphs(self, batch_size: int, max_length: int):
+        from .graphs import GraphedForward
+
+        if batch_size not in self._graphed:
+            pad = getattr(self.tokenizer, "pad_token_id", None) or 0
+            self._graphed[batch_size] = GraphedForward(self.model, batch_size, max_length, self.device, pad_id=pad)
+        return self._graphed[batch_size]
 
     def answer(self, out: torch.Tensor, i: int) -> dict:
         prof = self.profiles[i]
@@ -142,11 +166,13 @@ class ProfileServer:
 
 
 def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
-                     max_length: int | None = None, device: str = "auto") -> list[dict]:
+                     max_length: int | None = None, device: str = "auto", cuda_graphs: bool = False,
+                     cache_gb: float = DEFAULT_CACHE_GB) -> list[dict]:
     """Answers in request order, rows of any profiles batched together. `max_length` None: each
     profile's own, as it was fitted (as `eval` does)."""
     names = list(dict.fromkeys(r.profile for r in requests))
-    server = ProfileServer(bank, [profiles.get(n) for n in names], device)
+    server = ProfileServer(bank, [profiles.get(n) for n in names], device, cuda_graphs=cuda_graphs,
+                           cache_gb=cache_gb)
     pidx = [server.index[r.profile] for r in requests]
     pairs = [r.text_pair or "" for r in requests] if any(r.text_pair for r in requests) else None
     out = server.outputs([r.text for r in requests], pairs, pidx, batch_size, max_length)

@@ -92,10 +92,13 @@ _ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBac
 
 
 @contextmanager
-def compute_context(device: torch.device, precision: str = "auto"):
-    """How the frozen PLM runs: bf16 autocast on a GPU (unless fp32 is asked for), no cuDNN attention."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision)), \
-            sdpa_kernel(_ATTENTION):
+def compute_context(device: torch.device, precision: str = "auto", cache_casts: bool = True):
+    """How the frozen PLM runs: bf16 autocast on a GPU (unless fp32 is asked for), no cuDNN attention.
+
+    `cache_casts=False` for CUDA graph capture, which autocast's cast cache must stay out of.
+    """
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),
+                        cache_enabled=cache_casts), sdpa_kernel(_ATTENTION):
         yield
 
 

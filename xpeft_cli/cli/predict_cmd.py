@@ -12,7 +12,7 @@ from ..atomic import atomic_write_text
 from ..bank import Bank
 from ..errors import DataError, UsageError
 from . import output
-from ..serve import ProfileSource, predict_requests, read_requests
+from ..serve import DEFAULT_CACHE_GB, ProfileSource, predict_requests, read_requests
 from .common import BankOpt, ModelOpt, OptStr, QuietOpt
 
 
@@ -26,6 +26,12 @@ def predict(
     max_length: int = typer.Option(None, "--max-length", help="Tokens per request (default: each profile's own, "
                                    "as fitted)."),
     device: str = typer.Option("auto", "--device"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each padded batch shape as a captured "
+                                     "CUDA graph (GPU only): removes kernel-launch time, pads rows to --batch-size "
+                                     "and lengths to a multiple of 32."),
+    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", min=0, metavar="GIB", help="Mix every requested profile's "
+                                   "Â, B̂ once at start-up when they fit in this many GiB (batches then gather "
+                                   "them instead of mixing from the bank); 0 mixes per batch."),
     model: OptStr = ModelOpt,
     json_out: bool = typer.Option(False, "--json", help="With --output: print one JSON object saying what was "
                                   "written (without it stdout carries the answers)."),
@@ -45,7 +51,7 @@ def predict(
             raise DataError(f"{data}: no such requests file") from None
     source = ProfileSource(profiles)
     bank = Bank.load(bank_dir, model=model)
-    answers = predict_requests(bank, source, requests, batch_size, max_length, device)
+    answers = predict_requests(bank, source, requests, batch_size, max_length, device, cuda_graphs, cache_gb)
     text = "".join(json.dumps(a) + "\n" for a in answers)
     if not out:
         sys.stdout.write(text)
