@@ -304,12 +304,13 @@ def cpu_latency(args) -> dict:
     bank = Bank.create_random(plm, enc, n=400, seed=0)
     rank = bank.rank
     profiles = random_profiles(100, bank.L, bank.n, 50, rank, 384, 3, bank.bank_hash)
-    server = ProfileServer(bank, profiles, "cpu", encoder=enc, tokenizer=tok)
+    server = ProfileServer(bank, profiles, "cpu", encoder=enc, tokenizer=tok, cache_gb=args.cache_gb)
     text = "The council approved the new budget for public transport after a long debate on Tuesday."
     g = torch.Generator().manual_seed(0)
     ms = timed(lambda: server.outputs([text], None, [int(torch.randint(100, (1,), generator=g))]), torch.device("cpu"),
                5, args.reps)
-    return {"cpu_latency_ms_median": round(ms, 2), "threads": torch.get_num_threads(), "model": plm.ref,
+    return {"cpu_latency_ms_median": round(ms, 2), "precomputed": server.cached, "threads": torch.get_num_threads(),
+            "model": plm.ref,
             "tokens": len(tok(text)["input_ids"]), "reps": args.reps, "profiles_loaded": 100}
 
 
@@ -361,6 +362,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput configurations")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph rows")
+    ap.add_argument("--cache-gb", type=float, default=4.0, help="--cpu-latency: the server's --cache-gb (0: mix per request)")
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     meta = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
@@ -368,7 +370,7 @@ def main() -> None:
     if args.cpu_latency:
         res = cpu_latency(args)
         meta["device"] = platform.processor() or platform.machine()
-        tag = "cpu-latency"
+        tag = "cpu-latency" if args.cache_gb else "cpu-latency-mixing"
     else:
         if args.tiny:
             args.profiles, args.n, args.k, args.batch, args.seq, args.reps, args.rounds = 200, 16, 4, 8, 16, 5, 2
