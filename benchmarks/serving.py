@@ -66,8 +66,8 @@ def random_profiles(count: int, L: int, n: int, k: int, rank: int, hidden: int, 
 def legacy_routes(table, present, rows):
     """FrozenMaskTable's routes before the serving route: Â, B̂ per present profile, site by site,
     gathered per row and LN-affined inside every site (kept here to measure against)."""
-    w = table.weights(present)
-    idx = torch.tensor(present).to(table.bits.device)
+    idx = torch.tensor(present).to(table.hard_slot.device)
+    w = table.weights(idx)
     ln_w, ln_b = (table.ln_w[idx], table.ln_b[idx]) if table.has_ln else (None, None)
     out = []
     for l in range(table.L):

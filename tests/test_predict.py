@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from conftest import sentiment_rows, write_jsonl
 
 
@@ -37,3 +39,10 @@ def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):
     write_jsonl(fitted / "bad.jsonl", [{"profile": "nobody", "text": "hi"}])
     code, _, err = cli("predict", "--profiles", "profs", "--data", "bad.jsonl")
     assert code == 3 and "nobody" in err
+    # mixing per batch (--cache-gb 0) answers the same; CUDA graphs without a GPU is a usage error (2)
+    code, out3, _ = cli("predict", "--profiles", "all.xps", "--data", "req.jsonl", "--cache-gb", "0")
+    per_batch = [json.loads(l) for l in out3.splitlines()]
+    assert code == 0 and [a["prediction"] for a in per_batch] == [a["prediction"] for a in answers]
+    assert [a["score"] for a in per_batch] == pytest.approx([a["score"] for a in answers], abs=1e-5)
+    code, _, err = cli("predict", "--profiles", "profs", "--data", "req.jsonl", "--device", "cpu", "--cuda-graphs")
+    assert code == 2 and "CUDA" in err and len(err.strip().splitlines()) == 1

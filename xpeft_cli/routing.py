@@ -48,6 +48,12 @@ class RowRoute:
     affine: bool = False
 
 
+def _cast(t: torch.Tensor, like: torch.Tensor, autocast: bool) -> torch.Tensor:
+    """Under autocast the matmuls cast their operands themselves (see XPeftLinear.delta: casting
+    B̂ to LN's float32 output first would copy it there and back); without it, match `like`."""
+    return t if autocast else t.to(like.dtype)
+
+
 class RoutedLinear(nn.Module):
     """y = W x + s · LN(x Â_r) B̂_r, where r is the row's profile (no LN: plain LoRA form)."""
 
@@ -65,20 +71,19 @@ class RoutedLinear(nn.Module):
             return self._rows(x, y, r)
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
-        # Under autocast the matmuls cast for themselves (see XPeftLinear.delta); without it, match x.
-        cast = (lambda t, _: t) if torch.is_autocast_enabled(x.device.type) else (lambda t, like: t.to(like.dtype))
+        auto = torch.is_autocast_enabled(x.device.type)
         if r.a_hat.shape[0] == 1:   # one profile in the batch: plain matmuls, no gather
-            h = x3 @ cast(r.a_hat[0], x)
+            h = x3 @ _cast(r.a_hat[0], x, auto)
         else:
-            h = torch.bmm(x3, cast(r.a_hat[r.rows], x))
+            h = torch.bmm(x3, _cast(r.a_hat[r.rows], x, auto))
         if self.ln:
             h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
             if r.ln_w is not None:
                 h = h * r.ln_w[r.rows].unsqueeze(1).to(h.dtype) + r.ln_b[r.rows].unsqueeze(1).to(h.dtype)
         if r.b_hat.shape[0] == 1:
-            d = h @ cast(r.b_hat[0], h)
+            d = h @ _cast(r.b_hat[0], h, auto)
         else:
-            d = torch.bmm(h, cast(r.b_hat[r.rows], h))
+            d = torch.bmm(h, _cast(r.b_hat[r.rows], h, auto))
         d = d.reshape(*shape[:-1], -1).to(y.dtype)
         return y + d if self.scale == 1.0 else y + self.scale * d
 
@@ -86,15 +91,14 @@ class RoutedLinear(nn.Module):
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
         one = r.a.shape[0] == 1
-        # Under autocast the matmuls cast their operands; without it, match the activations.
         auto = torch.is_autocast_enabled(x.device.type)
-        a = r.a if auto else r.a.to(x.dtype)
+        a = _cast(r.a, x, auto)
         h = x3 @ a[0] if one else torch.bmm(x3, a)
         if self.ln:
             h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
         if r.affine:  # the column of ones that picks up β B̂
             h = F.pad(h, (0, 1), value=1.0)
-        b = r.b if auto else r.b.to(h.dtype)
+        b = _cast(r.b, h, auto)
         d = h @ b[0] if one else torch.bmm(h, b)
         d = d.reshape(*shape[:-1], -1).to(y.dtype)
         return y + d if self.scale == 1.0 else torch.add(y, d, alpha=self.scale)
@@ -253,23 +257,19 @@ class FrozenMaskTable(_BankTable):
         soft = [i for i, p in enumerate(profiles) if p.mask_kind != "hard"]
         slot = torch.zeros(len(profiles), dtype=torch.long)
         slot[hard], slot[soft] = torch.arange(len(hard)), torch.arange(len(soft))
-        self.slot_cpu, self.hard_cpu = slot, [p.mask_kind == "hard" for p in profiles]  # indexed without a sync
-        empty = torch.zeros(0, self.L, 2, self.n)
-        self.register_buffer("bits", torch.from_numpy(np.stack([np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)
-                                                                 for i in hard])) if hard else empty.bool(),
+        # Every profile has a row in both tables: its own, or an all-zero one appended to the other
+        # kind's table. Weights are then one formula for any mix of kinds, with fixed shapes and no
+        # host syncs (what CUDA graphs need).
+        zero = torch.zeros(1, self.L, 2, self.n)
+        bits = [torch.from_numpy(np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)) for i in hard]
+        self.register_buffer("bits", torch.cat([torch.stack(bits) if bits else zero[:0].bool(), zero.bool()]),
                              persistent=False)
-        self.register_buffer("k", torch.tensor([float(profiles[i].k) for i in hard]), persistent=False)
+        self.register_buffer("k", torch.tensor([float(profiles[i].k) for i in hard] + [1.0]), persistent=False)
         soft_w = [soft_weights(torch.from_numpy(np.stack([np.asarray(profiles[i].mask_a, np.float32),
                                                           np.asarray(profiles[i].mask_b, np.float32)], 1)))
                   for i in soft]
-        self.register_buffer("soft", torch.stack(soft_w) if soft else empty, persistent=False)
-        # For the per-row path (fixed shapes, no host syncs: CUDA graphs), every profile has a row
-        # in both tables: its own, or an all-zero one appended to the other kind's table.
-        zero = torch.zeros(1, self.L, 2, self.n)
-        self.register_buffer("bits_rows", torch.cat([self.bits, zero.bool()]), persistent=False)
-        self.register_buffer("k_rows", torch.cat([self.k, torch.ones(1)]), persistent=False)
-        self.register_buffer("soft_rows", torch.cat([self.soft, zero]), persistent=False)
-        is_hard = torch.tensor(self.hard_cpu)
+        self.register_buffer("soft", torch.cat([torch.stack(soft_w) if soft_w else zero[:0], zero]), persistent=False)
+        is_hard = torch.tensor([p.mask_kind == "hard" for p in profiles])
         self.register_buffer("hard_slot", torch.where(is_hard, slot, len(hard)), persistent=False)
         self.register_buffer("soft_slot", torch.where(is_hard, len(soft), slot), persistent=False)
         self.has_ln = ln
@@ -279,45 +279,25 @@ class FrozenMaskTable(_BankTable):
             self.register_buffer("ln_w", torch.from_numpy(np.stack(w)), persistent=False)
             self.register_buffer("ln_b", torch.from_numpy(np.stack(b)), persistent=False)
 
-    def weights(self, present: list[int]) -> torch.Tensor:
-        """(U, L, 2, N) mixing weights of the profiles `present`."""
-        dev = self.bits.device
-        hard = [self.hard_cpu[i] for i in present]
-        slots = self.slot_cpu[present]
-        if all(hard):
-            s = slots.to(dev, non_blocking=True)
-            return self.bits[s].float() / self.k[s].view(-1, 1, 1, 1)
-        if not any(hard):
-            return self.soft[slots.to(dev, non_blocking=True)]
-        h = torch.tensor(hard)
-        w = torch.empty(len(present), self.L, 2, self.n, device=dev)
-        hs = slots[h].to(dev)
-        w[h.to(dev)] = self.bits[hs].float() / self.k[hs].view(-1, 1, 1, 1)
-        w[(~h).to(dev)] = self.soft[slots[~h].to(dev)]
-        return w
-
-    def row_weights(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L, 2, N) mixing weights, one per row; `ids` (B,) on the table's device. Fixed shapes."""
+    def weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """(U, L, 2, N) mixing weights of the profiles `ids` ((U,), on the table's device)."""
         hs = self.hard_slot[ids]
-        return self.bits_rows[hs].float() / self.k_rows[hs].view(-1, 1, 1, 1) + self.soft_rows[self.soft_slot[ids]]
+        return self.bits[hs].float() / self.k[hs].view(-1, 1, 1, 1) + self.soft[self.soft_slot[ids]]
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[RowRoute]:
         """Routes for the profiles `present`, rows (B,) indexing into them: Â, B̂ mixed per profile,
         then gathered per row. About a dozen launches per batch whatever L is, so a mixed batch
         runs each site as cheaply as one cached profile does."""
-        idx = torch.tensor(present).to(self.bits.device, non_blocking=True)
+        idx = torch.tensor(present).to(self.hard_slot.device, non_blocking=True)
+        rows = None if len(present) == 1 else rows
         if self.cached:
-            return self._gather(idx if len(present) == 1 else idx[rows])
-        ln = (self.ln_w[idx], self.ln_b[idx]) if self.has_ln else None  # one gather for every site
-        return self._routes(self.weights(present), ln, None if len(present) == 1 else rows)
+            return self._gather(idx if rows is None else idx[rows])
+        return self._routes(idx, rows)
 
     def row_routes(self, ids: torch.Tensor) -> list[RowRoute]:
         """Routes with Â, B̂ for every row: no host syncs and fixed shapes, so the forward can be
         captured in a CUDA graph. Mixes B rows instead of one per distinct profile (or gathers them)."""
-        if self.cached:
-            return self._gather(ids)
-        ln = (self.ln_w[ids], self.ln_b[ids]) if self.has_ln else None
-        return self._routes(self.row_weights(ids), ln, None)
+        return self._gather(ids) if self.cached else self._routes(ids, None)
 
     # -- mixing, and the precomputed alternative ----------------------------------------------
     def _mix_fold(self, g: int, w: torch.Tensor, ln: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +310,12 @@ class FrozenMaskTable(_BankTable):
         beta = self.pick(ln[1], g).transpose(0, 1).to(b_hat.dtype)
         return a_hat, torch.cat([gamma.unsqueeze(-1) * b_hat, beta.unsqueeze(2) @ b_hat], dim=2)
 
-    def _routes(self, w: torch.Tensor, ln: tuple | None, rows: torch.Tensor | None) -> list[RowRoute]:
+    def _ln(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.ln_w[ids], self.ln_b[ids]) if self.has_ln else None  # one gather for every site
+
+    def _routes(self, ids: torch.Tensor, rows: torch.Tensor | None) -> list[RowRoute]:
+        """Â, B̂ mixed for the profiles `ids`, gathered per row by `rows` (None: one per id)."""
+        w, ln = self.weights(ids), self._ln(ids)
         out: list[RowRoute | None] = [None] * self.L
         for g, sites in enumerate(self.shape_groups):
             a_hat, b_hat = self._mix_fold(g, w, ln)
@@ -361,8 +346,7 @@ class FrozenMaskTable(_BankTable):
         held: list[list[torch.Tensor]] = []
         for s in range(0, count, chunk):  # filled in place: no second copy of the whole table
             ids = torch.arange(s, min(s + chunk, count), device=self.hard_slot.device)
-            w = self.row_weights(ids)
-            ln = (self.ln_w[ids], self.ln_b[ids]) if self.has_ln else None
+            w, ln = self.weights(ids), self._ln(ids)
             for g in range(len(self.shape_groups)):
                 parts = self._mix_fold(g, w, ln)
                 if s == 0:

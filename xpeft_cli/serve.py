@@ -89,6 +89,8 @@ class ProfileServer:
         if not profiles:
             raise DataError("no profiles to serve")
         self.device = pick_device(device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise UsageError("--cuda-graphs needs a CUDA device")
         for p in profiles:
             if p.bank_hash != bank.bank_hash and not force:
                 raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
@@ -107,14 +109,15 @@ class ProfileServer:
         self.model.to(self.device).eval()
         if self.device.type == "cuda":
             table.cast_bank(torch.bfloat16)
-        # Every profile's Â, B̂ mixed once, where they fit: batches then gather instead of mixing.
-        self.cached = 0 < table.mixed_bytes() <= cache_gb * 2**30
-        if self.cached:
+        if table.mixed_bytes() <= cache_gb * 2**30:  # every Â, B̂ mixed once: batches gather, not mix
             table.precompute()
-        if cuda_graphs and self.device.type != "cuda":
-            raise UsageError("--cuda-graphs needs a CUDA device")
         self.cuda_graphs = cuda_graphs
         self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
+
+    @property
+    def cached(self) -> bool:
+        """Whether every profile's Â, B̂ was mixed at start-up (they fit in `cache_gb`)."""
+        return self.model.table.cached
 
     @torch.no_grad()
     def outputs(self, texts: list[str], pairs: list[str] | None, profile_idx: list[int], batch_size: int = 64,
