@@ -1,8 +1,8 @@
 """CUDA graphs for serving: capture the routed forward once per padded batch shape, then replay it.
 
 A forward of a bert-base-sized encoder is a few hundred small kernels. Where the host issues
-them more slowly than the GPU runs them (measured: 14 ms of launches for ~4 ms of GPU work at
-64×128), replaying a captured graph removes the launch cost. Graphs need fixed shapes and no
+them more slowly than the GPU runs them (measured on an H100 at 64×128: 13.4 ms a batch eager,
+6.1 ms of it GPU kernels), replaying a captured graph removes the launch cost. Graphs need fixed shapes and no
 host syncs: batches are padded to `batch_size` rows and to a length bucket, and the model runs
 its per-row route (RoutedModel.forward_rows), which mixes Â, B̂ for every row on the device.
 """
