@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import random_bank  # noqa: E402
 
-from xpeft_cli.graphs import GraphedForward  # noqa: E402
+from xpeft_cli.graphs import GraphedForward, capture  # noqa: E402
 from xpeft_cli.masks import MaskSpec  # noqa: E402
 from xpeft_cli.model import XPeftModel  # noqa: E402
 from xpeft_cli.profile import Profile, apply_profile  # noqa: E402
@@ -91,15 +91,13 @@ def graphed_configs(model, xm, batch, same, draws, device) -> dict:
     static = {k: v.clone() for k, v in batch.items()}
     with torch.no_grad(), compute_context(device):
         xm(**static)  # fills the Â, B̂ cache that the captured forward reads
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), torch.no_grad(), compute_context(device, cache_casts=False):
-        for _ in range(2):
-            xm(**static)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad(), compute_context(device, cache_casts=False):
-        out = xm(**static)
+
+    @torch.no_grad()
+    def forward():
+        with compute_context(device, cache_casts=False):
+            return xm(**static)
+
+    graph, out = capture(forward, device)
 
     def cached():  # the same copy-in, replay, copy-out as GraphedForward does
         for k, v in batch.items():
@@ -115,11 +113,11 @@ def check_graph(model, batch, device) -> dict:
     """Graph replay against the eager routed forward on a short, ragged batch (padding rows and
     tokens): the largest output difference and the share of equal argmaxes."""
     b, t = batch["input_ids"].shape
-    n = b - 7
-    part = {k: v[:n, : t - 20].clone() for k, v in batch.items()}
+    n, short = max(1, b - 7), (t - 20 if t > 40 else max(2, t // 2))  # 57 × 108 at 64 × 128
+    part = {k: v[:n, :short].clone() for k, v in batch.items()}
     g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(5, t - 20, (n,), generator=g)
-    part["attention_mask"] = (torch.arange(t - 20) < lengths[:, None]).long().to(device)
+    lengths = torch.randint(1, short, (n,), generator=g)
+    part["attention_mask"] = (torch.arange(short) < lengths[:, None]).long().to(device)
     ids = torch.randint(model.heads.weight.shape[0], (n,), generator=g)
     gf = GraphedForward(model, b, t, device)
     with torch.no_grad():

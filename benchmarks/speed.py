@@ -23,6 +23,7 @@ import torch
 from transformers import BertConfig, BertModel
 
 from xpeft_cli.bank import Bank, Site, SiteConfig
+from xpeft_cli.graphs import capture
 from xpeft_cli.baselines import BaselineModel
 from xpeft_cli.layer import reference_delta
 from xpeft_cli.masks import MaskSpec
@@ -82,6 +83,14 @@ class Stepper:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         model.train(train)
 
+    def step(self) -> None:
+        """One training step: forward under autocast, cross-entropy, backward, AdamW."""
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            out = self.model(**self.batch)
+        torch.nn.functional.cross_entropy(out.float(), self.labels).backward()
+        self.opt.step()
+
     def run(self, steps: int) -> list[float]:
         cuda = self.device.type == "cuda"
         times = []
@@ -92,12 +101,7 @@ class Stepper:
             else:
                 t0 = time.perf_counter()
             if self.train:
-                with self.autocast:
-                    out = self.model(**self.batch)
-                loss = torch.nn.functional.cross_entropy(out.float(), self.labels)
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                self.step()
             else:
                 with torch.no_grad(), self.autocast:
                     self.model(**self.batch)
@@ -122,29 +126,10 @@ class GraphStepper(Stepper):
         self.model, self.batch, self.labels, self.device, self.train = model, batch, labels, device, True
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=1e-3, capturable=True)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         model.train(True)
-        auto = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-
-        def step():
-            with auto:
-                out = model(**batch)
-            torch.nn.functional.cross_entropy(out.float(), labels).backward()
-            self.opt.step()
-
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                self.opt.zero_grad(set_to_none=True)
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
         gen = getattr(getattr(model, "spec", None), "generator", None)
-        if gen is not None:
-            self.graph.register_generator_state(gen)
-        self.opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            step()
+        self.graph, _ = capture(self.step, device, warmup, generators=[gen] if gen is not None else [])
 
     def run(self, steps: int) -> list[float]:
         times = []

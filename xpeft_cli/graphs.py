@@ -65,16 +65,29 @@ class GraphedForward:
     @torch.no_grad()
     def _capture(self, length: int, token_types: bool):
         static = self._inputs(length, token_types)
-        side = torch.cuda.Stream(self.device)  # warm-up off the default stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                with compute_context(self.device, self.precision, cache_casts=False):
-                    self.model.forward_rows(**static)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+
+        def forward():
             with compute_context(self.device, self.precision, cache_casts=False):
-                out = self.model.forward_rows(**static)
+                return self.model.forward_rows(**static)
+
+        graph, out = capture(forward, self.device, pool=self.pool)
         self.pool = graph.pool()
         return graph, static, out
+
+
+def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=()):
+    """(graph, fn's output) with fn() captured as a CUDA graph, after `warmup` runs on a side
+    stream (as capture requires). Autocast inside fn must not cache casts; custom generators
+    that fn draws from must be listed, so that every replay advances them."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    for g in generators:
+        graph.register_generator_state(g)
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out

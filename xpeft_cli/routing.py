@@ -119,6 +119,7 @@ class _BankTable(nn.Module):
         for l, (a, b) in enumerate(zip(bank_a, bank_b)):
             by_shape.setdefault((tuple(a.shape), tuple(b.shape)), []).append(l)
         self.shape_groups = list(by_shape.values())
+        self.whole = [sites == list(range(self.L)) for sites in self.shape_groups]  # pick() needs no gather
         self.where = {l: (g, i) for g, sites in enumerate(self.shape_groups) for i, l in enumerate(sites)}
         for g, sites in enumerate(self.shape_groups):
             self.register_buffer(f"stack_a{g}", torch.stack([bank_a[l] for l in sites]), persistent=False)
@@ -128,7 +129,7 @@ class _BankTable(nn.Module):
 
     def pick(self, t: torch.Tensor, g: int) -> torch.Tensor:
         """t[:, sites of group g] (t: (U, L, ...)); t itself when the group is every site, in order."""
-        if self.shape_groups[g] == list(range(self.L)):
+        if self.whole[g]:
             return t
         return t.index_select(1, getattr(self, f"sites{g}"))
 
