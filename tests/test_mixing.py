@@ -63,3 +63,31 @@ def test_inference_cache_is_used_and_invalidated():
         layer.logits_a.add_(torch.arange(12.0))
         layer.invalidate()
         assert not torch.equal(layer.mixed()[0], first[0])
+
+
+@pytest.mark.parametrize("rows,k", [(1, 5), (3, 5), (4, 9)])  # R·k below N gathers; at or above N mixes densely
+def test_hard_mix_gathers_chosen_rows_with_the_straight_through_gradient(rows, k):
+    from xpeft_cli.masks import hard_soft_and_choice, hard_topk_st
+    from xpeft_cli.mixing import mix
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 30, 11
+    bank = torch.randn(2, n, d, generator=g)
+    logits = torch.randn(2, rows, n, generator=g, requires_grad=True)
+    probe = torch.randn(2, rows, d, generator=g)
+
+    y_soft, chosen = hard_soft_and_choice(logits, k, nu=0.5, tau=1.0, generator=torch.Generator().manual_seed(9))
+    fast = mix(bank, y_soft, chosen)
+    (fast * probe).sum().backward()
+    fast_grad, logits.grad = logits.grad.clone(), None
+
+    dense = hard_topk_st(logits, k, nu=0.5, tau=1.0, generator=torch.Generator().manual_seed(9))
+    slow = torch.bmm(dense, bank)
+    (slow * probe).sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_grad, logits.grad, rtol=1e-5, atol=1e-6)
+    assert fast_grad.abs().sum() > 0
+    # the value is the mean of the chosen adapters, whichever way it was computed
+    torch.testing.assert_close(fast[1, 0], bank[1, chosen[1, 0]].mean(0), rtol=1e-5, atol=1e-6)
+    # at inference (no weights) the same value, and nothing to differentiate
+    torch.testing.assert_close(mix(bank, None, chosen), fast.detach(), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .masks import MaskSpec, mask_weights
+from .masks import MaskSpec, mask_choice, mask_weights
+from .mixing import mix
 
 
 class XPeftLinear(nn.Module):
@@ -36,20 +37,26 @@ class XPeftLinear(nn.Module):
                 mask_weights(self.logits_b, self.spec, self.training))
 
     def mixed(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Â, B̂): one einsum per bank tensor. Cached at inference, when masks are frozen."""
+        """(Â, B̂) mixed from the bank (mixing.mix). Cached at inference, when masks are frozen."""
         if not self.training and not torch.is_grad_enabled() and self._cache is not None:
             return self._cache
         if self._step is not None:
             if not self.training and not torch.is_grad_enabled():
                 self._cache = self._step
             return self._step
-        w_a, w_b = self.weights()
-        a_hat = torch.einsum("n,nib->ib", w_a.to(self.bank_a.dtype), self.bank_a)
-        b_hat = torch.einsum("n,nbo->bo", w_b.to(self.bank_b.dtype), self.bank_b)
+        a_hat = self._mix(self.logits_a, self.bank_a)
+        b_hat = self._mix(self.logits_b, self.bank_b)
         if not self.training and not torch.is_grad_enabled():
             self._cache = (a_hat, b_hat)
             return self._cache
         return a_hat, b_hat
+
+    def _mix(self, logits: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        w, chosen = mask_choice(logits, self.spec, self.training)
+        n = bank.shape[0]
+        out = mix(bank.reshape(1, n, -1), None if w is None else w.view(1, 1, n),
+                  None if chosen is None else chosen.view(1, 1, -1))
+        return out.view(bank.shape[1:])
 
     def invalidate(self) -> None:
         self._cache = None

@@ -49,9 +49,11 @@ def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None) -> torc
     return gumbel(torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype))
 
 
-def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
-                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Algorithm 1: forward value is k-hot/k; gradient is that of softmax((logits+νg)/τ).
+def hard_soft_and_choice(logits: torch.Tensor, k: int, nu: float, tau: float,
+                         generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1's two halves: y_soft = softmax((logits+νg)/τ), which takes the gradient, and
+    the indices of its top k, which make the forward value k-hot/k.
 
     `noise`: Gumbel samples drawn by the caller (many profiles, each from its own generator).
     """
@@ -59,7 +61,14 @@ def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
         noise = gumbel_like(logits, generator)
     noisy = logits + nu * noise if nu else logits
     y_soft = torch.softmax(noisy / tau, dim=-1)
-    y_hard = khot(topk_indices(y_soft, k), logits.shape[-1], logits.dtype) / k
+    return y_soft, topk_indices(y_soft, k)
+
+
+def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
+                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Algorithm 1 as dense weights: forward value k-hot/k; gradient that of y_soft."""
+    y_soft, chosen = hard_soft_and_choice(logits, k, nu, tau, generator, noise)
+    y_hard = khot(chosen, logits.shape[-1], logits.dtype) / k
     return y_hard - y_soft.detach() + y_soft
 
 
@@ -73,6 +82,18 @@ def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool, noise: to
     if training:
         return hard_topk_st(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
     return hard_inference_weights(logits, spec.k)
+
+
+def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """What mixing.mix takes: (weights, chosen). Soft: (softmax, None). Hard: the k chosen
+    adapters, with y_soft to carry the straight-through gradient while training (None at
+    inference, where the noiseless top-k has no gradient). Same values as mask_weights."""
+    if spec.kind == "soft":
+        return soft_weights(logits), None
+    if training:
+        return hard_soft_and_choice(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
+    return None, topk_indices(logits, spec.k)
 
 
 def bits_to_logits(bits: torch.Tensor) -> torch.Tensor:

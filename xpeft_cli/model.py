@@ -10,7 +10,8 @@ from torch import nn
 
 from .bank import Bank
 from .layer import XPeftLinear
-from .masks import MaskSpec, mask_weights
+from .masks import MaskSpec, mask_choice
+from .mixing import mix
 
 TASK_CLASSIFICATION = "classification"
 TASK_REGRESSION = "regression"
@@ -129,7 +130,7 @@ class XPeftModel(EncoderClassifier):
         return self
 
     def _mix_all_sites(self) -> None:
-        """Every site's (Â, B̂) for this forward: one mask computation and two bmm's for all sites.
+        """Every site's (Â, B̂) for this forward: one mask computation and two mixes for all sites.
 
         The Gumbel noise is drawn as one (L, 2, N) tensor: site by site, A then B, the order in
         which the sites draw it one by one.
@@ -137,10 +138,11 @@ class XPeftModel(EncoderClassifier):
         bank_a, bank_b = self._stacked
         both = torch.stack([t for s in self.sites for t in (s.logits_a, s.logits_b)])   # one copy, not L + 1
         both = both.view(len(self.sites), 2, -1)                                          # (L, 2, N)
-        w = mask_weights(both, self.spec, self.training).to(bank_a.dtype)
+        w, chosen = mask_choice(both, self.spec, self.training)
         L, n = bank_a.shape[:2]
-        a_hat = torch.bmm(w[:, 0:1], bank_a.reshape(L, n, -1)).view(L, *bank_a.shape[2:])
-        b_hat = torch.bmm(w[:, 1:2], bank_b.reshape(L, n, -1)).view(L, *bank_b.shape[2:])
+        part = [(None if t is None else t[:, i:i + 1]) for i in (0, 1) for t in (w, chosen)]
+        a_hat = mix(bank_a.reshape(L, n, -1), part[0], part[1]).view(L, *bank_a.shape[2:])
+        b_hat = mix(bank_b.reshape(L, n, -1), part[2], part[3]).view(L, *bank_b.shape[2:])
         for s, a, b in zip(self.sites, a_hat.unbind(0), b_hat.unbind(0)):
             s._step = (a, b)
 

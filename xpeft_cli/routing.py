@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .masks import MaskSpec, gumbel, mask_weights, soft_weights
+from .masks import MaskSpec, gumbel, mask_choice, soft_weights
+from .mixing import mix
 from .model import TASK_REGRESSION, _set_submodule, mean_pool
 
 
@@ -142,17 +143,20 @@ class _BankTable(nn.Module):
         a, b = self.stack(g)
         return a[i], b[i]
 
-    def mix_group(self, g: int, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Â, B̂) of every site in shape group g for U profiles, w (U, L, 2, N): two bmm's.
+    def mix_group(self, g: int, w: torch.Tensor | None,
+                  chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Â, B̂) of every site in shape group g for U profiles: two mixes (mixing.mix).
 
-        Returns (G, U, d_in, b) and (G, U, b, d_out).
+        w (U, L, 2, N) dense weights; or, for hard masks, chosen (U, L, 2, k) with w the
+        straight-through y_soft (None at inference). Returns (G, U, d_in, b) and (G, U, b, d_out).
         """
         bank_a, bank_b = self.stack(g)
-        wg = self.pick(w, g).permute(1, 2, 0, 3).to(bank_a.dtype)   # (G, 2, U, N)
-        G, n, u = bank_a.shape[0], self.n, w.shape[0]
-        a_hat = torch.bmm(wg[:, 0], bank_a.reshape(G, n, -1)).view(G, u, *bank_a.shape[2:])
-        b_hat = torch.bmm(wg[:, 1], bank_b.reshape(G, n, -1)).view(G, u, *bank_b.shape[2:])
-        return a_hat, b_hat
+        # (U, L, 2, ·) → (G, 2, U, ·): per site, one row per profile
+        wg, cg = (None if t is None else self.pick(t, g).permute(1, 2, 0, 3) for t in (w, chosen))
+        G, n, u = bank_a.shape[0], self.n, (w if w is not None else chosen).shape[0]
+        a_hat = mix(bank_a.reshape(G, n, -1), *(None if t is None else t[:, 0] for t in (wg, cg)))
+        b_hat = mix(bank_b.reshape(G, n, -1), *(None if t is None else t[:, 1] for t in (wg, cg)))
+        return a_hat.view(G, u, *bank_a.shape[2:]), b_hat.view(G, u, *bank_b.shape[2:])
 
     def cast_bank(self, dtype: torch.dtype) -> None:
         """Keep the bank in the compute dtype (bf16 on a GPU): autocast would re-cast it every step."""
@@ -179,8 +183,9 @@ class MaskTable(_BankTable):
         """One Gumbel generator per profile, seeded as a lone fit of that profile seeds its own."""
         self.generators = [torch.Generator(device=device).manual_seed(seed + 1) for _ in self.logits_a]
 
-    def weights(self, present: list[int]) -> torch.Tensor:
-        """(U, L, 2, N) mixing weights of the profiles `present`, computed together.
+    def choice(self, present: list[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """masks.mask_choice of the profiles `present`, computed together: (U, L, 2, N) weights
+        and, for hard masks, the (U, L, 2, k) chosen adapters.
 
         Each profile's Gumbel noise is drawn from its own generator with the (L, 2, N) shape a
         lone fit draws (XPeftModel mixes all sites at once), so the draws are the same.
@@ -193,16 +198,16 @@ class MaskTable(_BankTable):
             draw = (self.L, 2, self.n)
             noise = gumbel(torch.stack([torch.rand(draw, generator=self.generators[p], device=logits.device,
                                                    dtype=logits.dtype) for p in present]))
-        return mask_weights(logits, self.spec, self.training, noise)
+        return mask_choice(logits, self.spec, self.training, noise)
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        w = self.weights(present)
+        w, chosen = self.choice(present)
         if len(self.ln_w):  # one stack for every site
             ln_w = torch.stack([self.ln_w[p] for p in present])
             ln_b = torch.stack([self.ln_b[p] for p in present])
         out: list[Route | None] = [None] * self.L
         for g, sites in enumerate(self.shape_groups):
-            a_hat, b_hat = self.mix_group(g, w)   # every site of this shape in two bmm's
+            a_hat, b_hat = self.mix_group(g, w, chosen)   # every site of this shape in two mixes
             for i, l in enumerate(sites):
                 ln = (ln_w[:, l], ln_b[:, l]) if len(self.ln_w) else (None, None)
                 out[l] = Route(a_hat[i], b_hat[i], *ln, rows)
