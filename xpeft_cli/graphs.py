@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import fused
 from .train import compute_context
 
 
@@ -78,16 +79,19 @@ class GraphedForward:
 def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=()):
     """(graph, fn's output) with fn() captured as a CUDA graph, after `warmup` runs on a side
     stream (as capture requires). Autocast inside fn must not cache casts; custom generators
-    that fn draws from must be listed, so that every replay advances them."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    for g in generators:
-        graph.register_generator_state(g)
-    with torch.cuda.graph(graph, pool=pool):
-        out = fn()
+    that fn draws from must be listed, so that every replay advances them. Inside a graph the
+    host's time no longer counts, so fn runs with the fused kernels (fused.py), compiled by the
+    warm-up runs."""
+    with fused.compiled():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        for g in generators:
+            graph.register_generator_state(g)
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
     return graph, out

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .masks import MaskSpec, gumbel, mask_choice, soft_weights
 from .mixing import mix
 from .model import TASK_REGRESSION, _set_submodule, mean_pool
@@ -77,10 +78,9 @@ class RoutedLinear(nn.Module):
             h = x3 @ _cast(r.a_hat[0], x, auto)
         else:
             h = torch.bmm(x3, _cast(r.a_hat[r.rows], x, auto))
-        if self.ln:
-            h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
-            if r.ln_w is not None:
-                h = h * r.ln_w[r.rows].unsqueeze(1).to(h.dtype) + r.ln_b[r.rows].unsqueeze(1).to(h.dtype)
+        if self.ln:  # each row with its own profile's affine
+            affine = (r.ln_w[r.rows].unsqueeze(1), r.ln_b[r.rows].unsqueeze(1)) if r.ln_w is not None else (None, None)
+            h = fused.layer_norm(h, *affine, self.ln_eps)
         if r.b_hat.shape[0] == 1:
             d = h @ _cast(r.b_hat[0], h, auto)
         else:
@@ -96,7 +96,7 @@ class RoutedLinear(nn.Module):
         a = _cast(r.a, x, auto)
         h = x3 @ a[0] if one else torch.bmm(x3, a)
         if self.ln:
-            h = F.layer_norm(h, (self.rank,), eps=self.ln_eps)
+            h = fused.layer_norm(h, None, None, self.ln_eps)
         if r.affine:  # the column of ones that picks up β B̂
             h = F.pad(h, (0, 1), value=1.0)
         b = _cast(r.b, h, auto)
