@@ -78,7 +78,8 @@ def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator,
                 p.copy_(tensors[f"param.{n}"].to(dev))
     for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         if f"adam.{i}.step" in tensors:
-            opt.state[p] = {"step": tensors[f"adam.{i}.step"].reshape(()).clone(),
+            step = tensors[f"adam.{i}.step"].reshape(()).clone()
+            opt.state[p] = {"step": step.to(dev) if opt.defaults.get("capturable") else step,  # as AdamW keeps it
                             "exp_avg": tensors[f"adam.{i}.exp_avg"].reshape(p.shape).to(dev),
                             "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].reshape(p.shape).to(dev)}
     gumbel.set_state(tensors["rng.gumbel"])

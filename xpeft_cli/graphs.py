@@ -1,14 +1,17 @@
-"""CUDA graphs for serving: capture the routed forward once per padded batch shape, then replay it.
+"""CUDA graphs for serving and training: capture a forward (or a whole training step) once per
+padded batch shape, then replay it.
 
 A forward of a bert-base-sized encoder is a few hundred small kernels. Where the host issues
 them more slowly than the GPU runs them (measured on an H100 at 64×128: 13.4 ms a batch eager,
 6.1 ms of it GPU kernels), replaying a captured graph removes the launch cost. Graphs need fixed shapes and no
 host syncs: batches are padded to `batch_size` rows and to a length bucket, and the model runs
 its per-row route (RoutedModel.forward_rows), which mixes Â, B̂ for every row on the device.
+A fit's step is captured whole (GraphedTrainStep): forward, loss, backward and AdamW.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import fused
 from .train import compute_context
@@ -76,12 +79,115 @@ class GraphedForward:
         return graph, static, out
 
 
-def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=()):
+class GraphedTrainStep:
+    """A fit's training step (forward, loss, backward, AdamW) as CUDA graphs, one per length bucket.
+
+    Batches are padded to `rows` rows and to a bucket of `bucket` tokens. Padded rows hold one
+    attention token and weigh 0 in the loss, which is the mean over the real rows, as an eager
+    step's: they give no gradient. Each graph writes gradient buffers of its own (grads are None
+    when it is captured) and reads them in its own AdamW step; the optimizer state is shared.
+    The optimizer must be capturable, with its learning rates in device tensors that the caller
+    sets before each call. Warm-up runs before a capture are undone (parameters and optimizer
+    state restored in place), so a graphed fit takes exactly the steps it counts.
+    """
+
+    def __init__(self, model, opt: torch.optim.Optimizer, task_regression: bool, rows: int, max_length: int,
+                 device: torch.device, precision: str = "auto", bucket: int = 32, pad_id: int = 0,
+                 generators=()):
+        if device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        if not opt.defaults.get("capturable"):
+            raise ValueError("a graphed step needs a capturable optimizer")
+        self.model, self.opt, self.regression, self.rows = model, opt, task_regression, rows
+        self.max_length, self.device, self.precision, self.bucket, self.pad_id = max_length, device, precision, bucket, pad_id
+        self.generators = list(generators)
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
+        self.pool = None
+
+    def __call__(self, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """One step on `batch` (on the device) with `targets` (n,): returns the loss (0-d, on the device)."""
+        n, t = batch["input_ids"].shape
+        if n > self.rows:
+            raise ValueError(f"batch of {n} rows, graphs hold {self.rows}")
+        length = min(self.max_length, -(-t // self.bucket) * self.bucket)
+        key = (length, "token_type_ids" in batch)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(*key, batch, targets)
+        graph, static, loss = self.graphs[key]
+        self._fill(static, batch, targets)
+        graph.replay()
+        return loss
+
+    def _fill(self, static: dict, batch: dict, targets: torch.Tensor) -> None:
+        n, t = batch["input_ids"].shape
+        for name, value in batch.items():
+            static[name].fill_(self.pad_id if name == "input_ids" else 0)
+            static[name][:n, :t].copy_(value)
+        static["attention_mask"][n:, 0] = 1      # an all-masked row would give NaNs
+        static["targets"].zero_()
+        static["targets"][:n].copy_(targets.to(self.device, non_blocking=True))
+        static["weight"].zero_()
+        static["weight"][:n] = 1.0 / n
+
+    def _capture(self, length: int, token_types: bool, batch: dict, targets: torch.Tensor):
+        shape = (self.rows, length)
+        static = {"input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
+                  "attention_mask": torch.zeros(shape, dtype=torch.long, device=self.device),
+                  "targets": torch.zeros(self.rows, dtype=torch.float32 if self.regression else torch.long,
+                                         device=self.device),
+                  "weight": torch.zeros(self.rows, device=self.device)}
+        if token_types:
+            static["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=self.device)
+        self._fill(static, batch, targets)   # warm up on a real batch
+        inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in static]
+
+        def step() -> torch.Tensor:
+            self.opt.zero_grad(set_to_none=True)   # at capture: this graph's own, freshly written grads
+            with compute_context(self.device, self.precision, cache_casts=False):
+                out = self.model(**{k: static[k] for k in inputs})
+            lossfn = F.mse_loss if self.regression else F.cross_entropy
+            loss = (lossfn(out.float(), static["targets"], reduction="none") * static["weight"]).sum()
+            loss.backward()
+            self.opt.step()
+            return loss.detach()
+
+        saved = self._snapshot()
+        try:
+            graph, loss = capture(step, self.device, warmup=2, pool=self.pool, generators=self.generators,
+                                  after_warmup=lambda: self._restore(saved))
+        finally:
+            self.opt.zero_grad(set_to_none=True)   # the next capture must not accumulate into these
+        self.pool = graph.pool()
+        return graph, static, loss
+
+    def _snapshot(self):
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        state = [{k: v.clone() for k, v in self.opt.state[p].items() if torch.is_tensor(v)} for p in params]
+        return [p.detach().clone() for p in params], state
+
+    @torch.no_grad()
+    def _restore(self, saved) -> None:
+        """Undo the warm-up steps in place: graphs captured before hold these very tensors."""
+        values, states = saved
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        for p, v, st in zip(params, values, states):
+            p.copy_(v)
+            current = self.opt.state.get(p, {})
+            for k in list(current):
+                if k in st:
+                    current[k].copy_(st[k])
+            if not st:   # state that the warm-up created: a first step starts from zeros
+                for t in current.values():
+                    if torch.is_tensor(t):
+                        t.zero_()
+
+
+def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=(), after_warmup=None):
     """(graph, fn's output) with fn() captured as a CUDA graph, after `warmup` runs on a side
     stream (as capture requires). Autocast inside fn must not cache casts; custom generators
     that fn draws from must be listed, so that every replay advances them. Inside a graph the
     host's time no longer counts, so fn runs with the fused kernels (fused.py), compiled by the
-    warm-up runs."""
+    warm-up runs. `after_warmup()` runs between warm-up and capture (to undo side effects)."""
     with fused.compiled():
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -89,6 +195,8 @@ def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=())
             for _ in range(warmup):
                 fn()
         torch.cuda.current_stream(device).wait_stream(side)
+        if after_warmup is not None:
+            after_warmup()
         graph = torch.cuda.CUDAGraph()
         for g in generators:
             graph.register_generator_state(g)

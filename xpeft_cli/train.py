@@ -51,6 +51,7 @@ class FitConfig:
     head: str = "auto"        # auto: reuse the bank's shared head if it has one (not stored) | own
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more time
     precision: str = "auto"   # auto (bf16 autocast on a GPU, fp32 on CPU) | bf16 | fp32
+    cuda_graphs: bool = False  # capture each step as a CUDA graph (graphs.GraphedTrainStep)
 
 
 @dataclass
@@ -171,6 +172,10 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
 
     w = world(cfg.device)  # one process, or one of several sharing each batch (distributed.py)
     device = w.device
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise UsageError("--cuda-graphs needs a CUDA device")
+    if cfg.cuda_graphs and (cfg.gradient_checkpointing or w.size > 1):
+        raise UsageError("--cuda-graphs runs single-process fits without --gradient-checkpointing")
     torch.manual_seed(cfg.seed)  # dropout inside the frozen PLM
     encoder, tokenizer = load_encoder(bank.plm)
     gumbel = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -196,16 +201,29 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             model.gradient_checkpointing()
         except ValueError as exc:
             raise UsageError(f"--gradient-checkpointing: {exc}") from None
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    groups = [g for g in groups if g["params"]]
+    base_lrs = [g["lr"] for g in groups]
+    graphed = None
+    if cfg.cuda_graphs:
+        from .graphs import GraphedTrainStep  # graphs.py builds on this module
+
+        # learning rates in device tensors, which the captured AdamW reads at every replay
+        opt = torch.optim.AdamW([g | {"lr": torch.tensor(g["lr"], device=device)} for g in groups],
+                                weight_decay=0.0, capturable=True)
+        graphed = GraphedTrainStep(model, opt, task == TASK_REGRESSION, cfg.batch_size,
+                                   min(cfg.max_length, max_tokens(encoder)), device, cfg.precision,
+                                   pad_id=tokenizer.pad_token_id or 0,
+                                   generators=[gumbel] if cfg.method == "x-peft" else [])
+    else:
+        opt = torch.optim.AdamW(groups, weight_decay=0.0)
     trainable = [p for g in opt.param_groups for p in g["params"]]
-    base_lrs = [g["lr"] for g in opt.param_groups]
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     total = n_batches * cfg.epochs
     loss_fn = torch.nn.MSELoss() if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss()
     order_gen = torch.Generator().manual_seed(cfg.seed)
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
 
-    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "head",
+    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "head", "cuda_graphs",
                                                                      "gradient_checkpointing")} | {"name": name, "bank": bank.bank_hash}
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
@@ -231,17 +249,24 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     idx, weight = share(idx, w)
                 batch = collate(tokenizer, enc_train, idx, device)
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
-                    g["lr"] = base * max(0.0, 1.0 - step / total)
-                with compute_context(device, cfg.precision):
-                    out = model(**batch)
-                loss = loss_fn(out.float(), targets[idx].to(device))
-                if w.size > 1:
-                    loss = loss * weight  # the shares' weighted means sum to the whole batch's mean
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if w.size > 1:
-                    loss = w.sum_grads_(trainable, loss.detach())
-                opt.step()
+                    lr = base * max(0.0, 1.0 - step / total)
+                    if graphed is None:
+                        g["lr"] = lr
+                    else:
+                        g["lr"].fill_(lr)
+                if graphed is not None:
+                    loss = graphed(batch, targets[idx])
+                else:
+                    with compute_context(device, cfg.precision):
+                        out = model(**batch)
+                    loss = loss_fn(out.float(), targets[idx].to(device))
+                    if w.size > 1:
+                        loss = loss * weight  # the shares' weighted means sum to the whole batch's mean
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if w.size > 1:
+                        loss = w.sum_grads_(trainable, loss.detach())
+                    opt.step()
                 step += 1
                 loss_value = loss.item()
                 rec = {"epoch": epoch, "step": step, "loss": round(loss_value, 6)}
@@ -268,7 +293,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             log.close()
     seconds = time.perf_counter() - t0
     counts = Counter(label_key(v) for v in train.labels)
-    meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels")} | {"k": k, "task": task,
+    meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "cuda_graphs")} | {"k": k, "task": task,
             "train_rows": len(train), "steps": step, "label_counts": dict(counts.most_common())}}
     model.eval()
     if cfg.method == "x-peft":

@@ -67,6 +67,10 @@ def fit(
     log: OptPath = typer.Option(None, "--log", help="Loss log, JSONL (default: beside the output, NAME.fit.jsonl)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations "
                                                 "in the backward pass: less memory for long inputs, more time."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Capture each training step as a CUDA graph "
+                                     "(one per length bucket of 32 tokens; batches padded to --batch-size rows): "
+                                     "the GPU runs steps back to back, with fused LN and mixing kernels. "
+                                     "Single-process fits on a GPU."),
     own_head: bool = typer.Option(False, "--own-head", help="Train a head for the profile even when the bank "
                                   "carries a shared one (mtl banks); by default it is reused and not stored."),
     devices: int = DevicesOpt,
@@ -91,11 +95,12 @@ def fit(
         if profile or task_preset or resume or checkpoint_every:
             raise UsageError("--profile-column fits every profile of --data; it does not combine with --profile, "
                              "--task, --checkpoint-every or --resume")
-        if gradient_checkpointing:
-            raise UsageError("--gradient-checkpointing is for single-profile fits")
+        if gradient_checkpointing or cuda_graphs:
+            raise UsageError("--gradient-checkpointing and --cuda-graphs are for single-profile fits")
         return _fit_many(**{k: v for k, v in locals().items() if k not in ("profile", "task_preset", "resume",
                                                                           "checkpoint_every", "data_dir",
-                                                                          "gradient_checkpointing", "devices")})
+                                                                          "gradient_checkpointing", "devices",
+                                                                          "cuda_graphs")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
     if mask not in ("hard", "soft"):
@@ -130,7 +135,7 @@ def fit(
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
                     val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
                     head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing,
-                    precision=precision)
+                    precision=precision, cuda_graphs=cuda_graphs)
     what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
