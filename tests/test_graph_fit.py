@@ -40,7 +40,6 @@ def test_graphed_fit_follows_the_eager_fit(tiny_bert_nodrop, tmp_path, mask):
     lg = [h["loss"] for h in graphed.history if "loss" in h]
     assert len(le) == len(lg) == 18
     assert lg == pytest.approx(le, rel=1e-3, abs=1e-4)
-    assert le[-1] < le[0]
     for e, g in zip(eager.model.mask_logits(), graphed.model.mask_logits()):
         torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(graphed.model.head.weight, eager.model.head.weight, rtol=1e-3, atol=1e-4)
