@@ -17,69 +17,92 @@ from . import fused
 from .train import compute_context
 
 
-class GraphedForward:
-    """RoutedModel.forward_rows as CUDA graphs, one per (length bucket, token types) shape.
+class _BucketedGraphs:
+    """Graphs keyed by (length bucket, token types): static inputs of `rows` × bucket tokens that
+    every call pads into, and one memory pool that the graphs share."""
 
-    Rows past a batch's end are padding: one attention token each (an all-masked row would
-    give NaNs), profile 0, their outputs dropped. Graphs share one memory pool.
-    """
-
-    def __init__(self, model, batch_size: int, max_length: int, device: torch.device, precision: str = "auto",
-                 bucket: int = 32, pad_id: int = 0):
+    def __init__(self, rows: int, max_length: int, device: torch.device, precision: str, bucket: int, pad_id: int):
         if device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        self.model, self.rows, self.max_length, self.device = model, batch_size, max_length, device
+        self.rows, self.max_length, self.device = rows, max_length, device
         self.precision, self.bucket, self.pad_id = precision, bucket, pad_id
-        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool], tuple] = {}
         self.pool = None
 
     def length(self, t: int) -> int:
         return min(self.max_length, -(-t // self.bucket) * self.bucket)
 
-    def __call__(self, batch: dict[str, torch.Tensor], row_ids: torch.Tensor) -> torch.Tensor:
-        """Outputs for `batch` (on the device) whose rows have profiles `row_ids` (CPU or device)."""
+    def key(self, batch: dict[str, torch.Tensor]) -> tuple[int, bool]:
         n, t = batch["input_ids"].shape
         if n > self.rows:
             raise ValueError(f"batch of {n} rows, graphs hold {self.rows}")
-        key = (self.length(t), "token_type_ids" in batch)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(*key)
-        graph, static, out = self.graphs[key]
-        full = n == self.rows and t == key[0]  # the common case: no padding to write, a copy per input
+        return self.length(t), "token_type_ids" in batch
+
+    def _inputs(self, length: int, token_types: bool) -> dict[str, torch.Tensor]:
+        shape = (self.rows, length)
+        static = {"input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
+                  "attention_mask": torch.ones(shape, dtype=torch.long, device=self.device)}
+        if token_types:
+            static["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=self.device)
+        return static
+
+    def _copy_in(self, static: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> None:
+        """`batch` into the static inputs; rows past its end are padding with one attention token
+        each (an all-masked row would give NaNs)."""
+        n, t = batch["input_ids"].shape
+        full = n == self.rows and t == static["input_ids"].shape[1]  # the common case: a copy per input
         for name, value in batch.items():
             if not full:
                 static[name].fill_(self.pad_id if name == "input_ids" else 0)
             static[name][:n, :t].copy_(value)
         if n < self.rows:
             static["attention_mask"][n:, 0] = 1
+
+    def _capture(self, fn, **kw):
+        graph, out = capture(fn, self.device, pool=self.pool, **kw)
+        self.pool = graph.pool()
+        return graph, out
+
+
+class GraphedForward(_BucketedGraphs):
+    """RoutedModel.forward_rows as CUDA graphs, one per (length bucket, token types) shape.
+
+    Rows past a batch's end are padding: one attention token each, profile 0, their outputs dropped.
+    """
+
+    def __init__(self, model, batch_size: int, max_length: int, device: torch.device, precision: str = "auto",
+                 bucket: int = 32, pad_id: int = 0):
+        super().__init__(batch_size, max_length, device, precision, bucket, pad_id)
+        self.model = model
+
+    def __call__(self, batch: dict[str, torch.Tensor], row_ids: torch.Tensor) -> torch.Tensor:
+        """Outputs for `batch` (on the device) whose rows have profiles `row_ids` (CPU or device)."""
+        key = self.key(batch)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture_forward(*key)
+        graph, static, out = self.graphs[key]
+        n = batch["input_ids"].shape[0]
+        self._copy_in(static, batch)
+        if n < self.rows:
             static["row_ids"][n:].zero_()
         static["row_ids"][:n].copy_(row_ids, non_blocking=True)
         graph.replay()
         return out[:n].clone()
 
-    def _inputs(self, length: int, token_types: bool) -> dict[str, torch.Tensor]:
-        shape = (self.rows, length)
-        static = {"input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
-                  "attention_mask": torch.ones(shape, dtype=torch.long, device=self.device),
-                  "row_ids": torch.zeros(self.rows, dtype=torch.long, device=self.device)}
-        if token_types:
-            static["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=self.device)
-        return static
-
     @torch.no_grad()
-    def _capture(self, length: int, token_types: bool):
+    def _capture_forward(self, length: int, token_types: bool):
         static = self._inputs(length, token_types)
+        static["row_ids"] = torch.zeros(self.rows, dtype=torch.long, device=self.device)
 
         def forward():
             with compute_context(self.device, self.precision, cache_casts=False):
                 return self.model.forward_rows(**static)
 
-        graph, out = capture(forward, self.device, pool=self.pool)
-        self.pool = graph.pool()
+        graph, out = self._capture(forward)
         return graph, static, out
 
 
-class GraphedTrainStep:
+class GraphedTrainStep(_BucketedGraphs):
     """A fit's training step (forward, loss, backward, AdamW) as CUDA graphs, one per length bucket.
 
     Batches are padded to `rows` rows and to a bucket of `bucket` tokens. Padded rows hold one
@@ -94,58 +117,43 @@ class GraphedTrainStep:
     def __init__(self, model, opt: torch.optim.Optimizer, task_regression: bool, rows: int, max_length: int,
                  device: torch.device, precision: str = "auto", bucket: int = 32, pad_id: int = 0,
                  generators=()):
-        if device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
+        super().__init__(rows, max_length, device, precision, bucket, pad_id)
         if not opt.defaults.get("capturable"):
             raise ValueError("a graphed step needs a capturable optimizer")
-        self.model, self.opt, self.regression, self.rows = model, opt, task_regression, rows
-        self.max_length, self.device, self.precision, self.bucket, self.pad_id = max_length, device, precision, bucket, pad_id
+        self.model, self.opt, self.regression = model, opt, task_regression
         self.generators = list(generators)
-        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, dict, torch.Tensor]] = {}
-        self.pool = None
 
     def __call__(self, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """One step on `batch` (on the device) with `targets` (n,): returns the loss (0-d, on the device)."""
-        n, t = batch["input_ids"].shape
-        if n > self.rows:
-            raise ValueError(f"batch of {n} rows, graphs hold {self.rows}")
-        length = min(self.max_length, -(-t // self.bucket) * self.bucket)
-        key = (length, "token_type_ids" in batch)
+        key = self.key(batch)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(*key, batch, targets)
+            self.graphs[key] = self._capture_step(*key, batch, targets)
         graph, static, loss = self.graphs[key]
         self._fill(static, batch, targets)
         graph.replay()
         return loss
 
     def _fill(self, static: dict, batch: dict, targets: torch.Tensor) -> None:
-        n, t = batch["input_ids"].shape
-        for name, value in batch.items():
-            static[name].fill_(self.pad_id if name == "input_ids" else 0)
-            static[name][:n, :t].copy_(value)
-        static["attention_mask"][n:, 0] = 1      # an all-masked row would give NaNs
+        n = batch["input_ids"].shape[0]
+        self._copy_in(static, batch)
         static["targets"].zero_()
         static["targets"][:n].copy_(targets.to(self.device, non_blocking=True))
         static["weight"].zero_()
         static["weight"][:n] = 1.0 / n
 
-    def _capture(self, length: int, token_types: bool, batch: dict, targets: torch.Tensor):
-        shape = (self.rows, length)
-        static = {"input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
-                  "attention_mask": torch.zeros(shape, dtype=torch.long, device=self.device),
-                  "targets": torch.zeros(self.rows, dtype=torch.float32 if self.regression else torch.long,
-                                         device=self.device),
-                  "weight": torch.zeros(self.rows, device=self.device)}
-        if token_types:
-            static["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=self.device)
+    def _capture_step(self, length: int, token_types: bool, batch: dict, targets: torch.Tensor):
+        static = self._inputs(length, token_types)
+        static["targets"] = torch.zeros(self.rows, dtype=torch.float32 if self.regression else torch.long,
+                                        device=self.device)
+        static["weight"] = torch.zeros(self.rows, device=self.device)
         self._fill(static, batch, targets)   # warm up on a real batch
         inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in static]
+        lossfn = F.mse_loss if self.regression else F.cross_entropy
 
         def step() -> torch.Tensor:
             self.opt.zero_grad(set_to_none=True)   # at capture: this graph's own, freshly written grads
             with compute_context(self.device, self.precision, cache_casts=False):
                 out = self.model(**{k: static[k] for k in inputs})
-            lossfn = F.mse_loss if self.regression else F.cross_entropy
             loss = (lossfn(out.float(), static["targets"], reduction="none") * static["weight"]).sum()
             loss.backward()
             self.opt.step()
@@ -153,33 +161,30 @@ class GraphedTrainStep:
 
         saved = self._snapshot()
         try:
-            graph, loss = capture(step, self.device, warmup=2, pool=self.pool, generators=self.generators,
-                                  after_warmup=lambda: self._restore(saved))
+            graph, loss = self._capture(step, generators=self.generators, after_warmup=lambda: self._restore(saved))
         finally:
             self.opt.zero_grad(set_to_none=True)   # the next capture must not accumulate into these
-        self.pool = graph.pool()
         return graph, static, loss
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
     def _snapshot(self):
-        params = [p for g in self.opt.param_groups for p in g["params"]]
+        params = self._params()
         state = [{k: v.clone() for k, v in self.opt.state[p].items() if torch.is_tensor(v)} for p in params]
         return [p.detach().clone() for p in params], state
 
     @torch.no_grad()
     def _restore(self, saved) -> None:
-        """Undo the warm-up steps in place: graphs captured before hold these very tensors."""
-        values, states = saved
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        for p, v, st in zip(params, values, states):
-            p.copy_(v)
-            current = self.opt.state.get(p, {})
-            for k in list(current):
-                if k in st:
-                    current[k].copy_(st[k])
-            if not st:   # state that the warm-up created: a first step starts from zeros
-                for t in current.values():
-                    if torch.is_tensor(t):
-                        t.zero_()
+        """Undo the warm-up steps in place: graphs captured before hold these very tensors. State
+        that the warm-up created goes back to zeros, where a first AdamW step starts."""
+        for p, value, before in zip(self._params(), *saved):
+            p.copy_(value)
+            for k, t in self.opt.state.get(p, {}).items():
+                if torch.is_tensor(t) and k in before:
+                    t.copy_(before[k])
+                elif torch.is_tensor(t):
+                    t.zero_()
 
 
 def capture(fn, device: torch.device, warmup: int = 2, pool=None, generators=(), after_warmup=None):

@@ -140,9 +140,11 @@ class XPeftModel(EncoderClassifier):
         both = both.view(len(self.sites), 2, -1)                                          # (L, 2, N)
         w, chosen = mask_choice(both, self.spec, self.training)
         L, n = bank_a.shape[:2]
-        part = [(None if t is None else t[:, i:i + 1]) for i in (0, 1) for t in (w, chosen)]
-        a_hat = mix(bank_a.reshape(L, n, -1), part[0], part[1]).view(L, *bank_a.shape[2:])
-        b_hat = mix(bank_b.reshape(L, n, -1), part[2], part[3]).view(L, *bank_b.shape[2:])
+        def half(t, i):  # the A (i = 0) or B (i = 1) rows, (L, 1, ·)
+            return None if t is None else t[:, i:i + 1]
+
+        a_hat = mix(bank_a.reshape(L, n, -1), half(w, 0), half(chosen, 0)).view(L, *bank_a.shape[2:])
+        b_hat = mix(bank_b.reshape(L, n, -1), half(w, 1), half(chosen, 1)).view(L, *bank_b.shape[2:])
         for s, a, b in zip(self.sites, a_hat.unbind(0), b_hat.unbind(0)):
             s._step = (a, b)
 
