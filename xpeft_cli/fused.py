@@ -81,9 +81,9 @@ def _has_triton() -> bool:
         return False
 
 
-def _kernel(name: str, fn):
+def _kernel(name: str, fn, dynamic: bool | None = None):
     if name not in _compiled:
-        _compiled[name] = torch.compile(fn, fullgraph=True)
+        _compiled[name] = torch.compile(fn, fullgraph=True, dynamic=dynamic)
     return _compiled[name]
 
 
@@ -92,7 +92,9 @@ def layer_norm(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     casts around it under autocast). Elsewhere: F.layer_norm as autocast would run it."""
     if h.is_cuda and enabled():
         with torch.autocast("cuda", enabled=False):
-            return _kernel("ln", _ln_float_inside)(h, weight, bias, eps)
+            # compiled for any number of rows at once: every length bucket of a fit or of the
+            # server meets a new shape, and each static recompile cost seconds on a cold cache
+            return _kernel("ln", _ln_float_inside, dynamic=True)(h, weight, bias, eps)
     return _ln(h, weight, bias, eps)
 
 
