@@ -105,6 +105,8 @@ def test_server_rows_match_each_profiles_own_model(nodrop_bank, masks, cache_gb)
                      for p in res.profiles.values()]
     server = ProfileServer(nodrop_bank, profiles, "cpu", cache_gb=cache_gb)
     assert server.cached == (cache_gb > 0)
+    # a precomputing server keeps only the precomputed rows, not the bank it mixed them from
+    assert hasattr(server.model.table, "stack_a0") == (cache_gb == 0)
     texts = ex.texts[:12]
     pid = [i % len(profiles) for i in range(12)]
     mixed = server.outputs(texts, None, pid, batch_size=12)

@@ -364,6 +364,19 @@ class FrozenMaskTable(_BankTable):
             self.register_buffer(f"mixed_b{g}", b, persistent=False)
         self.cached = True
 
+    def release_bank(self) -> int:
+        """After precompute(), drop what only mixing reads: the stacked bank, the mask tables and
+        the LN affines. A server that gathers precomputed rows never reads them again. Returns
+        the bytes freed."""
+        if not self.cached:
+            raise RuntimeError("release_bank() needs precompute() first")
+        names = [f"stack_{t}{g}" for g in range(len(self.shape_groups)) for t in "ab"]
+        names += ["bits", "k", "soft", "soft_slot"] + (["ln_w", "ln_b"] if self.has_ln else [])
+        freed = sum(getattr(self, n).nbytes for n in names)
+        for n in names:
+            delattr(self, n)
+        return freed
+
     def _gather(self, ids: torch.Tensor) -> list[RowRoute]:
         """Routes from the precomputed Â, B̂: two contiguous gathers per shape group."""
         out: list[RowRoute | None] = [None] * self.L

@@ -111,6 +111,7 @@ class ProfileServer:
             table.cast_bank(torch.bfloat16)
         if table.mixed_bytes() <= cache_gb * 2**30:  # every Â, B̂ mixed once: batches gather, not mix
             table.precompute()
+            table.release_bank()   # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
         self.cuda_graphs = cuda_graphs
         self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
 
