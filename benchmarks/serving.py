@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import random_bank  # noqa: E402
+from speed import random_bank, random_batch  # noqa: E402
 
 from xpeft_cli.graphs import GraphedForward, capture  # noqa: E402
 from xpeft_cli.masks import MaskSpec  # noqa: E402
@@ -172,8 +172,7 @@ def throughput(args, device) -> dict:
     model = server.model
     g = torch.Generator().manual_seed(0)
     b, t = args.batch, args.seq
-    batch = {"input_ids": torch.randint(1000, 20000, (b, t), generator=g).to(device),
-             "attention_mask": torch.ones(b, t, dtype=torch.long).to(device)}
+    batch = random_batch(b, t, device, g)
     def auto():  # what predict and eval run under: bf16 autocast on a GPU, no cuDNN attention
         return compute_context(device)
 

@@ -73,6 +73,12 @@ def _build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.M
     return model
 
 
+def random_batch(rows: int, seq: int, device, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random token ids, every position attended: what a step costs does not depend on the words."""
+    return {"input_ids": torch.randint(1000, 20000, (rows, seq), generator=generator).to(device),
+            "attention_mask": torch.ones(rows, seq, dtype=torch.long).to(device)}
+
+
 class Stepper:
     """One configuration's model, optimizer and batch: runs timed steps, returns ms per step."""
 
@@ -223,8 +229,7 @@ def main() -> None:
     plan += [("soft:unfused", 400, bf16_bank), ("hard:unfused", 400, bf16_bank)]
     plan += [("soft:reference", n, bf16_bank) for n in args.reference_ns]
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 20000, (args.batch, args.seq), generator=g).to(device),
-             "attention_mask": torch.ones(args.batch, args.seq, dtype=torch.long).to(device)}
+    batch = random_batch(args.batch, args.seq, device, g)
     labels = torch.randint(0, 2, (args.batch,), generator=g).to(device)
     rows = []
     if args.skip_sequential:
@@ -261,8 +266,7 @@ def main() -> None:
     for r in rows:
         r["vs_single_adapter"] = round(r["train_ms"] / (lora_c if "compile" in r["config"] else lora), 3)
     memory = []
-    long = {"input_ids": torch.randint(1000, 20000, (args.batch, args.memory_seq), generator=g).to(device),
-            "attention_mask": torch.ones(args.batch, args.memory_seq, dtype=torch.long).to(device)}
+    long = random_batch(args.batch, args.memory_seq, device, g)
     for kind, n in (("single_adapter", 0), ("hard", 400)) if not args.skip_sequential else ():
         for ck in (False, True):
             model = build(kind, n, cfg, device, bf16_bank, checkpointing=ck)

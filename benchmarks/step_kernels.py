@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import RESULTS, Stepper, build  # noqa: E402
+from speed import RESULTS, Stepper, build, random_batch  # noqa: E402
 
 from xpeft_cli import fused  # noqa: E402
 
@@ -72,8 +72,7 @@ def main() -> None:
         cfg = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
         batch_shape, args.configs = (4, 16), [c.replace("800", "16").replace("100", "8") for c in args.configs]
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(1000, 20000, batch_shape, generator=g).to(device),
-             "attention_mask": torch.ones(*batch_shape, dtype=torch.long).to(device)}
+    batch = random_batch(*batch_shape, device, g)
     labels = torch.randint(0, 2, (batch_shape[0],), generator=g).to(device)
     dtype = torch.bfloat16 if cuda else None
     table: dict[str, dict[str, float]] = {}

@@ -64,24 +64,29 @@ def hard_soft_and_choice(logits: torch.Tensor, k: int, nu: float, tau: float,
     return y_soft, topk_indices(y_soft, k)
 
 
+def straight_through(y_soft: torch.Tensor | None, chosen: torch.Tensor, n: int,
+                     dtype=torch.float32) -> torch.Tensor:
+    """A hard choice as dense weights: value k-hot/k (y_hard − y_soft.detach() + y_soft), gradient
+    that of y_soft; without y_soft (inference), k-hot/k alone."""
+    y_hard = khot(chosen, n, dtype) / chosen.shape[-1]
+    return y_hard if y_soft is None else y_hard - y_soft.detach() + y_soft
+
+
 def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Algorithm 1 as dense weights: forward value k-hot/k; gradient that of y_soft."""
     y_soft, chosen = hard_soft_and_choice(logits, k, nu, tau, generator, noise)
-    y_hard = khot(chosen, logits.shape[-1], logits.dtype) / k
-    return y_hard - y_soft.detach() + y_soft
+    return straight_through(y_soft, chosen, logits.shape[-1], logits.dtype)
 
 
 def hard_inference_weights(logits: torch.Tensor, k: int) -> torch.Tensor:
-    return khot(topk_indices(logits, k), logits.shape[-1], logits.dtype) / k
+    return straight_through(None, topk_indices(logits, k), logits.shape[-1], logits.dtype)
 
 
 def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
-    if spec.kind == "soft":
-        return soft_weights(logits)
-    if training:
-        return hard_topk_st(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
-    return hard_inference_weights(logits, spec.k)
+    """Dense mixing weights (softmax, or a hard mask's straight-through k-hot/k): mask_choice, densified."""
+    w, chosen = mask_choice(logits, spec, training, noise)
+    return w if chosen is None else straight_through(w, chosen, logits.shape[-1], logits.dtype)
 
 
 def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
+from .masks import straight_through
 
 
 def chosen_mean(bank: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -69,11 +70,9 @@ def mix(bank: torch.Tensor, w: torch.Tensor | None, chosen: torch.Tensor | None 
     grad = w is not None and w.requires_grad and torch.is_grad_enabled()
     if chosen is None:
         return _Mix.apply(w, None, bank) if grad else _dense(bank, w)
-    g, n, _ = bank.shape
+    n = bank.shape[1]
     r, k = chosen.shape[1:]
     if r * k < n:
         return _Mix.apply(w, chosen, bank) if grad else chosen_mean(bank, chosen)
-    dense = torch.zeros(g, r, n, dtype=torch.float32, device=chosen.device).scatter_(-1, chosen, 1.0 / k)
-    if w is not None:  # y_hard − y_soft.detach() + y_soft
-        dense = dense - w.detach() + w
+    dense = straight_through(w, chosen, n)
     return _Mix.apply(dense, None, bank) if grad else _dense(bank, dense)
