@@ -16,7 +16,7 @@ from .mixing import mix
 
 class XPeftLinear(nn.Module):
     def __init__(self, base: nn.Linear, bank_a: torch.Tensor, bank_b: torch.Tensor, spec: MaskSpec,
-                 ln: bool = True, ln_eps: float = 1e-5, scale: float = 1.0):
+                 ln: bool = True, ln_eps: float = 1e-5, scale: float = 1.0, out_vector: bool = False):
         super().__init__()
         n, d_in, rank = bank_a.shape
         if d_in != base.in_features or bank_b.shape != (n, rank, base.out_features):
@@ -29,6 +29,9 @@ class XPeftLinear(nn.Module):
         self.logits_b = nn.Parameter(torch.zeros(n))
         self.ln = nn.LayerNorm(rank, eps=ln_eps) if ln else None
         self.scale = scale
+        # VeRA-style per-output scaling of the delta, zero at start so the site starts as the PLM's own
+        # (as a LoRA does with B = 0); a profile's d_out floats per site when used.
+        self.out_scale = nn.Parameter(torch.zeros(base.out_features)) if out_vector else None
         self.spec = spec
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # mixed for all sites at once by the model
@@ -75,6 +78,8 @@ class XPeftLinear(nn.Module):
         if self.ln is not None:  # one fused kernel each way on a GPU (fused.py)
             h = fused.layer_norm(h, self.ln.weight, self.ln.bias, self.ln.eps)
         d = h @ (b_hat if auto else b_hat.to(h.dtype))
+        if self.out_scale is not None:
+            d = d * self.out_scale.to(d.dtype)
         return d if self.scale == 1.0 else self.scale * d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,9 @@ class MaskSpec:
     nu: float = 0.3      # Gumbel noise level ν (default chosen by measurement, see benchmarks/)
     tau: float = 1.0     # softmax temperature τ
     generator: torch.Generator | None = None  # seeded source of the Gumbel noise
+    # Soft-to-hard annealing: while training, a hard mask's forward value is
+    # α·(k-hot/k) + (1−α)·y_soft; the fit raises α from 0 to 1 over its warm-up (FitConfig.soft_warmup).
+    alpha: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("hard", "soft"):
@@ -97,7 +100,11 @@ def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,
     if spec.kind == "soft":
         return soft_weights(logits), None
     if training:
-        return hard_soft_and_choice(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
+        y_soft, chosen = hard_soft_and_choice(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
+        if spec.alpha < 1.0:  # annealing: a dense blend, y_soft + α·(y_hard − sg(y_soft)); gradient that of y_soft
+            y_hard = khot(chosen, logits.shape[-1], logits.dtype) / chosen.shape[-1]
+            return y_soft + spec.alpha * (y_hard - y_soft.detach()), None
+        return y_soft, chosen
     return None, topk_indices(logits, spec.k)
 
 

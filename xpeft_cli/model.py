@@ -81,7 +81,7 @@ class XPeftModel(EncoderClassifier):
     """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""
 
     def __init__(self, encoder: nn.Module, bank: Bank, num_outputs: int, task: str = TASK_CLASSIFICATION,
-                 spec: MaskSpec | None = None, seed: int = 0):
+                 spec: MaskSpec | None = None, seed: int = 0, ln_init: float = 1.0, out_vector: bool = False):
         super().__init__(encoder, num_outputs, task, seed)
         self.bank_hash = bank.bank_hash
         self.spec = spec or MaskSpec()
@@ -93,7 +93,10 @@ class XPeftModel(EncoderClassifier):
             if not isinstance(base, nn.Linear):
                 raise ValueError(f"{site.name} is not an nn.Linear in this model")
             layer = XPeftLinear(base, a, b, self.spec, ln=bank.config.ln, ln_eps=bank.config.ln_eps,
-                                scale=bank.config.scale)
+                                scale=bank.config.scale, out_vector=out_vector)
+            if layer.ln is not None and ln_init != 1.0:  # LN's γ at start (0: the site starts as the PLM's own)
+                with torch.no_grad():
+                    layer.ln.weight.fill_(ln_init)
             _set_submodule(encoder, site.name, layer)
             self.sites.append(layer)
 
@@ -171,5 +174,8 @@ class XPeftModel(EncoderClassifier):
     def ln_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.sites if s.ln is not None for p in s.ln.parameters()]
 
+    def out_parameters(self) -> list[nn.Parameter]:
+        return [s.out_scale for s in self.sites if s.out_scale is not None]
+
     def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.mask_parameters() + self.ln_parameters())
+        return sum(p.numel() for p in self.mask_parameters() + self.ln_parameters() + self.out_parameters())

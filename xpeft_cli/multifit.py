@@ -22,7 +22,7 @@ import json
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
 from .profile import Profile
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .train import FitConfig, compute_context, collate, pretokenize, task_and_labels, uses_bf16
+from .train import FitConfig, _settings, compute_context, collate, pretokenize, task_and_labels, uses_bf16
 
 
 @dataclass
@@ -93,6 +93,8 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         raise DataError(f"{train.source}: training data needs labels")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
+    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft":
+        raise UsageError("fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init or peers")
     groups = train.by_profile()
     bank_head = bank.head
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
@@ -220,7 +222,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     profiles = {}
     for i, p in enumerate(plans):
         counts = Counter(label_key(train.labels[r]) for r in p.rows)
-        meta = {"fit": {k2: v for k2, v in asdict(cfg).items() if k2 not in ("device", "labels")}
+        meta = {"fit": {k2: v for k2, v in _settings(cfg).items() if k2 != "labels"}
                 | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": len(all_names),
                    "label_counts": {str(a): b for a, b in counts.most_common()}}}
         profiles[p.name] = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)

@@ -52,6 +52,12 @@ class FitConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more time
     precision: str = "auto"   # auto (bf16 autocast on a GPU, fp32 on CPU) | bf16 | fp32
     cuda_graphs: bool = False  # capture each step as a CUDA graph (graphs.GraphedTrainStep)
+    # Design knobs measured on the accuracy frontier (benchmarks/frontier.py); defaults keep the paper's site.
+    ln_init: float = 1.0       # the bottleneck LN's γ at start (0: each site starts as the PLM's own)
+    soft_warmup: float = 0.0   # hard masks: share of the steps over which the forward goes from soft to hard
+    out_vector: bool = False   # a per-site output scaling vector (VeRA's b), zero at start, d_out floats per site
+    lr_out: float = 1e-2       # its learning rate
+    peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only
 
 
 @dataclass
@@ -138,6 +144,17 @@ def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str
     return task, names
 
 
+_KNOBS = ("ln_init", "soft_warmup", "out_vector", "lr_out", "peer")
+
+
+def _settings(cfg: FitConfig) -> dict:
+    """The settings that define a fit's result, for its metadata and checkpoint: the design knobs only where
+    they differ from their defaults, so that fits which do not use them keep the bytes they always had."""
+    default = FitConfig()
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in ("device", "cuda_graphs") and not (k in _KNOBS and v == getattr(default, k))}
+
+
 def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConfig(),
                 eval_data: Examples | None = None,
                 on_step: Callable[[int, int, float], None] | None = None,
@@ -148,8 +165,12 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     With `checkpoint_path` and `checkpoint_every`, the state is saved every that many steps;
     `resume=True` continues from it and gives the same result as an uninterrupted fit.
     """
-    if cfg.method not in METHODS:
+    if cfg.method not in METHODS and not (cfg.method == "peft" and cfg.peer):
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
+    if not 0.0 <= cfg.soft_warmup <= 1.0:
+        raise UsageError("soft_warmup must be between 0 and 1")
+    if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0):
+        raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector or ln_init")
     if cfg.mask not in ("hard", "soft"):
         raise UsageError("--mask must be hard or soft")
     if resume and not checkpoint_path:
@@ -182,15 +203,22 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     n_out = 1 if task == TASK_REGRESSION else len(names)
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
-        model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed).to(device)
+        model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed, ln_init=cfg.ln_init,
+                           out_vector=cfg.out_vector).to(device)
         if device.type == "cuda" and uses_bf16(device, cfg.precision):
             model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
         groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
                   {"params": model.ln_parameters(), "lr": cfg.lr_ln},
-                  {"params": model.head_parameters(), "lr": cfg.lr_head}]
+                  {"params": model.head_parameters(), "lr": cfg.lr_head},
+                  {"params": model.out_parameters(), "lr": cfg.lr_out}]
         if shared is not None:
             model.use_shared_head(shared)
-            groups.pop()
+            groups[2]["params"] = []
+    elif cfg.method == "peft":
+        from .peers import PeerModel  # peft is imported only for peers
+
+        model = PeerModel(encoder, cfg.peer, [s.name for s in bank.sites], n_out, task=task, seed=cfg.seed).to(device)
+        groups = model.parameter_groups(cfg.lr_adapter, cfg.lr_head)
     else:
         model = BaselineModel(encoder, cfg.method, [s.name for s in bank.sites], bank.rank, n_out, task=task,
                               seed=cfg.seed).to(device)
@@ -223,8 +251,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     order_gen = torch.Generator().manual_seed(cfg.seed)
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
 
-    ckpt_config = {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "head", "cuda_graphs",
-                                                                     "gradient_checkpointing")} | {"name": name, "bank": bank.bank_hash}
+    ckpt_config = {k: v for k, v in _settings(cfg).items() if k not in ("labels", "head", "gradient_checkpointing")} \
+        | {"name": name, "bank": bank.bank_hash}
     fingerprint = ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else ""
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
@@ -248,6 +276,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                 if w.size > 1:
                     idx, weight = share(idx, w)
                 batch = collate(tokenizer, enc_train, idx, device)
+                if cfg.soft_warmup and cfg.method == "x-peft" and cfg.mask == "hard":  # soft → hard
+                    model.spec.alpha = min(1.0, step / (cfg.soft_warmup * total))
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
                     lr = base * max(0.0, 1.0 - step / total)
                     if graphed is None:
@@ -293,7 +323,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
             log.close()
     seconds = time.perf_counter() - t0
     counts = Counter(label_key(v) for v in train.labels)
-    meta = {"fit": {k: v for k, v in asdict(cfg).items() if k not in ("device", "labels", "cuda_graphs")} | {"k": k, "task": task,
+    meta = {"fit": {k: v for k, v in _settings(cfg).items() if k != "labels"} | {"k": k, "task": task,
             "train_rows": len(train), "steps": step, "label_counts": dict(counts.most_common())}}
     model.eval()
     if cfg.method == "x-peft":

@@ -1,0 +1,315 @@
+"""Accuracy against bytes per profile: X-PEFT designs and the peft peers, each with its own LR search.
+
+    python benchmarks/glue_grid.py export --data-dir ../shared/data --tasks cola sst2 mrpc stsb rte  # here
+    python benchmarks/frontier.py run --plan sweep --jobs 12 -o .devfrontier --model .devmodel/minilm-fp16  # GPU
+    python benchmarks/frontier.py report -o benchmarks/results/frontier --tag minilm      # here: table + PNG
+
+Every cell (one task, one method configuration, one learning rate) is a fit through
+`train.fit_profile`, the loop `xpeft fit` runs: the same tokenisation, batches, data order, linear
+schedule, bf16 autocast and mean-pooled head for every method. Peers come from Hugging Face peft
+(peers.py). A cell's score is the task's official GLUE metric on its dev split; its bytes are
+what one profile costs on disk: the `.xpm` file for X-PEFT (the bank is shared and not counted),
+peft's own saved state plus the head for a peer. Cells run in parallel worker processes (a
+MiniLM step is bound by kernel launches, so one GPU serves many), each written to OUT/cells/ as
+it finishes, so an interrupted run resumes and a later call adds to it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
+XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard"}  # the defaults every x-peft config starts from
+
+
+def xp(label: str, **over) -> dict:
+    return {"label": label, "family": "x-peft " + over.get("mask", "hard")} | XP | over
+
+
+def peer(kind: str, spec: str, lrs: list[float]) -> list[dict]:
+    return [{"label": f"{spec}@{lr:g}", "family": spec, "method": "peft", "peer": spec, "lr": lr} for lr in lrs]
+
+
+def plan(name: str) -> list[dict]:
+    """Method configurations, in the order they are run (most informative first)."""
+    if name == "sweep":
+        designs = [
+            xp("xp-base"),
+            xp("xp-lnlr", lr_ln=1e-2),
+            xp("xp-anneal", soft_warmup=0.5),
+            xp("xp-outvec", out_vector=True),
+            xp("xp-gamma0", ln_init=0.0, lr_ln=1e-2),
+            xp("xp-anneal-lnlr", soft_warmup=0.5, lr_ln=1e-2),
+            xp("xp-outvec-anneal-lnlr", out_vector=True, soft_warmup=0.5, lr_ln=1e-2),
+            xp("xp-soft", mask="soft"),
+            xp("xp-soft-lnlr", mask="soft", lr_ln=1e-2),
+            xp("xp-lr2x", lr_masks=0.1, lr_ln=2e-3, lr_head=6e-3),
+            xp("xp-lr0.5x", lr_masks=0.025, lr_ln=5e-4, lr_head=1.5e-3),
+            xp("xp-lnlr-head1e-2", lr_ln=1e-2, lr_head=1e-2),
+            xp("xp-r96-gamma0-lnlr", rank=96, ln_init=0.0, lr_ln=1e-2),
+        ]
+        peers = (peer("lora", "lora:r=24", [3e-4, 1e-3, 3e-3]) + peer("lora", "lora:r=4", [3e-4, 1e-3, 3e-3])
+                 + peer("lora", "lora:r=1", [3e-4, 1e-3, 3e-3]) + peer("vera", "vera:r=256", [3e-3, 1e-2, 3e-2])
+                 + peer("vblora", "vblora", [3e-3, 1e-2, 3e-2]) + peer("ia3", "ia3", [3e-3, 1e-2, 3e-2])
+                 + peer("head", "head", [3e-3, 1e-2, 3e-2]) + peer("bitfit", "bitfit", [1e-3, 3e-3, 1e-2]))
+        return designs + peers
+    if name == "smoke":  # seconds on a CPU, with --tiny data
+        return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
+                xp("xp-soft", n=8, mask="soft")] + peer("lora", "lora:r=2", [1e-3]) \
+            + peer("vera", "vera:r=16", [1e-2]) + peer("ia3", "ia3", [1e-2]) \
+            + peer("vblora", "vblora:r=2,num_vectors=16,vector_length=16,topk=2", [1e-2]) \
+            + peer("head", "head", [1e-2]) + peer("bitfit", "bitfit", [1e-3])
+    raise SystemExit(f"unknown plan {name!r}")
+
+
+def cell_id(task: str, cfg: dict) -> str:
+    return f"{task}--{cfg['label']}".replace("/", "_").replace(":", "_").replace("=", "")
+
+
+# ---- one cell ------------------------------------------------------------------------------
+_CACHE: dict = {}
+
+
+def _data(src: str, task: str, which: str, max_rows: int | None):
+    from xpeft_cli.data import Examples
+
+    key = ("data", task, which)
+    if key not in _CACHE:
+        d = json.loads(Path(src, f"{task}.{which}.json").read_text())
+        ex = Examples(d["texts"], d["pairs"], d["labels"], d["source"])
+        if which == "train" and max_rows and len(ex) > max_rows:
+            ex = ex.subset(sorted(random.Random(0).sample(range(len(ex)), max_rows)))
+        _CACHE[key] = ex
+    return _CACHE[key]
+
+
+def _bank(model: str | None, n: int, rank: int | None):
+    from xpeft_cli.bank import Bank
+    from xpeft_cli.plm import load_encoder, resolve_model
+
+    key = ("bank", n, rank)
+    if key not in _CACHE:
+        plm = resolve_model(model)
+        enc, _ = load_encoder(plm)
+        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0)
+    return _CACHE[key]
+
+
+def run_cell(task: str, cfg: dict, args) -> dict:
+    from xpeft_cli import xpm
+    from xpeft_cli.distributed import pick_device
+    from xpeft_cli.peers import profile_bytes
+    from xpeft_cli.tasks import official_metrics, preset
+    from xpeft_cli.train import FitConfig, fit_profile, score
+
+    p = preset(task)
+    train, dev = _data(args.src, task, "train", args.max_train_rows), _data(args.src, task, "dev", None)
+    fit_keys = set(FitConfig.__dataclass_fields__)
+    over = {k: v for k, v in cfg.items() if k in fit_keys}
+    base = FitConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, task=p.task_type,
+                     val_fraction=0.0, seed=args.seed)
+    if cfg["method"] == "peft":
+        lr = cfg["lr"]
+        fc = replace(base, method="peft", peer=cfg["peer"], lr_adapter=lr,
+                     lr_head=lr if cfg["peer"] == "head" else base.lr_head)
+    else:
+        fc = replace(base, **over)
+    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"))
+    t0 = time.perf_counter()
+    fit = fit_profile(bank, train, task, fc)
+    device = pick_device(fc.device)
+    y_dev = [float(v) for v in dev.labels] if p.task_type == "regression" else [fit.profile.labels.index(v) for v in dev.labels]
+    n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
+    _, preds = score(fit.model, fit.tokenizer, dev, y_dev, n_out, 128, fc.max_length, device, fc.precision)
+    metrics = official_metrics(p, y_dev, preds)
+    if cfg["method"] == "x-peft":
+        size = len(xpm.encode(fit.profile))
+        extra = sum(int(s.out_scale.numel()) * 2 for s in fit.model.sites if s.out_scale is not None)  # fp16
+        trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
+    else:
+        size, extra = profile_bytes(fit.profile.tensors), 0
+        trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
+    return {"task": task, "config": cfg, "score": metrics["score"], "metrics": metrics, "bytes": size + extra,
+            "trainable": int(trainable), "steps": fit.steps, "train_rows": len(train), "dev_rows": len(dev),
+            "seconds": round(time.perf_counter() - t0, 1), "epochs": fc.epochs, "batch_size": fc.batch_size,
+            "seed": fc.seed}
+
+
+def _worker(queue, args, out: str, deadline: float, wid: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from xpeft_cli.atomic import atomic_write_text
+
+    while time.time() < deadline:
+        try:
+            task, cfg = queue.get_nowait()
+        except Exception:
+            return
+        path = Path(out, "cells", cell_id(task, cfg) + ".json")
+        try:
+            res = run_cell(task, cfg, args)
+        except Exception as exc:  # one failing cell must not stop the sweep: record it
+            res = {"task": task, "config": cfg, "error": f"{type(exc).__name__}: {exc}"}
+        atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+        print(f"[{wid}] {cell_id(task, cfg)} " + (res.get("error") or f"{res['score']:.4f} {res['bytes']}B {res['seconds']}s"),
+              flush=True)
+
+
+def run(args) -> None:
+    cells_dir = Path(args.output, "cells")
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for cfg in plan(args.plan):
+        if args.only and not any(s in cfg["label"] for s in args.only):
+            continue
+        for t in args.tasks:
+            if not (cells_dir / (cell_id(t, cfg) + ".json")).is_file():
+                todo.append((t, cfg))
+    # longest tasks first within each configuration keeps the workers' tails short
+    print(f"{len(todo)} cells to run with {args.jobs} workers", flush=True)
+    deadline = time.time() + args.budget_s
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    for item in todo:
+        queue.put(item)
+    time.sleep(0.5)
+    procs = [ctx.Process(target=_worker, args=(queue, args, args.output, deadline, i)) for i in range(args.jobs)]
+    for pr in procs:
+        pr.start()
+    for pr in procs:
+        pr.join()
+    env = {"python": platform.python_version(), "argv": sys.argv}
+    try:
+        import peft
+        import torch
+        import transformers
+
+        env |= {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"}
+    except Exception:
+        pass
+    Path(args.output, f"env-{args.plan}.json").write_text(json.dumps(env, indent=1) + "\n")
+
+
+# ---- the report ----------------------------------------------------------------------------
+def load_cells(folder: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder, "cells").glob("*.json"))]
+
+
+def summarise(cells: list[dict], tasks: list[str]) -> list[dict]:
+    """One row per configuration (x-peft design or peer at one LR) and one per peer family with the
+    best LR chosen per task on dev (as the LoRA and VeRA papers report GLUE)."""
+    ok = [c for c in cells if "error" not in c]
+    by_label: dict[str, dict] = {}
+    for c in ok:
+        by_label.setdefault(c["config"]["label"], {})[c["task"]] = c
+    rows = []
+    for label, per in by_label.items():
+        if not all(t in per for t in tasks):
+            continue
+        cfg = per[tasks[0]]["config"]
+        rows.append({"label": label, "family": cfg["family"], "kind": "config", "config": cfg,
+                     "scores": {t: per[t]["score"] for t in tasks}, "avg": sum(per[t]["score"] for t in tasks) / len(tasks),
+                     "bytes": sum(per[t]["bytes"] for t in tasks) / len(tasks),
+                     "trainable": sum(per[t]["trainable"] for t in tasks) / len(tasks)})
+    fams: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["config"]["method"] == "peft":
+            fams.setdefault(r["family"], []).append(r)
+    for fam, rs in fams.items():
+        best = {t: max(rs, key=lambda r: r["scores"][t]) for t in tasks}
+        rows.append({"label": f"{fam} (best LR per task)", "family": fam, "kind": "tuned",
+                     "scores": {t: best[t]["scores"][t] for t in tasks},
+                     "lrs": {t: best[t]["config"]["lr"] for t in tasks},
+                     "avg": sum(best[t]["scores"][t] for t in tasks) / len(tasks),
+                     "bytes": sum(r["bytes"] for r in rs) / len(rs), "trainable": rs[0]["trainable"]})
+    return rows
+
+
+def report(args) -> None:
+    cells = load_cells(args.output)
+    tasks = [t for t in args.tasks if any(c["task"] == t for c in cells)]
+    rows = summarise(cells, tasks)
+    rows.sort(key=lambda r: (-r["avg"]))
+    errors = [c for c in cells if "error" in c]
+    envs = [json.loads(p.read_text()) for p in sorted(Path(args.output).glob("env-*.json"))]
+    lines = [f"# Accuracy against bytes per profile ({args.tag})", "",
+             "GLUE dev, official metric per task (MCC for cola, mean of accuracy and F1 for mrpc, mean of Pearson and "
+             "Spearman for stsb, accuracy otherwise); bytes: one profile on disk, mean over the tasks.", ""]
+    for e in envs:
+        lines.append(f"Run: `{' '.join(e.get('argv', []))}` — {e.get('device')}, torch {e.get('torch')}, "
+                     f"transformers {e.get('transformers')}, peft {e.get('peft')}")
+    lines += ["", "| method | " + " | ".join(tasks) + " | avg | bytes/profile | trainable params |",
+              "|---|" + "---|" * (len(tasks) + 3)]
+    for r in rows:
+        lines.append(f"| {r['label']} | " + " | ".join(f"{r['scores'][t]:.3f}" for t in tasks)
+                     + f" | **{r['avg']:.3f}** | {r['bytes']:,.0f} | {r['trainable']:,.0f} |")
+    if errors:
+        lines += ["", "Failed cells:"] + [f"- {c['task']} {c['config']['label']}: {c['error']}" for c in errors]
+    md = "\n".join(lines) + "\n"
+    Path(args.output, f"frontier-{args.tag}.md").write_text(md)
+    Path(args.output, f"frontier-{args.tag}.json").write_text(json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
+    plot(rows, Path(args.output, f"frontier-{args.tag}.png"), args.tag)
+    print(md)
+
+
+def plot(rows: list[dict], path: Path, tag: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    shown = [r for r in rows if r["kind"] == "tuned" or r["config"]["method"] == "x-peft"]
+    cmap = plt.get_cmap("tab20")
+    for i, r in enumerate(sorted(shown, key=lambda r: r["bytes"])):
+        xpeft = r["kind"] == "config"
+        ax.scatter(r["bytes"], r["avg"], marker="*" if xpeft else "o", s=140 if xpeft else 70, color=cmap(i % 20),
+                   edgecolor="black", linewidth=0.5, label=f"{r['label']} ({r['avg']:.3f})", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per profile on disk (log scale)")
+    ax.set_ylabel("GLUE dev score, mean of the tasks")
+    ax.set_title(f"Accuracy against bytes per profile — {tag}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=["run", "report"])
+    ap.add_argument("--plan", default="sweep")
+    ap.add_argument("--only", nargs="*", help="run only configurations whose label contains one of these")
+    ap.add_argument("--tasks", nargs="+", default=TASKS)
+    ap.add_argument("--from", dest="src", default=".devdata/presets")
+    ap.add_argument("-o", "--output", default=".devfrontier")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-train-rows", type=int, default=10000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--budget-s", type=float, default=math.inf, help="start no new cell after this many seconds")
+    ap.add_argument("--tag", default="minilm")
+    args = ap.parse_args()
+    if args.budget_s == math.inf:
+        args.budget_s = 10 ** 9
+    (run if args.action == "run" else report)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The accuracy design knobs (soft→hard annealing, zero-start sites, output vectors) and the peft peers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xpeft_cli import Bank, FitConfig, fit_profile, load_examples
+from xpeft_cli.masks import MaskSpec, khot, mask_choice, straight_through
+from xpeft_cli.model import XPeftModel
+from xpeft_cli.plm import load_encoder
+
+from conftest import make_bank
+
+
+@pytest.fixture()
+def bank(tiny_bert, tmp_path):
+    make_bank(tiny_bert, tmp_path / "bank", n=16)
+    return Bank.load(tmp_path / "bank")
+
+
+CFG = dict(k=4, epochs=2, batch_size=8, device="cpu", val_fraction=0.0)
+
+
+def test_annealed_mask_value_and_gradient():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 16, requires_grad=True)
+    g = torch.Generator().manual_seed(1)
+    for alpha in (0.0, 0.25, 1.0):
+        spec = MaskSpec(kind="hard", k=4, nu=0.0, tau=1.0, alpha=alpha, generator=g)
+        w, chosen = mask_choice(logits, spec, training=True)
+        y_soft = torch.softmax(logits, -1)
+        idx = torch.topk(y_soft, 4).indices
+        if alpha < 1.0:  # a dense blend: value α·k-hot/k + (1−α)·y_soft
+            assert chosen is None
+            expect = alpha * khot(idx, 16) / 4 + (1 - alpha) * y_soft
+            torch.testing.assert_close(w, expect)
+        else:  # fully hard: the chosen adapters, as without annealing
+            assert chosen is not None and w is not None
+            w = straight_through(w, chosen, 16)
+            torch.testing.assert_close(w, khot(idx, 16) / 4)
+        # the gradient is y_soft's whatever α: the straight-through estimator of Algorithm 1
+        v = torch.randn(3, 16)
+        (gw,) = torch.autograd.grad((w * v).sum(), logits)
+        (gs,) = torch.autograd.grad((y_soft * v).sum(), logits)
+        torch.testing.assert_close(gw, gs)
+    # at inference annealing has no part: the noiseless top-k
+    w, chosen = mask_choice(logits, MaskSpec(kind="hard", k=4, alpha=0.1), training=False)
+    assert w is None and torch.equal(chosen.sort(-1).values, torch.topk(logits.detach(), 4).indices.sort(-1).values)
+
+
+def test_zero_start_sites_leave_the_plm_unchanged(bank):
+    """ln_init 0 or an output vector (zero at start) make every site's delta 0 before training, as LoRA's B = 0."""
+    enc, tok = load_encoder(bank.plm)
+    batch = tok(["the film was good today", "bad food"], padding=True, return_tensors="pt")
+    outs = []
+    for kw in ({"ln_init": 0.0}, {"out_vector": True}):
+        enc, _ = load_encoder(bank.plm)
+        model = XPeftModel(enc, bank, 2, spec=MaskSpec(kind="hard", k=4), **kw).eval()
+        with torch.no_grad():
+            for s in model.sites:
+                x = torch.randn(5, s.base.in_features)
+                torch.testing.assert_close(s(x), s.base(x))
+            outs.append(model(batch["input_ids"], batch["attention_mask"]))
+    torch.testing.assert_close(outs[0], outs[1])
+
+
+def test_fit_with_every_knob_learns_and_the_model_is_the_profile(bank, sentiment_files):
+    train = load_examples(sentiment_files[0])
+    cfg = FitConfig(mask="hard", soft_warmup=0.5, ln_init=0.0, lr_ln=1e-2, seed=3, lr_head=3e-2, **CFG)
+    res = fit_profile(bank, train, "dora", cfg)
+    assert res.model.spec.alpha == 1.0  # the warm-up ended: the last half of the steps ran fully hard
+    assert all(r.sum() == 4 for r in res.profile.mask_a)
+    assert res.profile.meta["fit"]["soft_warmup"] == 0.5 and res.profile.meta["fit"]["ln_init"] == 0.0
+    losses = [h["loss"] for h in res.history if "loss" in h]
+    assert min(losses[-3:]) < max(losses[:3])
+    # a default fit records none of the knobs: its bytes stay those of earlier versions
+    plain = fit_profile(bank, train, "dora", FitConfig(mask="hard", seed=3, **CFG))
+    assert not set(plain.profile.meta["fit"]) & {"soft_warmup", "ln_init", "out_vector", "lr_out", "peer"}
+
+
+PEERS = ["lora:r=2", "vera:r=8", "ia3", "vblora:r=2,num_vectors=8,vector_length=16,topk=2", "bitfit", "head"]
+
+
+@pytest.mark.parametrize("spec", PEERS)
+def test_peers_train_in_the_same_loop(bank, sentiment_files, spec):
+    from safetensors.torch import load, save
+
+    from xpeft_cli.peers import profile_bytes
+
+    train = load_examples(sentiment_files[0])
+    res = fit_profile(bank, train, "eve", FitConfig(method="peft", peer=spec, lr_adapter=1e-2, seed=0, **CFG))
+    tensors = res.profile.tensors
+    assert {"head.weight", "head.bias"} <= set(tensors)
+    blob = save(tensors)
+    assert profile_bytes(tensors) == len(blob) and set(load(blob)) == set(tensors)
+    names = " ".join(tensors)
+    if spec.startswith("vera"):   # projections are regenerated from the PRNG key: not a profile's bytes
+        assert "vera_A" not in names and "vera_lambda_b" in names
+    if spec.startswith("vblora"):  # only the top-k of the logits, plus the trained vector bank
+        assert "topk" in names and "vector_bank" in names
+    if spec == "head":
+        assert set(tensors) == {"head.weight", "head.bias"}
+    # the peers' trained weights moved from their start (B = 0 for LoRA, the biases for BitFit)
+    moved = [k for k, v in tensors.items() if not k.startswith("head.") and v.abs().sum() > 0]
+    assert spec == "head" or moved
+
+
+def test_unknown_peer_is_a_usage_error(bank, sentiment_files):
+    from xpeft_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown peer"):
+        fit_profile(bank, load_examples(sentiment_files[0]), "x", FitConfig(method="peft", peer="adalora", **CFG))
+    with pytest.raises(UsageError, match="--method"):
+        fit_profile(bank, load_examples(sentiment_files[0]), "x", FitConfig(method="peft", **CFG))
