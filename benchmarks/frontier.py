@@ -16,6 +16,7 @@ it finishes, so an interrupted run resumes and a later call adds to it.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import multiprocessing as mp
@@ -84,7 +85,8 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
 
     key = ("data", task, which)
     if key not in _CACHE:
-        d = json.loads(Path(src, f"{task}.{which}.json").read_text())
+        path = Path(src, f"{task}.{which}.json")
+        d = json.loads(gzip.decompress(path.with_suffix(".json.gz").read_bytes()) if not path.is_file() else path.read_text())
         ex = Examples(d["texts"], d["pairs"], d["labels"], d["source"])
         if which == "train" and max_rows and len(ex) > max_rows:
             ex = ex.subset(sorted(random.Random(0).sample(range(len(ex)), max_rows)))
@@ -92,11 +94,13 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
     return _CACHE[key]
 
 
-def _bank(model: str | None, n: int, rank: int | None):
+def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None):
     from xpeft_cli.bank import Bank
     from xpeft_cli.plm import load_encoder, resolve_model
 
-    key = ("bank", n, rank)
+    key = ("bank", n, rank, folder)
+    if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py)
+        _CACHE[key] = Bank.load(folder, model=model)
     if key not in _CACHE:
         plm = resolve_model(model)
         enc, _ = load_encoder(plm)
@@ -105,15 +109,18 @@ def _bank(model: str | None, n: int, rank: int | None):
 
 
 def run_cell(task: str, cfg: dict, args) -> dict:
+    import torch
+
     from xpeft_cli import xpm
     from xpeft_cli.distributed import pick_device
+    from xpeft_cli.profile import apply_profile
     from xpeft_cli.peers import profile_bytes
     from xpeft_cli.tasks import official_metrics, preset
     from xpeft_cli.train import FitConfig, fit_profile, score
 
     p = preset(task)
     train, dev = _data(args.src, task, "train", args.max_train_rows), _data(args.src, task, "dev", None)
-    fit_keys = set(FitConfig.__dataclass_fields__)
+    fit_keys = set(FitConfig.__dataclass_fields__) - {"method"}
     over = {k: v for k, v in cfg.items() if k in fit_keys}
     base = FitConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, task=p.task_type,
                      val_fraction=0.0, seed=args.seed)
@@ -123,22 +130,34 @@ def run_cell(task: str, cfg: dict, args) -> dict:
                      lr_head=lr if cfg["peer"] == "head" else base.lr_head)
     else:
         fc = replace(base, **over)
-    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"))
+    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"))
     t0 = time.perf_counter()
     fit = fit_profile(bank, train, task, fc)
     device = pick_device(fc.device)
     y_dev = [float(v) for v in dev.labels] if p.task_type == "regression" else [fit.profile.labels.index(v) for v in dev.labels]
     n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
+    # Every method is scored as kept on disk in float16 (x-peft: its .xpm read back; a peer: its
+    # trained tensors rounded), and its bytes are those of that file; float32 bytes are recorded too.
+    if cfg["method"] == "x-peft":
+        size32 = len(xpm.encode(fit.profile))
+        fit.profile.param_dtype = "float16"
+        blob = xpm.encode(fit.profile)
+        apply_profile(fit.model, xpm.decode(blob).profile)
+        size = len(blob) + sum(int(s.out_scale.numel()) * 2 for s in fit.model.sites if s.out_scale is not None)
+        if any(s.out_scale is not None for s in fit.model.sites):
+            with torch.no_grad():
+                for s in fit.model.sites:
+                    s.out_scale.copy_(s.out_scale.half().float())
+    else:
+        size32 = profile_bytes(fit.profile.tensors)
+        size = profile_bytes({k: v.half() if v.is_floating_point() else v for k, v in fit.profile.tensors.items()})
+        with torch.no_grad():
+            for p_ in [q for _, q in fit.model.adapter_named_parameters()] + fit.model.head_parameters():
+                p_.copy_(p_.half().float())
+    trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
     _, preds = score(fit.model, fit.tokenizer, dev, y_dev, n_out, 128, fc.max_length, device, fc.precision)
     metrics = official_metrics(p, y_dev, preds)
-    if cfg["method"] == "x-peft":
-        size = len(xpm.encode(fit.profile))
-        extra = sum(int(s.out_scale.numel()) * 2 for s in fit.model.sites if s.out_scale is not None)  # fp16
-        trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
-    else:
-        size, extra = profile_bytes(fit.profile.tensors), 0
-        trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
-    return {"task": task, "config": cfg, "score": metrics["score"], "metrics": metrics, "bytes": size + extra,
+    return {"task": task, "config": cfg, "score": metrics["score"], "metrics": metrics, "bytes": size, "bytes_f32": size32,
             "trainable": int(trainable), "steps": fit.steps, "train_rows": len(train), "dev_rows": len(dev),
             "seconds": round(time.perf_counter() - t0, 1), "epochs": fc.epochs, "batch_size": fc.batch_size,
             "seed": fc.seed}

@@ -25,6 +25,7 @@ class Profile:
     mask_a: np.ndarray             # hard: bool (L, N); soft: float32 logits (L, N)
     mask_b: np.ndarray
     soft_dtype: str = "float32"    # how soft logits are stored: float32 | float16
+    param_dtype: str = "float32"   # how the LN, output-vector and head sections are stored: float32 | float16
     ln_weight: np.ndarray | None = None   # (L, b)
     ln_bias: np.ndarray | None = None
     head_weight: np.ndarray | None = None  # (C, d)

@@ -87,14 +87,18 @@ def encode(p: Profile) -> bytes:
     out = bytearray(HEADER.pack(MAGIC, MAJOR, MINOR, enc, 0, p.n, p.L, p.k if enc == ENC_HARD else 0,
                                 bytes.fromhex(p.bank_hash), len(name)))
     out += name + masks
+    code = DTYPE_CODES.get(p.param_dtype)
+    if code is None:
+        raise DataError(f"parameter dtype must be one of {', '.join(DTYPE_CODES)}")
+    dt = DTYPES[code]
     if p.ln_weight is not None:
         L, b = p.ln_weight.shape
-        payload = struct.pack("<BH", 2, b) + p.ln_weight.astype("<f4").tobytes() + p.ln_bias.astype("<f4").tobytes()
+        payload = struct.pack("<BH", code, b) + p.ln_weight.astype(dt).tobytes() + p.ln_bias.astype(dt).tobytes()
         out += _section(SEC_LN, payload)
     if p.head_weight is not None:
         c, d = p.head_weight.shape
-        payload = (struct.pack("<BBHH", 2, TASK_CODES[p.task], c, d)
-                   + p.head_weight.astype("<f4").tobytes() + p.head_bias.astype("<f4").tobytes())
+        payload = (struct.pack("<BBHH", code, TASK_CODES[p.task], c, d)
+                   + p.head_weight.astype(dt).tobytes() + p.head_bias.astype(dt).tobytes())
         out += _section(SEC_HEAD, payload)
     if p.labels:
         payload = bytearray(struct.pack("<H", len(p.labels)))
@@ -261,6 +265,7 @@ def _read_ln(payload: memoryview, p: Profile) -> None:
         raise _Bad("ln section length does not match L×b")
     p.ln_weight = _floats(payload, 3, dt, p.L * b, "ln weight").reshape(p.L, b)
     p.ln_bias = _floats(payload, 3 + p.L * b * dt.itemsize, dt, p.L * b, "ln bias").reshape(p.L, b)
+    p.param_dtype = "float16" if code == DTYPE_CODES["float16"] else "float32"
 
 
 def _read_head(payload: memoryview, p: Profile) -> None:
@@ -275,6 +280,7 @@ def _read_head(payload: memoryview, p: Profile) -> None:
         raise _Bad("head section length does not match C×d")
     p.head_weight = _floats(payload, 6, dt, c * d, "head weight").reshape(c, d)
     p.head_bias = _floats(payload, 6 + c * d * dt.itemsize, dt, c, "head bias")
+    p.param_dtype = "float16" if code == DTYPE_CODES["float16"] else "float32"
     p.task = TASKS[task]
 
 
