@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+import pytest
 
 
 from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
@@ -186,4 +187,12 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
     cli("bank", "create", "--random", "-n", "4", "-o", "bank2", "--seed", "9", "-q")
     code, out, err = cli("inspect", "alice.xpm", "--bank", "bank2", "-q")
     assert code == 4 and out == ""
+    _one_line_error(err)
+
+
+@pytest.mark.parametrize("opt", [["--rank", "0"], ["--init-scale", "nan"], ["--init-scale", "inf"],
+                                 ["--init-scale", "0"], ["--init-scale", "-1"]])
+def test_bank_create_refuses_a_zero_rank_and_non_finite_scales(cli, opt):
+    code, _, err = cli("bank", "create", "--random", "-n", "8", *opt)
+    assert code == 2
     _one_line_error(err)

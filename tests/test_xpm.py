@@ -44,6 +44,20 @@ def test_hard_round_trip_exact():
     assert encode(q) == encode(p)  # canonical: re-encoding gives the same bytes
 
 
+def test_float16_sections_halve_ln_and_head_and_round_trip():
+    p = hard_profile()
+    full = decode(encode(p))
+    p.param_dtype = "float16"
+    blob = encode(p)
+    half = decode(blob)
+    assert half.sizes["ln"] - 3 - 5 == (full.sizes["ln"] - 3 - 5) // 2       # payload dtype byte + width, section header
+    assert half.sizes["head"] - 6 - 5 == (full.sizes["head"] - 6 - 5) // 2
+    q = half.profile
+    assert q.param_dtype == "float16" and encode(q) == blob  # canonical in float16 too
+    np.testing.assert_array_equal(q.ln_weight, p.ln_weight.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(q.head_weight, p.head_weight.astype(np.float16).astype(np.float32))
+
+
 def test_soft_round_trip_float32_and_float16():
     p = hard_profile(extras=False)
     rng = np.random.default_rng(1)
@@ -136,3 +150,30 @@ def test_write_is_atomic_and_readable(tmp_path):
     assert path.stat().st_size == n and not list(tmp_path.glob(".*tmp"))
     dec = read_xpm_full(path)
     assert sum(dec.sizes.values()) == n
+
+
+def test_the_writer_refuses_what_the_reader_would_refuse():
+    """One validation for both: encode() reads its own bytes back, so no written file is refused later."""
+    from xpeft_cli.errors import DataError
+
+    p = hard_profile(k=3)
+    p.mask_a[0, :16] = True                       # 16 bits set where the header says k = 3
+    with pytest.raises(DataError, match="adapters selected, header says k=3"):
+        encode(p)
+    q = hard_profile()
+    q.labels = [f"l{i}" for i in range(70_000)]    # more labels than the u16 count holds
+    with pytest.raises(DataError, match="at most 65535"):
+        encode(q)
+    r = hard_profile()
+    r.head_weight[0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        encode(r)
+    for kind in ("hard", "soft"):                  # and every well-formed kind writes and reads back
+        s = hard_profile()
+        if kind == "soft":
+            s.mask_kind, s.k = "soft", 0
+            s.mask_a = s.mask_a.astype(np.float32)
+            s.mask_b = s.mask_b.astype(np.float32)
+        for dt in ("float32", "float16"):
+            s.param_dtype = dt
+            assert encode(decode(encode(s)).profile) == encode(s)

@@ -131,9 +131,12 @@ class Bank:
         model_type = encoder.config.model_type
         sites = find_sites(encoder, targets or default_targets(model_type))
         hidden = int(encoder.config.hidden_size)
-        rank = rank or max(1, hidden // 16)
-        if rank < 1 or rank > 65535:
+        if rank is None:
+            rank = max(1, hidden // 16)
+        if not 1 <= rank <= 65535:
             raise UsageError(f"--rank must be between 1 and 65535, got {rank}")
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise UsageError(f"--init-scale must be a finite number above 0, got {init_scale}")
         gen = {
             "name": rng.GENERATOR_NAME,
             "seed": int(seed),

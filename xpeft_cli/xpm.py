@@ -71,7 +71,24 @@ def _section(sec_id: int, payload: bytes) -> bytes:
 
 
 def encode(p: Profile) -> bytes:
-    """The canonical bytes of a profile: equal profiles give identical files."""
+    """The canonical bytes of a profile: equal profiles give identical files.
+
+    The writer reads its own bytes back with the reader before returning them: one validation
+    for both, so it can never write a file that `decode` refuses (e.g. a hard row with more
+    bits set than k, a label list longer than its u16 count, a NaN weight).
+    """
+    try:
+        data = _encode(p)
+    except (struct.error, OverflowError, ValueError) as exc:
+        raise DataError(f"profile {p.name!r} cannot be written as .xpm: {exc}") from None
+    try:
+        _decode(memoryview(data))
+    except _Bad as exc:
+        raise DataError(f"profile {p.name!r} cannot be written as .xpm: {exc}") from None
+    return data
+
+
+def _encode(p: Profile) -> bytes:
     name = p.name.encode("utf-8")
     if not 1 <= len(name) <= MAX_NAME:
         raise DataError(f"profile name must be 1..{MAX_NAME} UTF-8 bytes")
@@ -101,6 +118,8 @@ def encode(p: Profile) -> bytes:
                    + p.head_weight.astype(dt).tobytes() + p.head_bias.astype(dt).tobytes())
         out += _section(SEC_HEAD, payload)
     if p.labels:
+        if len(p.labels) > 65535:
+            raise DataError(f"{len(p.labels)} labels: an .xpm holds at most 65535")
         payload = bytearray(struct.pack("<H", len(p.labels)))
         for lab in p.labels:
             raw = str(lab).encode("utf-8")
