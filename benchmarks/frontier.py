@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
+TASK_BANK = os.environ.get("XPEFT_TASK_BANK", "/root/taskbank")
 XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard"}  # the defaults every x-peft config starts from
 
 
@@ -58,14 +59,35 @@ def plan(name: str) -> list[dict]:
             xp("xp-lnlr-head1e-2", lr_ln=1e-2, lr_head=1e-2),
             xp("xp-r96-gamma0-lnlr", rank=96, ln_init=0.0, lr_ln=1e-2),
         ]
+        task = {"bank": TASK_BANK, "n": 64}  # 64 LoRAs of QQP, MNLI, QNLI and BoolQ shards (task_bank.py)
+        trained = [xp("xp-taskbank-k8", k=8, **task), xp("xp-taskbank-k16", k=16, **task),
+                   xp("xp-taskbank-soft", mask="soft", **task), xp("xp-taskbank-k8-anneal", k=8, soft_warmup=0.5, **task)]
         peers = (peer("lora", "lora:r=24", [3e-4, 1e-3, 3e-3]) + peer("lora", "lora:r=4", [3e-4, 1e-3, 3e-3])
                  + peer("lora", "lora:r=1", [3e-4, 1e-3, 3e-3]) + peer("vera", "vera:r=256", [3e-3, 1e-2, 3e-2])
                  + peer("vblora", "vblora", [3e-3, 1e-2, 3e-2]) + peer("ia3", "ia3", [3e-3, 1e-2, 3e-2])
                  + peer("head", "head", [3e-3, 1e-2, 3e-2]) + peer("bitfit", "bitfit", [1e-3, 3e-3, 1e-2]))
-        return designs + peers
+        return designs + peers + trained
+    if name == "sweep2":  # after sweep: sign and linear masks; the peers' LR grids extended where the best was at an edge
+        designs = [
+            xp("xp-sign", mask="sign", lr_ln=1e-2),
+            xp("xp-linear", mask="linear", lr_ln=1e-2),
+            xp("xp-sign-lrm1e-2", mask="sign", lr_masks=1e-2, lr_ln=1e-2),
+            xp("xp-linear-lrm1e-2", mask="linear", lr_masks=1e-2, lr_ln=1e-2),
+            xp("xp-anneal-lnlr-s1", soft_warmup=0.5, lr_ln=1e-2, seed=1),
+            xp("xp-base-s1", seed=1),
+            xp("xp-sign-n1600", mask="sign", n=1600, lr_ln=1e-2),
+            xp("xp-linear-n100", mask="linear", n=100, lr_ln=1e-2),
+            xp("xp-k100-anneal-lnlr", k=100, soft_warmup=0.5, lr_ln=1e-2),
+            xp("xp-sign-n800", mask="sign", n=800, lr_ln=1e-2),
+        ]
+        peers = (peer("lora", "lora:r=24", [1e-2]) + peer("lora", "lora:r=4", [1e-2]) + peer("lora", "lora:r=1", [1e-2, 3e-2])
+                 + peer("vera", "vera:r=256", [1e-1]) + peer("vblora", "vblora", [1e-1]) + peer("head", "head", [1e-1]))
+        seed1 = [c | {"label": c["label"] + "-s1", "family": "lora:r=24 (seed 1)", "seed": 1}
+                 for c in peer("lora", "lora:r=24", [3e-3])]
+        return designs + peers + seed1
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
-                xp("xp-soft", n=8, mask="soft")] + peer("lora", "lora:r=2", [1e-3]) \
+                xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
             + peer("vera", "vera:r=16", [1e-2]) + peer("ia3", "ia3", [1e-2]) \
             + peer("vblora", "vblora:r=2,num_vectors=16,vector_length=16,topk=2", [1e-2]) \
             + peer("head", "head", [1e-2]) + peer("bitfit", "bitfit", [1e-3])
@@ -99,7 +121,10 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
     from xpeft_cli.plm import load_encoder, resolve_model
 
     key = ("bank", n, rank, folder)
-    if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py)
+    if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py), perhaps still being built
+        t0 = time.time()
+        while not Path(folder, "bank.json").is_file() and time.time() - t0 < 900:
+            time.sleep(2)
         _CACHE[key] = Bank.load(folder, model=model)
     if key not in _CACHE:
         plm = resolve_model(model)
@@ -109,6 +134,7 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
 
 
 def run_cell(task: str, cfg: dict, args) -> dict:
+    import numpy as np
     import torch
 
     from xpeft_cli import xpm
@@ -126,7 +152,7 @@ def run_cell(task: str, cfg: dict, args) -> dict:
                      val_fraction=0.0, seed=args.seed)
     if cfg["method"] == "peft":
         lr = cfg["lr"]
-        fc = replace(base, method="peft", peer=cfg["peer"], lr_adapter=lr,
+        fc = replace(base, method="peft", peer=cfg["peer"], lr_adapter=lr, seed=cfg.get("seed", base.seed),
                      lr_head=lr if cfg["peer"] == "head" else base.lr_head)
     else:
         fc = replace(base, **over)
@@ -138,7 +164,18 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
     # Every method is scored as kept on disk in float16 (x-peft: its .xpm read back; a peer: its
     # trained tensors rounded), and its bytes are those of that file; float32 bytes are recorded too.
-    if cfg["method"] == "x-peft":
+    if cfg["method"] == "x-peft" and fit.profile.mask_kind in ("sign", "linear"):
+        # no .xpm encoding yet: measured as a soft float16 file, whose masks a sign profile keeps as bits
+        prof = replace(fit.profile, mask_kind="soft", soft_dtype="float16", param_dtype="float16")
+        if fit.profile.mask_kind == "sign":
+            prof.mask_a, prof.mask_b = (np.where(m > 0, 1.0, -1.0).astype(np.float32) for m in (prof.mask_a, prof.mask_b))
+        blob = xpm.encode(prof)
+        back = xpm.decode(blob).profile
+        back.mask_kind = fit.profile.mask_kind
+        apply_profile(fit.model, back)
+        L, n = prof.L, prof.n
+        size = size32 = len(blob) - (2 * L * n * 2 - 2 * L * ((n + 7) // 8) if back.mask_kind == "sign" else 0)
+    elif cfg["method"] == "x-peft":
         size32 = len(xpm.encode(fit.profile))
         fit.profile.param_dtype = "float16"
         blob = xpm.encode(fit.profile)

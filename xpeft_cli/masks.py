@@ -3,6 +3,9 @@
 soft: softmax(logits).
 hard: the paper's Algorithm 1 while training (Gumbel noise ν, temperature τ, top-k of
 y_soft, k-hot/k, straight-through), and the noiseless top-k of the logits at inference.
+sign: every adapter joins with a learned sign, ±1/N (one bit per adapter, as many bits as a hard
+mask); trained straight-through (BinaryConnect), the sign of the logit at inference.
+linear: unconstrained real weights logits/N (a random-subspace LoRA); stored like soft masks.
 Ties in top-k are broken towards the lower adapter index, so the choice is reproducible.
 """
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+KINDS = ("hard", "soft", "sign", "linear")
 
 
 @dataclass
@@ -24,12 +30,23 @@ class MaskSpec:
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("hard", "soft"):
-            raise ValueError(f"mask kind must be 'hard' or 'soft', not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"mask kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
 
 
 def soft_weights(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
+
+
+def sign_weights(logits: torch.Tensor, training: bool) -> torch.Tensor:
+    """±1/N by the sign of each logit (a zero logit counts as −); while training, straight-through:
+    the value is the sign's, the gradient that of logits/N."""
+    n = logits.shape[-1]
+    value = torch.where(logits > 0, 1.0, -1.0).to(logits.dtype) / n
+    if not training:
+        return value
+    lin = logits / n
+    return lin + (value - lin).detach()
 
 
 def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -99,6 +116,10 @@ def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,
     inference, where the noiseless top-k has no gradient). Same values as mask_weights."""
     if spec.kind == "soft":
         return soft_weights(logits), None
+    if spec.kind == "sign":
+        return sign_weights(logits, training), None
+    if spec.kind == "linear":
+        return logits / logits.shape[-1], None
     if training:
         y_soft, chosen = hard_soft_and_choice(logits, spec.k, spec.nu, spec.tau, spec.generator, noise)
         if spec.alpha < 1.0:  # annealing: a dense blend, y_soft + α·(y_hard − sg(y_soft)); gradient that of y_soft

@@ -99,6 +99,24 @@ class XPeftModel(EncoderClassifier):
                     layer.ln.weight.fill_(ln_init)
             _set_submodule(encoder, site.name, layer)
             self.sites.append(layer)
+        self._init_logits(seed)
+
+    def _init_logits(self, seed: int) -> None:
+        """Where the mask logits start. hard/soft: 0 (uniform). sign: tiny seeded values, so the first
+        gradients pick the signs. linear: Â starts as a seeded ±1 mix and B̂ at 0, so every site starts
+        as the PLM's own (as a LoRA with B = 0)."""
+        if self.spec.kind not in ("sign", "linear"):
+            return
+        g = torch.Generator().manual_seed(seed + 2)
+        with torch.no_grad():
+            for s in self.sites:
+                n = s.logits_a.numel()
+                if self.spec.kind == "sign":
+                    s.logits_a.copy_((torch.rand(n, generator=g) * 2 - 1) * 1e-3)
+                    s.logits_b.copy_((torch.rand(n, generator=g) * 2 - 1) * 1e-3)
+                else:
+                    s.logits_a.copy_(torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0))
+                    s.logits_b.zero_()
 
     # ---- profile parameters ---------------------------------------------------------
     def mask_logits(self) -> tuple[torch.Tensor, torch.Tensor]:

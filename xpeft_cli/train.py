@@ -21,6 +21,7 @@ from .bank import Bank
 from .distributed import share, world
 from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
 from .errors import DataError, UsageError
+from .masks import KINDS as MASK_KINDS
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
 from .baselines import METHODS, AdapterProfile, BaselineModel
@@ -171,8 +172,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         raise UsageError("soft_warmup must be between 0 and 1")
     if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0):
         raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector or ln_init")
-    if cfg.mask not in ("hard", "soft"):
-        raise UsageError("--mask must be hard or soft")
+    if cfg.mask not in MASK_KINDS:
+        raise UsageError(f"--mask must be one of {', '.join(MASK_KINDS)}")
     if resume and not checkpoint_path:
         raise UsageError("--resume needs a checkpoint path")
     if cfg.epochs < 1 or cfg.batch_size < 1:

@@ -94,6 +94,8 @@ def _encode(p: Profile) -> bytes:
         raise DataError(f"profile name must be 1..{MAX_NAME} UTF-8 bytes")
     if not (1 <= p.n <= MAX_N and 1 <= p.L <= MAX_L):
         raise DataError(f"N must be 1..{MAX_N} and L 1..{MAX_L}")
+    if p.mask_kind not in ("hard", "soft"):
+        raise DataError(f"mask kind {p.mask_kind!r} has no .xpm encoding")
     if p.mask_kind == "hard":
         enc = ENC_HARD
         masks = _pack_bits(p.mask_a) + _pack_bits(p.mask_b)
