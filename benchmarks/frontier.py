@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
+TWO_SITES = "attention.output.dense,output.dense"  # BERT: both output projections of each block
 TASK_BANK = os.environ.get("XPEFT_TASK_BANK", "/root/taskbank")
 XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard"}  # the defaults every x-peft config starts from
 
@@ -79,6 +80,9 @@ def plan(name: str) -> list[dict]:
             xp("xp-linear-n100", mask="linear", n=100, lr_ln=1e-2),
             xp("xp-k100-anneal-lnlr", k=100, soft_warmup=0.5, lr_ln=1e-2),
             xp("xp-sign-n800", mask="sign", n=800, lr_ln=1e-2),
+            xp("xp-sign-2sites", mask="sign", lr_ln=1e-2, targets=TWO_SITES),
+            xp("xp-linear-2sites", mask="linear", lr_ln=1e-2, targets=TWO_SITES),
+            xp("xp-sign-r48", mask="sign", rank=48, lr_ln=1e-2),
         ]
         peers = (peer("lora", "lora:r=24", [1e-2]) + peer("lora", "lora:r=4", [1e-2]) + peer("lora", "lora:r=1", [1e-2, 3e-2])
                  + peer("vera", "vera:r=256", [1e-1]) + peer("vblora", "vblora", [1e-1]) + peer("head", "head", [1e-1]))
@@ -116,11 +120,11 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
     return _CACHE[key]
 
 
-def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None):
+def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None, targets: str | None = None):
     from xpeft_cli.bank import Bank
     from xpeft_cli.plm import load_encoder, resolve_model
 
-    key = ("bank", n, rank, folder)
+    key = ("bank", n, rank, folder, targets)
     if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py), perhaps still being built
         t0 = time.time()
         while not Path(folder, "bank.json").is_file() and time.time() - t0 < 900:
@@ -129,7 +133,7 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
     if key not in _CACHE:
         plm = resolve_model(model)
         enc, _ = load_encoder(plm)
-        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0)
+        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0, targets=targets)
     return _CACHE[key]
 
 
@@ -156,7 +160,8 @@ def run_cell(task: str, cfg: dict, args) -> dict:
                      lr_head=lr if cfg["peer"] == "head" else base.lr_head)
     else:
         fc = replace(base, **over)
-    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"))
+    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"),
+                 cfg.get("targets"))
     t0 = time.perf_counter()
     fit = fit_profile(bank, train, task, fc)
     device = pick_device(fc.device)

@@ -112,3 +112,27 @@ def test_unknown_peer_is_a_usage_error(bank, sentiment_files):
         fit_profile(bank, load_examples(sentiment_files[0]), "x", FitConfig(method="peft", peer="adalora", **CFG))
     with pytest.raises(UsageError, match="--method"):
         fit_profile(bank, load_examples(sentiment_files[0]), "x", FitConfig(method="peft", **CFG))
+
+
+def test_sign_masks_are_bits_with_a_straight_through_gradient():
+    from xpeft_cli.masks import sign_weights
+
+    logits = torch.tensor([[0.3, -0.2, 0.0, 5.0]], requires_grad=True)
+    w = sign_weights(logits, training=True)
+    torch.testing.assert_close(w, torch.tensor([[1.0, -1.0, -1.0, 1.0]]) / 4)   # ±1/N; a zero logit counts as −
+    (g,) = torch.autograd.grad((w * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum(), logits)
+    torch.testing.assert_close(g, torch.tensor([[1.0, 2.0, 3.0, 4.0]]) / 4)      # that of logits/N
+    torch.testing.assert_close(sign_weights(logits, training=False), w.detach())
+
+
+@pytest.mark.parametrize("kind", ["sign", "linear"])
+def test_sign_and_linear_masks_fit(bank, sentiment_files, kind):
+    train = load_examples(sentiment_files[0])
+    res = fit_profile(bank, train, "fay", FitConfig(mask=kind, seed=0, lr_ln=1e-2, lr_head=3e-2, **CFG))
+    la, lb = res.model.mask_logits()
+    if kind == "linear":  # B̂ starts at 0 (the PLM's own sites) and is learned
+        assert lb.abs().max() > 0
+    else:                 # the signs moved away from their tiny seeded start
+        assert la.abs().max() > 1e-2 and lb.abs().max() > 1e-2
+    losses = [h["loss"] for h in res.history if "loss" in h]
+    assert min(losses[-3:]) < max(losses[:3])
