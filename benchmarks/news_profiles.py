@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from xpeft_cli.bank import Bank
 from xpeft_cli.bank_build import from_profiles, pick_profiles
 from xpeft_cli.baselines import write_adapter
 from xpeft_cli.data import Examples, label_names
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--limit-new", type=int, default=0, help="only this many new authors (smoke runs)")
     ap.add_argument("--skip-solo", action="store_true")
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where news-TAG.json and .md are written")
     args = ap.parse_args()
     train, test = read_jsonl(args.data / "train.jsonl"), read_jsonl(args.data / "test.jsonl")
     labels = label_names(train.labels + test.labels)
@@ -101,9 +103,11 @@ def main() -> None:
         for base in ("single-adapter", "head-only"):
             c = FitConfig(**{**cfg.__dict__, "method": base})
             record(base, banks["sa"], fit_profiles(banks["sa"], new_train, c))
+        enc, _ = load_encoder(plm)
+        banks["random N=400"] = Bank.create_random(plm, enc, n=400, seed=0)  # the default bank a user starts with
         for bname, bank in banks.items():
             for mask in ("hard", "soft"):
-                for k in (args.ks if mask == "hard" else [0]):
+                for k in ((args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]):
                     c = FitConfig(**{**cfg.__dict__, "mask": mask, "k": k or 50})
                     key = f"x-peft {mask}{f' k={k}' if k else ''} on {bname} bank"
                     record(key, bank, fit_profiles(bank, new_train, c))
@@ -121,9 +125,10 @@ def main() -> None:
                                              "speedup": round(per_author / one_run, 1), "profiles": len(new),
                                              "note": "in-process: per-author runs exclude Python/CUDA start-up"}
             print(json.dumps(out["one_run_vs_per_profile"]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
+    results = args.results
+    results.mkdir(parents=True, exist_ok=True)
     tag = args.tag or ("cuda" if torch.cuda.is_available() else "cpu")
-    (RESULTS / f"news-{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (results / f"news-{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# News Category (LaMP-2 source): {len(new)} new authors over banks of {len(bank_names)} authors",
           "", f"`{out['meta']['command']}` on {out['meta']['device']}, torch {out['meta']['torch']}, "
           f"{args.epochs} epochs, {len(labels)} labels, {len(new_test)} test rows.", "",
@@ -136,7 +141,7 @@ def main() -> None:
         o = out["one_run_vs_per_profile"]
         md += ["", f"All {o['profiles']} new authors in one run: {o['one_run_s']} s; one run per author: "
                f"{o['per_profile_runs_s']} s; **{o['speedup']}×**."]
-    (RESULTS / f"news-{tag}.md").write_text("\n".join(md) + "\n")
+    (results / f"news-{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
