@@ -89,6 +89,14 @@ def plan(name: str) -> list[dict]:
         seed1 = [c | {"label": c["label"] + "-s1", "family": "lora:r=24 (seed 1)", "seed": 1}
                  for c in peer("lora", "lora:r=24", [3e-3])]
         return designs + peers + seed1
+    if name == "final":  # after sweep2: sign masks on two sites per block, checked with another seed and N,
+        # against hard masks and LoRA on the same two sites
+        two = {"targets": TWO_SITES}
+        return [xp("xp-sign-2sites-s1", mask="sign", lr_ln=1e-2, seed=1, **two),
+                xp("xp-sign-2sites-n800", mask="sign", n=800, lr_ln=1e-2, **two),
+                xp("xp-hard-2sites", **two)] \
+            + [c | two | {"label": c["label"] + "-2sites", "family": c["family"] + " (two sites)"}
+               for c in peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2])]
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
                 xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
@@ -265,7 +273,11 @@ def run(args) -> None:
 
 # ---- the report ----------------------------------------------------------------------------
 def load_cells(folder: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(Path(folder, "cells").glob("*.json"))]
+    """Every cell of OUT/cells/, or of OUT/cells.json (the recorded form: one file, sorted)."""
+    files = sorted(Path(folder, "cells").glob("*.json"))
+    if files:
+        return [json.loads(p.read_text()) for p in files]
+    return json.loads(Path(folder, "cells.json").read_text())
 
 
 def summarise(cells: list[dict], tasks: list[str]) -> list[dict]:
@@ -320,30 +332,49 @@ def report(args) -> None:
         lines += ["", "Failed cells:"] + [f"- {c['task']} {c['config']['label']}: {c['error']}" for c in errors]
     md = "\n".join(lines) + "\n"
     Path(args.output, f"frontier-{args.tag}.md").write_text(md)
+    cells.sort(key=lambda c: (c["config"]["label"], c["task"]))
+    Path(args.output, "cells.json").write_text(json.dumps(cells, indent=0, sort_keys=True) + "\n")
     Path(args.output, f"frontier-{args.tag}.json").write_text(json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
     plot(rows, Path(args.output, f"frontier-{args.tag}.png"), args.tag)
     print(md)
 
 
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both fewer bytes and a higher score, by bytes."""
+    best, out = -math.inf, []
+    for b, a in sorted(points):
+        if a > best:
+            out.append((b, a))
+            best = a
+    return out
+
+
 def plot(rows: list[dict], path: Path, tag: str) -> None:
+    """Peers (tuned LR) as labelled circles, X-PEFT designs as stars; the dashed line is the frontier."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
-    shown = [r for r in rows if r["kind"] == "tuned" or r["config"]["method"] == "x-peft"]
-    cmap = plt.get_cmap("tab20")
-    for i, r in enumerate(sorted(shown, key=lambda r: r["bytes"])):
-        xpeft = r["kind"] == "config"
-        ax.scatter(r["bytes"], r["avg"], marker="*" if xpeft else "o", s=140 if xpeft else 70, color=cmap(i % 20),
-                   edgecolor="black", linewidth=0.5, label=f"{r['label']} ({r['avg']:.3f})", zorder=3)
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    peers = [r for r in rows if r["kind"] == "tuned"]
+    designs = sorted((r for r in rows if r["kind"] == "config" and r["config"]["method"] == "x-peft"),
+                     key=lambda r: -r["avg"])
+    for r in peers:
+        ax.scatter(r["bytes"], r["avg"], marker="o", s=60, color="tab:gray", edgecolor="black", zorder=3)
+        ax.annotate(r["family"], (r["bytes"], r["avg"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(designs):
+        ax.scatter(r["bytes"], r["avg"], marker="*", s=150, color=cmap(i / max(1, len(designs) - 1)),
+                   edgecolor="black", linewidth=0.5, label=f"{r['label']} ({r['avg']:.3f})", zorder=4)
+    front = pareto([(r["bytes"], r["avg"]) for r in peers + designs])
+    ax.plot(*zip(*front), "--", color="tab:red", linewidth=1, zorder=2, label="frontier")
     ax.set_xscale("log")
-    ax.set_xlabel("bytes per profile on disk (log scale)")
+    ax.set_xlabel("bytes per profile on disk, float16 (log scale)")
     ax.set_ylabel("GLUE dev score, mean of the tasks")
     ax.set_title(f"Accuracy against bytes per profile — {tag}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="X-PEFT designs (stars)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
