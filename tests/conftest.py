@@ -126,7 +126,8 @@ def fitted(cli, tmp_path):
     write_jsonl(tmp_path / "alice.jsonl", sentiment_rows(40, 0))
     write_jsonl(tmp_path / "alice_test.jsonl", sentiment_rows(12, 1))
     assert cli("bank", "create", "--random", "-n", "16")[0] == 0
-    code, out, err = cli("fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--k", "4", "--quiet")
+    code, out, err = cli("fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--mask", "hard", "--k", "4",
+                         "--quiet")
     assert code == 0, err
     return tmp_path
 

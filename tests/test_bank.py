@@ -69,8 +69,9 @@ def tiny_bank(tiny_bert, tmp_path):
 
 def test_random_bank_defaults(tiny_bank):
     bank, folder = tiny_bank
-    assert bank.rank == 32 // 16 and bank.L == 2
-    assert [s.name for s in bank.sites] == [f"encoder.layer.{i}.attention.output.dense" for i in range(2)]
+    assert bank.rank == 32 // 16 and bank.L == 4   # both output projections of each of the 2 blocks
+    assert [s.name for s in bank.sites] == [f"encoder.layer.{i}.{m}" for i in range(2)
+                                            for m in ("attention.output.dense", "output.dense")]
     assert not (folder / "adapters.safetensors").exists()  # nothing big on disk
     m = json.loads((folder / "bank.json").read_text())
     assert m["bank_hash"] == bank.bank_hash and m["generator"]["seed"] == 3
@@ -132,14 +133,14 @@ def test_bad_targets_and_n(tiny_bert):
         Bank.create_random(plm, enc, n=0)
 
 
-@pytest.mark.parametrize("kind,suffix", [("bert", "attention.output.dense"), ("roberta", "attention.output.dense"),
-                                         ("distilbert", "attention.out_lin")])
+@pytest.mark.parametrize("kind,suffix", [("bert", "output.dense"), ("roberta", "output.dense"),
+                                         ("distilbert", ("attention.out_lin", "ffn.lin2"))])
 def test_wires_into_encoder_families(kind, suffix, tmp_path):
     folder = save_tiny(tmp_path / kind, kind)
     plm = resolve_model(str(folder))
     enc, _ = load_encoder(plm)
     bank = Bank.create_random(plm, enc, n=8, rank=4)
-    assert all(s.name.endswith(suffix) for s in bank.sites) and len(bank.sites) == 2
+    assert all(s.name.endswith(suffix) for s in bank.sites) and len(bank.sites) == 4
     ids = torch.randint(5, 40, (2, 9), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     with torch.no_grad():
@@ -152,7 +153,7 @@ def test_wires_into_encoder_families(kind, suffix, tmp_path):
     assert not torch.allclose(base, adapted)  # the sites are really in the forward path
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(("logits_" in n) or (".ln." in n) or n.startswith("head.") for n in trainable)
-    assert model.trainable_parameter_count() == 2 * (8 + 4) * 2  # Table 1's 2(N+b)L
+    assert model.trainable_parameter_count() == 2 * (8 + 4) * 4  # Table 1's 2(N+b)L, L = 4 sites
 
 
 def test_regenerate_uses_no_stored_tensors(tiny_bank, tmp_path):

@@ -27,7 +27,7 @@ def test_json_outputs_are_one_object(fitted, cli):
     code, out, _ = cli("inspect", "alice.xpm", "--bank", "bank", "--json")
     info = json.loads(out)
     assert code == 0 and info["bank_match"] is True and info["n"] == 16 and info["k"] == 4
-    assert info["labels"] == ["neg", "pos"] and len(info["selected"]) == info["L"] == 2
+    assert info["labels"] == ["neg", "pos"] and len(info["selected"]) == info["L"] == 4
     assert all(len(s["A"]) == 4 for s in info["selected"])
     assert sum(info["sections"].values()) == info["bytes"]
     code, out, _ = cli("eval", "--profile", "alice.xpm", "--data", "alice_test.jsonl", "--json")

@@ -42,7 +42,7 @@ def test_sigkill_during_atomic_writes(tmp_path):
 
 def _fit(cwd: Path, env: dict, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "xpeft_cli", "fit", "-p", "carol", "-d", "train.jsonl", "--epochs", "40",
-            "--batch-size", "4", "--k", "4", "--seed", "3", "--quiet", *extra]
+            "--batch-size", "4", "--mask", "hard", "--k", "4", "--seed", "3", "--quiet", *extra]
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -22,7 +22,7 @@ def default_bank(tmp_path_factory):
     assert plm.fingerprint == DEFAULT_MODEL_SHA256
     enc, _ = load_encoder(plm)
     bank = Bank.create_random(plm, enc, n=400, seed=0)
-    assert bank.rank == 24 and bank.L == 6
+    assert bank.rank == 24 and bank.L == 12  # both output projections of each of the 6 blocks
     folder = tmp_path_factory.mktemp("bank")
     bank.save(folder)
     return Bank.load(folder)

@@ -136,3 +136,52 @@ def test_sign_and_linear_masks_fit(bank, sentiment_files, kind):
         assert la.abs().max() > 1e-2 and lb.abs().max() > 1e-2
     losses = [h["loss"] for h in res.history if "loss" in h]
     assert min(losses[-3:]) < max(losses[:3])
+
+
+def test_sign_profiles_through_the_cli(cli, tmp_path):
+    """fit (sign is the default) → .xpm 1.1 with one bit per adapter → inspect, eval, unpack, pack; --k refused."""
+    import json
+
+    from conftest import _one_line_error, sentiment_rows, write_jsonl
+    from xpeft_cli.xpm import read_xpm_full
+
+    write_jsonl(tmp_path / "a.jsonl", sentiment_rows(40, 0))
+    assert cli("bank", "create", "--random", "-n", "20")[0] == 0
+    code, out, err = cli("fit", "-p", "sia", "-d", "a.jsonl", "--epochs", "2", "--json")
+    assert code == 0, err and json.loads(out)["mask"] == "sign"
+    dec = read_xpm_full(tmp_path / "sia.xpm")
+    p = dec.profile
+    assert p.mask_kind == "sign" and p.k == 0 and dec.version == (1, 1)
+    assert dec.sizes["masks"] == 2 * p.L * 3   # ⌈20/8⌉ = 3 bytes per row: as many as a hard mask
+    code, out, _ = cli("inspect", "sia.xpm", "--bank", "bank", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["bank_match"] and len(info["plus"]) == p.L
+    assert [s["A"] for s in info["plus"]] == [int(r.sum()) for r in p.mask_a]
+    code, out, err = cli("eval", "-p", "sia.xpm", "-d", "a.jsonl", "--json")
+    assert code == 0, err and json.loads(out)["metrics"]["accuracy"] > 0.5
+    code, out, _ = cli("unpack", "sia.xpm")
+    doc = json.loads(out)
+    assert code == 0 and (doc["profiles"][0] if "profiles" in doc else doc)["mask"] == "sign"
+    code, _, err = cli("pack", "sia.xpm", "--k", "4", "-o", "x.xpm")
+    assert code == 2
+    _one_line_error(err)
+
+
+ARCHS = ["bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet", "distilbert"]
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_default_targets_of_every_architecture_match_two_linears_per_block(model_type):
+    """plm.py's default sites, on a tiny random-weight model of each architecture it lists (built offline)."""
+    from transformers import AutoConfig, AutoModel
+
+    from xpeft_cli.bank import find_sites
+    from xpeft_cli.plm import DEFAULT_TARGETS, default_targets
+
+    assert set(ARCHS) == set(DEFAULT_TARGETS)
+    size = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64} if model_type == "distilbert" else \
+        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    enc = AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=100, **size))
+    sites = find_sites(enc, default_targets(model_type))
+    assert len(sites) == 2 * 2 and all(s.d_out == 32 for s in sites)  # attention output and FFN output, each block
+    assert {s.d_in for s in sites} == {32, 64}

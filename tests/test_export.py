@@ -17,7 +17,7 @@ def test_export_matches_peft_exactly(cli, fitted, tiny_bert):
     from xpeft_cli.evaluate import model_for_profile
 
     assert cli("bank", "create", "--random", "-n", "16", "--ln", "none", "-o", "bank-nl")[0] == 0
-    for mask in ("hard", "soft"):
+    for mask in ("hard", "soft", "sign"):
         code, _, err = cli("fit", "-p", f"nl-{mask}", "-d", "alice.jsonl", "--bank", "bank-nl", "--mask", mask,
                            "--epochs", "2", "--k", "4", "--quiet")
         assert code == 0, err
@@ -25,7 +25,7 @@ def test_export_matches_peft_exactly(cli, fitted, tiny_bert):
                              "--json")
         assert code == 0, err
         cfg = json.loads((fitted / f"lora-{mask}" / "adapter_config.json").read_text())
-        assert cfg["peft_type"] == "LORA" and cfg["r"] == 2 and len(cfg["target_modules"]) == 2
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 2 and len(cfg["target_modules"]) == 4
         base = AutoModel.from_pretrained(tiny_bert)
         peft_model = peft.PeftModel.from_pretrained(base, str(fitted / f"lora-{mask}")).eval()
         bank = Bank.load(fitted / "bank-nl")

@@ -28,7 +28,7 @@ def nodrop_bank(tiny_bert_nodrop, tmp_path_factory):
     return make_bank(tiny_bert_nodrop, tmp_path_factory.mktemp("bank"), n=12)
 
 
-@pytest.mark.parametrize("method,mask", [("x-peft", "hard"), ("x-peft", "soft"), ("single-adapter", "hard"),
+@pytest.mark.parametrize("method,mask", [("x-peft", "hard"), ("x-peft", "soft"), ("x-peft", "sign"), ("single-adapter", "hard"),
                                          ("head-only", "hard")])
 def test_one_run_equals_lone_fits(nodrop_bank, method, mask):
     """Profiles of unequal size (so they drop out of the run at different steps) in one run."""
@@ -41,9 +41,12 @@ def test_one_run_equals_lone_fits(nodrop_bank, method, mask):
         solo = fit_profile(nodrop_bank, ex.subset(idx), name, cfg)
         a, b = solo.profile, joint.profiles[name]
         if method == "x-peft":
-            if mask == "hard":
+            if mask in ("hard", "sign"):
                 assert np.array_equal(a.mask_a, b.mask_a) and np.array_equal(a.mask_b, b.mask_b)
-                assert a.mask_a.sum() == 4 * a.L
+                if mask == "hard":
+                    assert a.mask_a.sum() == 4 * a.L
+                else:  # signs of both kinds were learned
+                    assert 0 < a.mask_b.sum() < a.mask_b.size
             else:
                 np.testing.assert_allclose(a.mask_a, b.mask_a, atol=1e-5)
                 assert np.abs(a.mask_a).max() > 1e-3  # the masks moved
@@ -83,7 +86,7 @@ def test_profile_filename_is_safe_and_distinct():
 
 
 @pytest.mark.parametrize("cache_gb", [0.0, 4.0])
-@pytest.mark.parametrize("masks", [["hard"], ["soft"], ["hard", "soft"]])
+@pytest.mark.parametrize("masks", [["hard"], ["soft"], ["sign"], ["hard", "soft", "sign"]])
 def test_server_rows_match_each_profiles_own_model(nodrop_bank, masks, cache_gb):
     """The serving route (per-row Â, B̂ with the LN affine folded into B̂; mixed per batch, or
     precomputed for every profile) gives what each profile's own XPeftModel gives, in a mixed

@@ -31,6 +31,12 @@ def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):
     code, _, _ = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--predictions", "alice_preds.jsonl")
     by_eval = [json.loads(l)["prediction"] for l in (fitted / "alice_preds.jsonl").read_text().splitlines()]
     assert [a["prediction"] for a in answers if a["profile"] == "alice"] == by_eval[1::2]
+    # dora has sign masks (fit's default), alice hard ones: one batch serves both kinds
+    assert json.loads(cli("inspect", "dora.xpm", "--json")[1])["mask"] == "sign"
+    write_jsonl(fitted / "dora_test.jsonl", [dict(r, label={"pos": "up", "neg": "down"}[r["label"]]) for r in test])
+    code, _, _ = cli("eval", "-p", "dora.xpm", "-d", "dora_test.jsonl", "--predictions", "dora_preds.jsonl")
+    by_eval = [json.loads(l)["prediction"] for l in (fitted / "dora_preds.jsonl").read_text().splitlines()]
+    assert code == 0 and [a["prediction"] for a in answers if a["profile"] == "dora"] == by_eval[0::2]
     # a store serves the same answers; a request for an unknown profile is bad input (exit 3)
     assert cli("pack", "profs", "-o", "all.xps")[0] == 0
     write_jsonl(fitted / "req.jsonl", requests)

@@ -85,10 +85,10 @@ def test_pack_unpack_verify_cli(cli, fitted, tmp_path):
     doc = json.loads(out)
     assert code == 0 and doc["profiles"][0]["name"] == "alice" and len(doc["profiles"][0]["masks"]["A"][0]) == 4
     code, _, _ = cli("unpack", "alice.xpm", "--npy", "npy")
-    assert code == 0 and np.load(tmp_path / "npy" / "alice.mask_a.npy").sum() == 2 * 4
+    assert code == 0 and np.load(tmp_path / "npy" / "alice.mask_a.npy").sum() == 4 * 4  # L=4 sites, k=4
     # masks-only
     code, _, _ = cli("pack", "alice.xpm", "-o", "alice-masks.xpm", "--masks-only")
-    assert code == 0 and (tmp_path / "alice-masks.xpm").stat().st_size == 51 + 5 + 2 * 2 * 2 + 4
+    assert code == 0 and (tmp_path / "alice-masks.xpm").stat().st_size == 51 + 5 + 2 * 4 * 2 + 4
     # verify: all good, then one damaged and one of another bank
     code, out, _ = cli("verify", "alice.xpm", "all.xps", "--bank", "bank", "--json")
     assert code == 0 and json.loads(out)["ok"] is True

@@ -107,7 +107,9 @@ def profile_from_checkpoint(path: Path, k: int | None = None):
     except KeyError as exc:
         raise IntegrityError(f"{path}: checkpoint lacks tensor {exc}") from None
     mask, kk = ident["mask"], k or ident["k"]
-    if k is not None or mask == "hard":
+    if mask == "sign" and k is None:
+        mask_a, mask_b, kk = (la > 0).numpy(), (lb > 0).numpy(), 0
+    elif k is not None or mask == "hard":
         mask_a, mask_b, mask = (hard_inference_weights(la, kk) > 0).numpy(), (hard_inference_weights(lb, kk) > 0).numpy(), "hard"
     else:
         mask_a, mask_b, kk = la.numpy(), lb.numpy(), 0

@@ -4,20 +4,14 @@ A hard profile at inference is exactly one LoRA per site: Â = mean of the k sel
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .bank import Bank
-from .masks import soft_weights
-from .profile import Profile
+from .profile import Profile, inference_weights
 
 
 def mixing_weights(profile: Profile) -> tuple[torch.Tensor, torch.Tensor]:
-    if profile.mask_kind == "hard":
-        wa = torch.from_numpy(profile.mask_a.astype(np.float32)) / profile.k
-        wb = torch.from_numpy(profile.mask_b.astype(np.float32)) / profile.k
-        return wa, wb
-    return soft_weights(torch.from_numpy(profile.mask_a)), soft_weights(torch.from_numpy(profile.mask_b))
+    return inference_weights(profile)
 
 
 def materialize(bank: Bank, profile: Profile) -> dict[str, torch.Tensor]:

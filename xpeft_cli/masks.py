@@ -129,6 +129,26 @@ def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,
     return None, topk_indices(logits, spec.k)
 
 
-def bits_to_logits(bits: torch.Tensor) -> torch.Tensor:
-    """A hard mask stored as bits, as logits whose noiseless top-k gives back the same bits."""
-    return bits.to(torch.float32)
+def initial_logits(kind: str, L: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a profile's (L, N) mask logits start, the same in lone and multi-profile fits.
+
+    hard/soft: 0 (uniform). sign: tiny seeded values, so the first gradients pick the signs.
+    linear: Â starts as a seeded ±1 mix and B̂ at 0, so every site starts as the PLM's own.
+    Drawn site by site, A then B, from one generator seeded with seed + 2.
+    """
+    la, lb = torch.zeros(L, n), torch.zeros(L, n)
+    if kind in ("sign", "linear"):
+        g = torch.Generator().manual_seed(seed + 2)
+        for l in range(L):
+            if kind == "sign":
+                la[l] = (torch.rand(n, generator=g) * 2 - 1) * 1e-3
+                lb[l] = (torch.rand(n, generator=g) * 2 - 1) * 1e-3
+            else:
+                la[l] = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+    return la, lb
+
+
+def bits_to_logits(bits: torch.Tensor, kind: str = "hard") -> torch.Tensor:
+    """A hard or sign mask stored as bits, as logits that give back the same bits: the noiseless
+    top-k of 0/1 (hard), the sign of ±1 (sign)."""
+    return torch.where(bits, 1.0, -1.0) if kind == "sign" else bits.to(torch.float32)

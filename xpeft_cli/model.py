@@ -10,7 +10,7 @@ from torch import nn
 
 from .bank import Bank
 from .layer import XPeftLinear
-from .masks import MaskSpec, mask_choice
+from .masks import MaskSpec, initial_logits, mask_choice
 from .mixing import mix
 
 TASK_CLASSIFICATION = "classification"
@@ -102,21 +102,14 @@ class XPeftModel(EncoderClassifier):
         self._init_logits(seed)
 
     def _init_logits(self, seed: int) -> None:
-        """Where the mask logits start. hard/soft: 0 (uniform). sign: tiny seeded values, so the first
-        gradients pick the signs. linear: Â starts as a seeded ±1 mix and B̂ at 0, so every site starts
-        as the PLM's own (as a LoRA with B = 0)."""
+        """The mask logits' start (masks.initial_logits): 0 for hard/soft, seeded for sign/linear."""
         if self.spec.kind not in ("sign", "linear"):
             return
-        g = torch.Generator().manual_seed(seed + 2)
+        la, lb = initial_logits(self.spec.kind, len(self.sites), self.sites[0].logits_a.numel(), seed)
         with torch.no_grad():
-            for s in self.sites:
-                n = s.logits_a.numel()
-                if self.spec.kind == "sign":
-                    s.logits_a.copy_((torch.rand(n, generator=g) * 2 - 1) * 1e-3)
-                    s.logits_b.copy_((torch.rand(n, generator=g) * 2 - 1) * 1e-3)
-                else:
-                    s.logits_a.copy_(torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0))
-                    s.logits_b.zero_()
+            for l, s in enumerate(self.sites):
+                s.logits_a.copy_(la[l])
+                s.logits_b.copy_(lb[l])
 
     # ---- profile parameters ---------------------------------------------------------
     def mask_logits(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,7 +135,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     site_names = [s.name for s in bank.sites]
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau)
-        table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln)
+        table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln, seed=cfg.seed)
         model = RoutedModel(encoder, site_names, bank.rank, table, heads, task, ln=bank.config.ln,
                             ln_eps=bank.config.ln_eps, scale=bank.config.scale).to(device)
         table.seed_generators(device, cfg.seed)
@@ -312,6 +312,8 @@ def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, 
         la, lb = t.logits_a[i].detach().float().cpu(), t.logits_b[i].detach().float().cpu()
         if cfg.mask == "hard":
             ma, mb = (hard_inference_weights(la, k) > 0).numpy(), (hard_inference_weights(lb, k) > 0).numpy()
+        elif cfg.mask == "sign":
+            ma, mb, k = (la > 0).numpy(), (lb > 0).numpy(), 0
         else:
             ma, mb, k = la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
         ln_w = t.ln_w[i].detach().float().cpu().numpy() if len(t.ln_w) else None

@@ -10,19 +10,19 @@ import numpy as np
 import torch
 
 from .errors import IntegrityError
-from .masks import bits_to_logits, hard_inference_weights
+from .masks import bits_to_logits, hard_inference_weights, sign_weights, soft_weights
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION, XPeftModel
 
 
 @dataclass
 class Profile:
     name: str
-    mask_kind: str                 # "hard" | "soft"
+    mask_kind: str                 # "hard" | "soft" | "sign"
     n: int
     L: int
     k: int                         # 0 for soft masks
     bank_hash: str                 # hex SHA-256 of the bank it was fitted on
-    mask_a: np.ndarray             # hard: bool (L, N); soft: float32 logits (L, N)
+    mask_a: np.ndarray             # hard: bool (L, N), set = selected; sign: bool, set = +; soft: float32 logits
     mask_b: np.ndarray
     soft_dtype: str = "float32"    # how soft logits are stored: float32 | float16
     param_dtype: str = "float32"   # how the LN, output-vector and head sections are stored: float32 | float16
@@ -54,6 +54,8 @@ def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] |
         mask_a = (hard_inference_weights(la, spec.k) > 0).numpy()
         mask_b = (hard_inference_weights(lb, spec.k) > 0).numpy()
         k = spec.k
+    elif spec.kind == "sign":  # one bit per adapter: set for +, clear for −
+        mask_a, mask_b, k = (la > 0).numpy(), (lb > 0).numpy(), 0
     else:
         mask_a, mask_b, k = la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
     ln_w = ln_b = None
@@ -69,6 +71,17 @@ def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] |
     )
 
 
+def inference_weights(p: Profile) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_A, W_B), each (L, N) float32: the weights a stored profile mixes the bank with.
+    hard: k-hot/k; sign: ±1/N; soft: softmax of the logits."""
+    if p.mask_kind == "hard":
+        return tuple(torch.from_numpy(np.asarray(m, dtype=np.float32)) / p.k for m in (p.mask_a, p.mask_b))
+    if p.mask_kind == "sign":
+        return tuple(sign_weights(bits_to_logits(torch.from_numpy(np.asarray(m, dtype=bool)), "sign"), training=False)
+                     for m in (p.mask_a, p.mask_b))
+    return tuple(soft_weights(torch.from_numpy(np.asarray(m, dtype=np.float32))) for m in (p.mask_a, p.mask_b))
+
+
 def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> None:
     """Load a profile into a model built on the same bank (`force` skips the bank-hash check only)."""
     if profile.bank_hash != model.bank_hash and not force:
@@ -79,9 +92,11 @@ def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> N
     if profile.L != len(model.sites) or profile.n != model.sites[0].logits_a.numel():
         raise IntegrityError("profile shape (L, N) does not match the bank")
     model.spec.kind = profile.mask_kind
-    if profile.mask_kind == "hard":
-        model.spec.k = profile.k
-        la, lb = bits_to_logits(torch.from_numpy(profile.mask_a)), bits_to_logits(torch.from_numpy(profile.mask_b))
+    if profile.mask_kind in ("hard", "sign"):
+        if profile.mask_kind == "hard":
+            model.spec.k = profile.k
+        la = bits_to_logits(torch.from_numpy(profile.mask_a), profile.mask_kind)
+        lb = bits_to_logits(torch.from_numpy(profile.mask_b), profile.mask_kind)
     else:
         la = torch.from_numpy(np.asarray(profile.mask_a, dtype=np.float32))
         lb = torch.from_numpy(np.asarray(profile.mask_b, dtype=np.float32))
@@ -107,8 +122,9 @@ def _floats(a: np.ndarray) -> list:
 
 
 def profile_to_json(p: Profile) -> dict:
-    """A lossless JSON view. Hard masks list the selected adapter indices of each site."""
-    if p.mask_kind == "hard":
+    """A lossless JSON view. Hard masks list the selected adapter indices of each site; sign masks
+    the indices of the adapters that join with +."""
+    if p.mask_kind in ("hard", "sign"):  # sign: the adapters that join with +
         masks = {"A": [np.flatnonzero(r).tolist() for r in p.mask_a], "B": [np.flatnonzero(r).tolist() for r in p.mask_b]}
     else:
         masks = {"A": _floats(p.mask_a), "B": _floats(p.mask_b)}
@@ -119,12 +135,12 @@ def profile_to_json(p: Profile) -> dict:
         "head": None if p.head_weight is None else {"task": p.task, "weight": _floats(p.head_weight),
                                                     "bias": _floats(p.head_bias)},
         "labels": p.labels, "meta": p.meta,
-    }
+    } | ({"param_dtype": p.param_dtype} if p.param_dtype != "float32" else {})
 
 
 def profile_from_json(obj: dict) -> Profile:
     n, L = int(obj["n"]), int(obj["L"])
-    if obj["mask"] == "hard":
+    if obj["mask"] in ("hard", "sign"):
         def rows(sel):
             m = np.zeros((L, n), dtype=bool)
             for l, idx in enumerate(sel):
@@ -136,7 +152,7 @@ def profile_from_json(obj: dict) -> Profile:
         mask_b = np.asarray(obj["masks"]["B"], dtype=np.float32).reshape(L, n)
     p = Profile(name=obj["name"], mask_kind=obj["mask"], n=n, L=L, k=int(obj["k"]), bank_hash=obj["bank_hash"],
                 mask_a=mask_a, mask_b=mask_b, soft_dtype=obj.get("soft_dtype") or "float32",
-                labels=obj.get("labels"), meta=obj.get("meta") or {})
+                labels=obj.get("labels"), meta=obj.get("meta") or {}, param_dtype=obj.get("param_dtype", "float32"))
     if obj.get("ln"):
         p.ln_weight = np.asarray(obj["ln"]["weight"], dtype=np.float32)
         p.ln_bias = np.asarray(obj["ln"]["bias"], dtype=np.float32)

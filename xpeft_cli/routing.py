@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
-from .masks import MaskSpec, gumbel, mask_choice, soft_weights
+from .masks import MaskSpec, gumbel, initial_logits, mask_choice
 from .mixing import mix
 from .model import TASK_REGRESSION, _set_submodule, mean_pool
 
@@ -170,11 +170,12 @@ class MaskTable(_BankTable):
     """Trainable X-PEFT profiles over a frozen bank: mask logits (L×N, twice), LN affine (L×b)."""
 
     def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], count: int, spec: MaskSpec,
-                 ln: bool):
+                 ln: bool, seed: int = 0):
         super().__init__(bank_a, bank_b)
         self.spec = spec
-        self.logits_a = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.n)) for _ in range(count)])
-        self.logits_b = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.n)) for _ in range(count)])
+        start = initial_logits(spec.kind, self.L, self.n, seed)  # each profile starts as its lone fit would
+        self.logits_a = nn.ParameterList([nn.Parameter(start[0].clone()) for _ in range(count)])
+        self.logits_b = nn.ParameterList([nn.Parameter(start[1].clone()) for _ in range(count)])
         self.ln_w = nn.ParameterList([nn.Parameter(torch.ones(self.L, self.rank)) for _ in range(count)] if ln else [])
         self.ln_b = nn.ParameterList([nn.Parameter(torch.zeros(self.L, self.rank)) for _ in range(count)] if ln else [])
         self.generators: list[torch.Generator | None] = [None] * count
@@ -250,6 +251,13 @@ class AdapterTable(nn.Module):
                 [self.b[p * self.L + l].detach() for l in range(self.L)])
 
 
+def _dense_weights(p) -> torch.Tensor:
+    """(L, 2, N) inference weights of a soft (softmax of the logits) or sign (±1/N) profile."""
+    from .profile import inference_weights  # profile.py builds on model.py, which builds on this module
+
+    return torch.stack(inference_weights(p), 1)
+
+
 class FrozenMaskTable(_BankTable):
     """Stored X-PEFT profiles for inference: hard bits or soft weights, LN affine, mixed per batch.
 
@@ -271,9 +279,7 @@ class FrozenMaskTable(_BankTable):
         self.register_buffer("bits", torch.cat([torch.stack(bits) if bits else zero[:0].bool(), zero.bool()]),
                              persistent=False)
         self.register_buffer("k", torch.tensor([float(profiles[i].k) for i in hard] + [1.0]), persistent=False)
-        soft_w = [soft_weights(torch.from_numpy(np.stack([np.asarray(profiles[i].mask_a, np.float32),
-                                                          np.asarray(profiles[i].mask_b, np.float32)], 1)))
-                  for i in soft]
+        soft_w = [_dense_weights(profiles[i]) for i in soft]  # soft and sign profiles: their weights as they are
         self.register_buffer("soft", torch.cat([torch.stack(soft_w) if soft_w else zero[:0], zero]), persistent=False)
         is_hard = torch.tensor([p.mask_kind == "hard" for p in profiles])
         self.register_buffer("hard_slot", torch.where(is_hard, slot, len(hard)), persistent=False)

@@ -24,8 +24,10 @@ from .profile import Profile
 # §2 Header -------------------------------------------------------------------------------
 MAGIC = b"\x89XPM\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
+MINOR_SIGN = 1   # 1.1 added mask encoding 3 (sign bits); files without it are still written as 1.0
 HEADER = struct.Struct("<8sBBBBHHH32sB")  # magic, major, minor, encoding, reserved, N, L, k, bank hash, name len
-ENC_HARD, ENC_SOFT_F16, ENC_SOFT_F32 = 0, 1, 2
+ENC_HARD, ENC_SOFT_F16, ENC_SOFT_F32, ENC_SIGN = 0, 1, 2, 3
+BIT_ENCODINGS = (ENC_HARD, ENC_SIGN)
 CHECKSUM_SIZE = 4
 
 # §5 Sections ---------------------------------------------------------------------------
@@ -54,7 +56,7 @@ def _row_bytes(n: int) -> int:
 
 
 def mask_bytes(encoding: int, n: int, L: int) -> int:
-    per = {ENC_HARD: _row_bytes(n), ENC_SOFT_F16: 2 * n, ENC_SOFT_F32: 4 * n}[encoding]
+    per = {ENC_HARD: _row_bytes(n), ENC_SIGN: _row_bytes(n), ENC_SOFT_F16: 2 * n, ENC_SOFT_F32: 4 * n}[encoding]
     return 2 * L * per
 
 
@@ -94,16 +96,17 @@ def _encode(p: Profile) -> bytes:
         raise DataError(f"profile name must be 1..{MAX_NAME} UTF-8 bytes")
     if not (1 <= p.n <= MAX_N and 1 <= p.L <= MAX_L):
         raise DataError(f"N must be 1..{MAX_N} and L 1..{MAX_L}")
-    if p.mask_kind not in ("hard", "soft"):
+    if p.mask_kind not in ("hard", "soft", "sign"):
         raise DataError(f"mask kind {p.mask_kind!r} has no .xpm encoding")
-    if p.mask_kind == "hard":
-        enc = ENC_HARD
+    if p.mask_kind in ("hard", "sign"):
+        enc = ENC_HARD if p.mask_kind == "hard" else ENC_SIGN
         masks = _pack_bits(p.mask_a) + _pack_bits(p.mask_b)
     else:
         enc = ENC_SOFT_F16 if p.soft_dtype == "float16" else ENC_SOFT_F32
         dt = DTYPES[enc]
         masks = np.asarray(p.mask_a).astype(dt).tobytes() + np.asarray(p.mask_b).astype(dt).tobytes()
-    out = bytearray(HEADER.pack(MAGIC, MAJOR, MINOR, enc, 0, p.n, p.L, p.k if enc == ENC_HARD else 0,
+    out = bytearray(HEADER.pack(MAGIC, MAJOR, MINOR_SIGN if enc == ENC_SIGN else MINOR, enc, 0, p.n, p.L,
+                                p.k if enc == ENC_HARD else 0,
                                 bytes.fromhex(p.bank_hash), len(name)))
     out += name + masks
     code = DTYPE_CODES.get(p.param_dtype)
@@ -159,7 +162,8 @@ def _floats(buf: memoryview, pos: int, dtype: np.dtype, count: int, what: str) -
     return arr
 
 
-def _unpack_bits(buf: memoryview, pos: int, n: int, L: int, k: int, what: str) -> np.ndarray:
+def _unpack_bits(buf: memoryview, pos: int, n: int, L: int, k: int | None, what: str) -> np.ndarray:
+    """L rows of N bits; a hard row (k given) must have exactly k set, a sign row (k None) any number."""
     rb = _row_bytes(n)
     rows = np.zeros((L, n), dtype=bool)
     for l in range(L):
@@ -168,7 +172,7 @@ def _unpack_bits(buf: memoryview, pos: int, n: int, L: int, k: int, what: str) -
         if ba[n:].any():
             raise _Bad(f"{what} row {l}: padding bits are not zero")
         row = ba[:n]
-        if row.count() != k:
+        if k is not None and row.count() != k:
             raise _Bad(f"{what} row {l}: {row.count()} adapters selected, header says k={k}")
         rows[l] = np.frombuffer(row.unpack(), dtype=bool)
     return rows
@@ -200,14 +204,14 @@ def _decode(buf: memoryview) -> Decoded:
         raise _Bad("checksum mismatch (file is damaged or truncated)")
     if reserved != 0:
         raise _Bad("reserved header byte is not zero")
-    if enc not in (ENC_HARD, ENC_SOFT_F16, ENC_SOFT_F32):
+    if enc not in (ENC_HARD, ENC_SOFT_F16, ENC_SOFT_F32, ENC_SIGN):
         raise _Bad(f"unknown mask encoding {enc}")
     if not (1 <= n <= MAX_N and 1 <= L <= MAX_L):
         raise _Bad(f"N={n} or L={L} out of range")
     if enc == ENC_HARD and not 1 <= k <= n:
         raise _Bad(f"k={k} out of range for N={n}")
     if enc != ENC_HARD and k != 0:
-        raise _Bad("soft masks must have k=0")
+        raise _Bad("soft and sign masks must have k=0")
     end = size - CHECKSUM_SIZE
     body = buf[:end]
     pos = HEADER.size
@@ -225,17 +229,19 @@ def _decode(buf: memoryview) -> Decoded:
     # §4 Masks
     mb = mask_bytes(enc, n, L)
     _need(body, pos, mb, "masks")
-    if enc == ENC_HARD:
+    if enc in BIT_ENCODINGS:
         half = L * _row_bytes(n)
-        mask_a = _unpack_bits(body, pos, n, L, k, "M_A")
-        mask_b = _unpack_bits(body, pos + half, n, L, k, "M_B")
+        need = k if enc == ENC_HARD else None
+        mask_a = _unpack_bits(body, pos, n, L, need, "M_A")
+        mask_b = _unpack_bits(body, pos + half, n, L, need, "M_B")
     else:
         dt = DTYPES[1 if enc == ENC_SOFT_F16 else 2]
         mask_a = _floats(body, pos, dt, L * n, "M_A").reshape(L, n)
         mask_b = _floats(body, pos + L * n * dt.itemsize, dt, L * n, "M_B").reshape(L, n)
     pos += mb
     sizes["masks"] = mb
-    profile = Profile(name=name, mask_kind="hard" if enc == ENC_HARD else "soft", n=n, L=L, k=k,
+    kind = {ENC_HARD: "hard", ENC_SIGN: "sign"}.get(enc, "soft")
+    profile = Profile(name=name, mask_kind=kind, n=n, L=L, k=k,
                       bank_hash=bytes(bank_hash).hex(), mask_a=mask_a, mask_b=mask_b,
                       soft_dtype="float16" if enc == ENC_SOFT_F16 else "float32")
     # §5 Sections

@@ -42,9 +42,13 @@ def vectors():
                   mask_b=grid((2, 5), 2), head_weight=grid((1, 8)), head_bias=grid((1,)), task="regression")
     yield Profile(name="héloïse", mask_kind="soft", n=6, L=1, k=0, bank_hash=HASH, mask_a=grid((1, 6)),
                   mask_b=grid((1, 6), 4), soft_dtype="float16")
+    yield Profile(name="sia", mask_kind="sign", n=12, L=2, k=0, bank_hash=HASH,  # any number of + bits per row
+                  mask_a=select(2, 12, [[0, 1, 2, 11], []]), mask_b=select(2, 12, [list(range(12)), [5]]),
+                  ln_weight=grid((2, 4)), ln_bias=grid((2, 4), 3), head_weight=grid((2, 8), 5),
+                  head_bias=grid((2,), 1), labels=["neg", "pos"], param_dtype="float16")
 
 
-NAMES = ["hard-minimal", "hard-full", "soft-f32-regression", "soft-f16-utf8-name"]
+NAMES = ["hard-minimal", "hard-full", "soft-f32-regression", "soft-f16-utf8-name", "sign-f16-params"]
 
 
 def main() -> None:

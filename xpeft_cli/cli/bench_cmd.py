@@ -43,7 +43,7 @@ def glue(
     quiet: bool = QuietOpt,
 ) -> None:
     """Run tasks × methods (× N × mask) and write a Table-2-style table (Markdown and JSON); resumable."""
-    bad = [m for m in methods if m not in METHODS] + [m for m in mask if m not in ("soft", "hard")]
+    bad = [m for m in methods if m not in METHODS] + [m for m in mask if m not in ("soft", "hard", "sign")]
     if bad:
         raise UsageError(f"unknown method or mask: {', '.join(bad)}")
     cells = plan(tasks, methods, n, mask)

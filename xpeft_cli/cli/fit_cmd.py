@@ -39,7 +39,8 @@ def fit(
                                   help="Folder holding glue/ and superglue/ (for --task)."),
     bank_dir: Path = BankOpt,
     out: OptPath = typer.Option(None, "--output", "-o", help="Output file (default: PROFILE.xpm)."),
-    mask: str = typer.Option(D.mask, "--mask", help="hard (k-hot bits, Algorithm 1) or soft (softmax weights)."),
+    mask: str = typer.Option(D.mask, "--mask", help="sign (every adapter with a learned ±, one bit each; the most accurate at a few hundred bytes), "
+                              "hard (k-hot bits, the paper's Algorithm 1) or soft (softmax weights)."),
     k: int = typer.Option(D.k, "--k", help="Adapters selected per site by a hard mask (capped at N)."),
     epochs: int = typer.Option(D.epochs, "--epochs"),
     batch_size: int = typer.Option(D.batch_size, "--batch-size"),
@@ -103,8 +104,8 @@ def fit(
                                                                           "cuda_graphs")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
-    if mask not in ("hard", "soft"):
-        raise UsageError("--mask must be 'hard' or 'soft'")
+    if mask not in ("hard", "soft", "sign"):
+        raise UsageError("--mask must be 'sign', 'hard' or 'soft'")
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if (data is None) == (task_preset is None):

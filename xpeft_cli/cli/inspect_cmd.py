@@ -45,6 +45,8 @@ def describe(path: Path) -> dict:
     if p.mask_kind == "hard":
         sel_a, sel_b = p.selected()
         info["selected"] = [{"site": l, "A": sel_a[l], "B": sel_b[l]} for l in range(p.L)]
+    elif p.mask_kind == "sign":  # how many adapters join with + (the rest join with −)
+        info["plus"] = [{"site": l, "A": int(p.mask_a[l].sum()), "B": int(p.mask_b[l].sum())} for l in range(p.L)]
     return info
 
 

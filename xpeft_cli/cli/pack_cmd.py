@@ -60,6 +60,9 @@ def pack(
             if not 1 <= k <= p.n:
                 raise UsageError(f"--k must be in 1..{p.n}")
             p = harden(p, k)
+        elif k is not None and p.mask_kind == "sign":
+            raise UsageError(f"{p.name!r} has sign masks (every adapter joins, with a sign): --k selects adapters "
+                             "of soft profiles only")
         elif k is not None and k != p.k:
             raise UsageError(f"{p.name!r} is already hard with k={p.k}; its logits are gone, so k cannot change")
         converted.append(strip_to_masks(p) if masks_only else p)
