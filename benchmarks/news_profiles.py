@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--ks", type=int, nargs="*", default=[4, 10])
     ap.add_argument("--limit-new", type=int, default=0, help="only this many new authors (smoke runs)")
     ap.add_argument("--skip-solo", action="store_true")
+    ap.add_argument("--banks", nargs="+", default=["sa", "mtl", "random"], help="which banks to fit new authors on")
+    ap.add_argument("--masks", nargs="+", default=["hard", "soft", "sign"])
     ap.add_argument("--tag", default=None)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where news-TAG.json and .md are written")
     args = ap.parse_args()
@@ -87,7 +89,7 @@ def main() -> None:
                     "labels": len(labels), "epochs": args.epochs}, "banks": {}, "results": {}}
     print(json.dumps(out["meta"]), flush=True)
     banks = {}
-    for method in ("sa", "mtl"):
+    for method in [b for b in ("sa", "mtl") if b in args.banks]:
         enc, _ = load_encoder(plm)
         t0 = time.perf_counter()
         bank, rep = from_profiles(plm, enc, only(train, set(bank_names)), len(bank_names), method, cfg)
@@ -100,13 +102,17 @@ def main() -> None:
             out["results"][key] = save_and_score(bank, res, new_test, Path(tmp) / key)
             print(key, json.dumps({k: v for k, v in out["results"][key].items() if k != "per_profile"}), flush=True)
 
+        enc, _ = load_encoder(plm)
+        if "random" in args.banks:
+            banks["random N=400"] = Bank.create_random(plm, enc, n=400, seed=0)  # the default bank a user starts with
         for base in ("single-adapter", "head-only"):
             c = FitConfig(**{**cfg.__dict__, "method": base})
-            record(base, banks["sa"], fit_profiles(banks["sa"], new_train, c))
-        enc, _ = load_encoder(plm)
-        banks["random N=400"] = Bank.create_random(plm, enc, n=400, seed=0)  # the default bank a user starts with
+            any_bank = next(iter(banks.values()))  # baselines use its PLM and sites only
+            record(base, any_bank, fit_profiles(any_bank, new_train, c))
         for bname, bank in banks.items():
-            for mask in ("hard", "soft"):
+            for mask in args.masks:
+                if mask == "sign" and bank.kind == "trained":
+                    continue  # ±1/N over a few trained LoRAs is not what sign masks are for
                 for k in ((args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]):
                     c = FitConfig(**{**cfg.__dict__, "mask": mask, "k": k or 50})
                     key = f"x-peft {mask}{f' k={k}' if k else ''} on {bname} bank"

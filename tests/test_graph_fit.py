@@ -22,7 +22,7 @@ def test_without_a_gpu_it_is_a_usage_error(cli, tmp_path):
 
 
 @gpu
-@pytest.mark.parametrize("mask", ["soft", "hard"])
+@pytest.mark.parametrize("mask", ["soft", "hard", "sign"])
 def test_graphed_fit_follows_the_eager_fit(tiny_bert_nodrop, tmp_path, mask):
     make_bank(tiny_bert_nodrop, tmp_path / "bank", n=24)
     bank = Bank.load(tmp_path / "bank")
@@ -43,5 +43,5 @@ def test_graphed_fit_follows_the_eager_fit(tiny_bert_nodrop, tmp_path, mask):
     for e, g in zip(eager.model.mask_logits(), graphed.model.mask_logits()):
         torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(graphed.model.head.weight, eager.model.head.weight, rtol=1e-3, atol=1e-4)
-    if mask == "hard":
+    if mask in ("hard", "sign"):
         assert (graphed.profile.mask_a == eager.profile.mask_a).all()
