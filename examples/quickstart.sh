@@ -14,7 +14,7 @@ start=$(date +%s)
 echo "== 1. a random bank of 400 adapters per site (regenerated from its seed; no tensor file)"
 xpeft bank create --random -n 400 --force
 
-echo "== 2. two profiles: alice labels by topic, bob by tone (hard masks, k=50)"
+echo "== 2. two profiles: alice labels by topic, bob by tone (sign masks: one bit per adapter and site)"
 xpeft fit --profile alice --data "$here/alice.jsonl" --epochs 10
 xpeft fit --profile bob --data "$here/bob.jsonl" --epochs 10
 

