@@ -75,7 +75,11 @@ def plot_heatmap(profiles: list[Profile], out: Path) -> dict:
     for row, p in zip(axes, profiles):
         wa, wb = mixing_weights(p)
         for ax, w, which in zip(row, (wa, wb), ("A", "B")):
-            im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+            if p.mask_kind == "sign":  # ±1/N: a diverging map centred on 0
+                lim = float(w.abs().max())
+                im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="coolwarm", vmin=-lim, vmax=lim)
+            else:
+                im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
             ax.set_title(f"{p.name}: M_{which} ({p.mask_kind}{', k=%d' % p.k if p.mask_kind == 'hard' else ''})",
                          fontsize=9)
             ax.set_ylabel("site")
