@@ -177,3 +177,19 @@ def test_the_writer_refuses_what_the_reader_would_refuse():
         for dt in ("float32", "float16"):
             s.param_dtype = dt
             assert encode(decode(encode(s)).profile) == encode(s)
+
+
+def test_devices_and_pipes_are_refused_without_reading(tmp_path):
+    """`inspect /dev/zero` would read without end and a FIFO would hang: only regular files are read."""
+    import os
+
+    from xpeft_cli.errors import DataError
+
+    with pytest.raises(DataError, match="not a regular file"):
+        read_xpm_full("/dev/zero")
+    fifo = tmp_path / "pipe.xpm"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_xpm_full(fifo)
+    with pytest.raises(DataError, match="is a directory"):
+        read_xpm_full(tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -336,15 +337,19 @@ def _read_labels(payload: memoryview, p: Profile) -> None:
 def read_xpm_full(path: str | os.PathLike) -> Decoded:
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except FileNotFoundError:
         raise DataError(f"{path}: no such profile file") from None
-    if size > MAX_FILE:
-        raise IntegrityError(f"{path}: {size} bytes is larger than any .xpm may be ({MAX_FILE})")
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, not a profile file") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a directory, not a profile file")
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero would read without end, a FIFO would hang
+        raise DataError(f"{path}: not a regular file (a device, pipe or socket is never read as a profile)")
+    if st.st_size > MAX_FILE:
+        raise IntegrityError(f"{path}: {st.st_size} bytes is larger than any .xpm may be ({MAX_FILE})")
+    with open(path, "rb") as fh:  # bounded: a file that grew since stat() is still read only up to the limit
+        data = fh.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise IntegrityError(f"{path}: larger than any .xpm may be ({MAX_FILE})")
     try:
         return _decode(memoryview(data))
     except _Bad as exc:
