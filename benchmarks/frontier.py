@@ -370,6 +370,7 @@ def plot(rows: list[dict], path: Path, tag: str) -> None:
     front = pareto([(r["bytes"], r["avg"]) for r in peers + designs])
     ax.plot(*zip(*front), "--", color="tab:red", linewidth=1, zorder=2, label="frontier")
     ax.set_xscale("log")
+    ax.set_xlim(right=max(r["bytes"] for r in peers + designs) * 4)  # room for the rightmost label
     ax.set_xlabel("bytes per profile on disk, float16 (log scale)")
     ax.set_ylabel("GLUE dev score, mean of the tasks")
     ax.set_title(f"Accuracy against bytes per profile — {tag}")
