@@ -160,3 +160,33 @@ def test_regenerate_uses_no_stored_tensors(tiny_bank, tmp_path):
     bank, folder = tiny_bank
     shutil.copytree(folder, tmp_path / "copy")
     assert Bank.load(tmp_path / "copy").bank_hash == bank.bank_hash
+
+
+def test_streamed_hash_equals_the_hash_of_the_tensors(tiny_bank):
+    bank, _ = tiny_bank
+    assert bank.streamed_hash(chunk_bytes=1000) == bank.compute_hash() == bank.bank_hash
+
+
+def test_a_forged_large_manifest_is_refused_before_regeneration(tiny_bank, monkeypatch):
+    """A 1 KB bank.json claiming many adapters must not cost the regeneration of them all to refuse."""
+    import xpeft_cli.bank as bank_mod
+    from xpeft_cli.errors import IntegrityError
+
+    _, folder = tiny_bank
+    m = json.loads((folder / "bank.json").read_text())
+    m["n_adapters"] = 60000
+    (folder / "bank.json").write_text(json.dumps(m))
+    monkeypatch.setattr(bank_mod, "STREAM_ABOVE", 1 << 20)   # this tiny bank's 60,000 adapters: 123 MB
+
+    def never(*a, **k):
+        raise AssertionError("regenerated a bank whose hash does not match")
+
+    real = bank_mod.regenerate
+    monkeypatch.setattr(bank_mod, "regenerate", never)
+    with pytest.raises(IntegrityError, match="checked before regenerating"):
+        Bank.load(folder)
+    monkeypatch.setattr(bank_mod, "regenerate", real)   # out-of-range fields are refused before any of it
+    for forged in ({"n_adapters": 70000}, {"rank": 0}, {"sites": []}, {"generator": {**m["generator"], "seed": "x"}}):
+        (folder / "bank.json").write_text(json.dumps(m | forged | ({} if "n_adapters" in forged else {"n_adapters": 20})))
+        with pytest.raises(IntegrityError):
+            Bank.load(folder)

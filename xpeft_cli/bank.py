@@ -26,6 +26,11 @@ TENSORS = "adapters.safetensors"
 BANK_FORMAT = "xpeft-bank/1"
 ENV_BANK = "XPEFT_BANK"
 MAX_ADAPTERS = 65535  # the .xpm header stores N in 16 bits
+# A random bank whose tensors would take more than this is checked against its hash a chunk of
+# adapters at a time *before* it is regenerated: a forged 1 KB manifest (n_adapters: 65535) must
+# not cost gigabytes to refuse.
+STREAM_ABOVE = 1 << 30
+MAX_WIDTH = 1 << 20   # d_in, d_out of a site: far above any PLM's
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,24 @@ class Bank:
             h.update(_le_bytes(self.head.weight))
             h.update(_le_bytes(self.head.bias))
         return h.hexdigest()
+
+    def streamed_hash(self, chunk_bytes: int = 64 << 20) -> str:
+        """compute_hash of a random bank without holding its tensors: the generator makes any run of
+        adapters alone, so they are hashed a chunk at a time, in the order compute_hash reads them."""
+        seed, scale = int(self.generator["seed"]), float(self.generator.get("init_scale", 1.0))
+        head = self.canonical_header()
+        h = hashlib.sha256(b"XPEFT-BANK\0" + struct.pack("<I", len(head)) + head)
+        for l, s in enumerate(self.sites):
+            for tensor, numel, bound in ((rng.TENSOR_A, s.d_in * self.rank, math.sqrt(3.0 / s.d_in)),
+                                         (rng.TENSOR_B, self.rank * s.d_out, scale * math.sqrt(3.0 / self.rank))):
+                step = max(1, chunk_bytes // (4 * numel))
+                for i in range(0, self.n, step):
+                    block = rng.uniform_block(seed, l, tensor, range(i, min(self.n, i + step)), numel, bound)
+                    h.update(block.astype("<f4", copy=False).tobytes())
+        return h.hexdigest()
+
+    def tensor_bytes(self) -> int:
+        return 4 * self.n * self.rank * sum(s.d_in + s.d_out for s in self.sites)
 
     @property
     def L(self) -> int:
@@ -200,6 +223,9 @@ class Bank:
             plm_info = m["plm"]
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"{path}: malformed bank manifest ({exc.__class__.__name__}: {exc})") from None
+        if not (1 <= n <= MAX_ADAPTERS and 1 <= rank <= 65535 and sites
+                and all(1 <= s.d_in <= MAX_WIDTH and 1 <= s.d_out <= MAX_WIDTH for s in sites)):
+            raise IntegrityError(f"{path}: n_adapters, rank or site widths out of range")
         plm = resolve_model(model or plm_info["ref"])
         if plm.fingerprint != plm_info["fingerprint"]:
             raise IntegrityError(
@@ -209,13 +235,22 @@ class Bank:
         bank = cls(plm=plm, model_type=plm_info.get("model_type", ""), sites=sites, n=n, rank=rank, A=[], B=[],
                    kind=m.get("kind", "random"), generator=m.get("generator"), config=config, folder=folder,
                    origin=m.get("origin"))
+        verified = False
         if m.get("tensors"):
             bank.A, bank.B, bank.head = _load_tensors(folder / m["tensors"], sites, n, rank, m.get("head"))
-        elif bank.generator and bank.generator.get("name") == rng.GENERATOR_NAME:
-            bank.A, bank.B = regenerate(sites, n, rank, bank.generator)
+        elif isinstance(bank.generator, dict) and bank.generator.get("name") == rng.GENERATOR_NAME:
+            try:
+                if bank.tensor_bytes() > STREAM_ABOVE:
+                    if bank.streamed_hash() != m.get("bank_hash"):
+                        raise IntegrityError(f"bank at {folder} does not match its recorded hash (checked before "
+                                             f"regenerating its {bank.tensor_bytes() / 2**30:.1f} GiB of adapters)")
+                    verified = True  # the generator is deterministic: the tensors it now makes have that hash
+                bank.A, bank.B = regenerate(sites, n, rank, bank.generator)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise IntegrityError(f"{path}: malformed generator spec ({exc.__class__.__name__}: {exc})") from None
         else:
             raise IntegrityError(f"{path}: bank has neither tensors nor a known generator")
-        bank.bank_hash = bank.compute_hash()
+        bank.bank_hash = m["bank_hash"] if verified else bank.compute_hash()
         if bank.bank_hash != m.get("bank_hash"):
             raise IntegrityError(
                 f"bank at {folder} does not match its recorded hash "
