@@ -196,3 +196,12 @@ def test_bank_create_refuses_a_zero_rank_and_non_finite_scales(cli, opt):
     code, _, err = cli("bank", "create", "--random", "-n", "8", *opt)
     assert code == 2
     _one_line_error(err)
+
+
+def test_version_and_device_validation(cli, fitted):
+    code, out, _ = cli("--version")
+    assert code == 0 and out.startswith("xpeft ")
+    for dev in ("gpu", "cuda:7" if not __import__("torch").cuda.is_available() else "tpu"):
+        code, _, err = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--device", dev)
+        assert code == 2 and "--device" in err
+        _one_line_error(err)

@@ -90,7 +90,16 @@ def pick_device(name: str = "auto") -> torch.device:
     """The device a process computes on: "auto" is the GPU when there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise UsageError(f"--device {name}: no such CUDA device here (use auto or cpu)")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
+    return dev
 
 
 _WORLD: World | None = None

@@ -33,6 +33,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"xpeft {version('xpeft')}")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            print("xpeft (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print xpeft's version and exit.")) -> None:
+    """X-PEFT profiles: fit tiny per-user masks over one shared bank of LoRA adapters."""
+
+
 def _register() -> None:
     from . import (bank_cmd, bench_cmd, convert_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd,
                    plot_cmd, predict_cmd, report_cmd)
