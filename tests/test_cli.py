@@ -205,3 +205,16 @@ def test_version_and_device_validation(cli, fitted):
         code, _, err = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--device", dev)
         assert code == 2 and "--device" in err
         _one_line_error(err)
+
+
+def test_inspect_shows_hostile_names_escaped(cli, fitted):
+    """A profile name or label with terminal escape codes or rich markup is shown as text, never sent raw."""
+    from xpeft_cli.xpm import read_xpm, write_xpm
+
+    p = read_xpm(fitted / "alice.xpm")
+    p.name, p.labels = "evil\x1b[2J[bold]x", ["neg\x07", "[red]pos"]
+    write_xpm(p, fitted / "evil.xpm")
+    code, out, err = cli("inspect", "evil.xpm")
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "evil\\x1b[2J[bold]x" in out and "[red]pos" in out and "neg\\x07" in out

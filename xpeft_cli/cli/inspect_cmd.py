@@ -69,9 +69,9 @@ def inspect(
     elif "method" in info:
         t = Table(show_header=False, box=None, pad_edge=False)
         for key in ("file", "bytes", "format", "profile", "method", "task", "rank", "sites", "trainable_parameters"):
-            t.add_row(key, str(info[key]))
+            t.add_row(key, output.plain(info[key]))
         if info["labels"]:
-            t.add_row("labels", ", ".join(info["labels"]))
+            t.add_row("labels", output.plain(", ".join(info["labels"])))
         t.add_row("bank hash", info["bank_hash"] + ("" if bank is None else
                                                     "  (matches)" if info["bank_match"] else "  (OTHER BANK)"))
         output.stdout.print(t)
@@ -79,9 +79,9 @@ def inspect(
         t = Table(show_header=False, box=None, pad_edge=False)
         for key in ("file", "bytes", "version", "checksum", "profile", "mask", "n", "L", "k", "b", "task",
                     "classes"):
-            t.add_row(key, str(info[key]))
+            t.add_row(key, output.plain(info[key]))
         if info["labels"]:
-            t.add_row("labels", ", ".join(info["labels"]))
+            t.add_row("labels", output.plain(", ".join(info["labels"])))
         t.add_row("bank hash", info["bank_hash"])
         if bank is not None:
             t.add_row("bank match", "yes" if info["bank_match"] else f"NO ({bank} is another bank)")
@@ -91,6 +91,11 @@ def inspect(
             s = Table("site", "A: selected adapters", "B: selected adapters", box=None)
             for row in info["selected"]:
                 s.add_row(str(row["site"]), " ".join(map(str, row["A"])), " ".join(map(str, row["B"])))
+            output.stdout.print(s)
+        if "plus" in info:
+            s = Table("site", "A: adapters with +", "B: adapters with +", box=None)
+            for row in info["plus"]:
+                s.add_row(str(row["site"]), f"{row['A']} of {info['n']}", f"{row['B']} of {info['n']}")
             output.stdout.print(s)
     if bank is not None and not info["bank_match"]:
         raise IntegrityError(f"{file} was fitted on bank {info['bank_hash'][:16]}…, not on {bank}")
