@@ -6,18 +6,17 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def plain(value) -> "Text":
+def plain(value) -> Text:
     """A value for a terminal table, shown as text: no rich markup is interpreted, and control
     characters (escape codes in a hostile profile name or label) are shown escaped, never sent raw."""
     import unicodedata
-
-    from rich.text import Text
 
     s = str(value)
     return Text("".join(repr(c)[1:-1] if unicodedata.category(c).startswith("C") else c for c in s))
