@@ -91,8 +91,7 @@ def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator,
 
 def profile_from_checkpoint(path: Path, k: int | None = None):
     """The profile as it stood at a checkpoint: soft logits, or hard top-k bits (k from the fit, or `k`)."""
-    from .masks import hard_inference_weights
-    from .profile import Profile
+    from .profile import Profile, stored_masks
 
     meta, tensors = safetensors_file.read(path, prefix="param.")
     if meta.get("format") != FORMAT or "profile" not in meta:
@@ -107,12 +106,9 @@ def profile_from_checkpoint(path: Path, k: int | None = None):
     except KeyError as exc:
         raise IntegrityError(f"{path}: checkpoint lacks tensor {exc}") from None
     mask, kk = ident["mask"], k or ident["k"]
-    if mask == "sign" and k is None:
-        mask_a, mask_b, kk = (la > 0).numpy(), (lb > 0).numpy(), 0
-    elif k is not None or mask == "hard":
-        mask_a, mask_b, mask = (hard_inference_weights(la, kk) > 0).numpy(), (hard_inference_weights(lb, kk) > 0).numpy(), "hard"
-    else:
-        mask_a, mask_b, kk = la.numpy(), lb.numpy(), 0
+    if k is not None:  # --k turns a checkpoint of any kind into a hard profile
+        mask = "hard"
+    mask_a, mask_b, kk = stored_masks(mask, la, lb, kk)
     has_ln = all(t is not None for t in ln_w)
     return Profile(name=ident["name"], mask_kind=mask, n=ident["n"], L=len(ident["sites"]), k=kk,
                    bank_hash=ident["bank_hash"], mask_a=mask_a, mask_b=mask_b,

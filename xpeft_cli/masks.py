@@ -16,6 +16,7 @@ import torch
 
 
 KINDS = ("hard", "soft", "sign", "linear")
+STORED_KINDS = ("sign", "hard", "soft")  # the kinds an .xpm holds (linear masks were measured, not kept)
 
 
 @dataclass

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .bank import Bank
@@ -34,11 +33,11 @@ from .baselines import AdapterProfile, adapter_tensors
 from .distributed import deal, world
 from .data import Examples, encode_labels, label_key, split_holdout
 from .errors import DataError, UsageError
-from .masks import MaskSpec, hard_inference_weights
+from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
 from .model import TASK_REGRESSION
 from .plm import load_encoder, max_tokens
-from .profile import Profile, with_param_dtype
+from .profile import Profile, stored_masks, with_param_dtype
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
 from .train import FitConfig, _settings, compute_context, collate, pretokenize, task_and_labels, uses_bf16
 
@@ -311,15 +310,10 @@ def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, 
     if cfg.method == "x-peft":
         t = model.table
         la, lb = t.logits_a[i].detach().float().cpu(), t.logits_b[i].detach().float().cpu()
-        if cfg.mask == "hard":
-            ma, mb = (hard_inference_weights(la, k) > 0).numpy(), (hard_inference_weights(lb, k) > 0).numpy()
-        elif cfg.mask == "sign":
-            ma, mb, k = (la > 0).numpy(), (lb > 0).numpy(), 0
-        else:
-            ma, mb, k = la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
+        ma, mb, k = stored_masks(cfg.mask, la, lb, k)
         ln_w = t.ln_w[i].detach().float().cpu().numpy() if len(t.ln_w) else None
         ln_b = t.ln_b[i].detach().float().cpu().numpy() if len(t.ln_b) else None
-        return Profile(name=name, mask_kind=cfg.mask, n=bank.n, L=bank.L, k=k if cfg.mask == "hard" else 0,
+        return Profile(name=name, mask_kind=cfg.mask, n=bank.n, L=bank.L, k=k,
                        bank_hash=bank.bank_hash, mask_a=ma, mask_b=mb, ln_weight=ln_w, ln_bias=ln_b,
                        head_weight=None if hw is None else hw.numpy(), head_bias=None if hb is None else hb.numpy(),
                        task=task, labels=None if shared else names, meta=meta)

@@ -19,8 +19,7 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ENV_MODEL = "XPEFT_MODEL"
 
-# Module-name suffix of the attention output projection: the paper's one site per block.
-# Both output projections of each block (attention output, feed-forward output): with sign masks
+# Module-name suffixes of the default sites. Both output projections of each block (attention output, feed-forward output): with sign masks
 # this measured +2.3 to +3.0 GLUE points over the attention output alone, for 1.2 KB more per
 # profile (benchmarks/README.md, "Accuracy against bytes"). `--targets` picks others.
 DEFAULT_TARGETS = {

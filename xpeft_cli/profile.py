@@ -45,19 +45,22 @@ class Profile:
         return ([np.flatnonzero(r).tolist() for r in self.mask_a], [np.flatnonzero(r).tolist() for r in self.mask_b])
 
 
+def stored_masks(kind: str, la: torch.Tensor, lb: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Trained (L, N) logits as a profile stores them, with the k it records: hard, the bits of the
+    noiseless top-k; sign, one bit per adapter, set for +; soft, the float32 logits (k = 0)."""
+    if kind == "hard":
+        return (hard_inference_weights(la, k) > 0).numpy(), (hard_inference_weights(lb, k) > 0).numpy(), k
+    if kind == "sign":
+        return (la > 0).numpy(), (lb > 0).numpy(), 0
+    return la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
+
+
 def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] | None,
                        meta: dict | None = None, with_head: bool = True) -> Profile:
     """Freeze a trained model's profile parameters. Hard masks become their noiseless top-k bits."""
     la, lb = (t.detach().float().cpu() for t in model.mask_logits())
     spec = model.spec
-    if spec.kind == "hard":
-        mask_a = (hard_inference_weights(la, spec.k) > 0).numpy()
-        mask_b = (hard_inference_weights(lb, spec.k) > 0).numpy()
-        k = spec.k
-    elif spec.kind == "sign":  # one bit per adapter: set for +, clear for −
-        mask_a, mask_b, k = (la > 0).numpy(), (lb > 0).numpy(), 0
-    else:
-        mask_a, mask_b, k = la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
+    mask_a, mask_b, k = stored_masks(spec.kind, la, lb, spec.k)
     ln_w = ln_b = None
     if model.sites and model.sites[0].ln is not None:
         ln_w = torch.stack([s.ln.weight.detach().float().cpu() for s in model.sites]).numpy()
@@ -80,7 +83,7 @@ def with_param_dtype(p: Profile, dtype: str) -> Profile:
         raise ValueError(f"parameter dtype must be float16 or float32, not {dtype!r}")
 
     def rnd(a):
-        return None if a is None or dtype == "float32" else np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
+        return None if a is None else np.asarray(a, np.float32).astype(np.float16).astype(np.float32)
 
     if dtype == "float32":
         return replace(p, param_dtype=dtype)

@@ -20,6 +20,7 @@ from bitarray import bitarray
 
 from .atomic import atomic_write_bytes
 from .errors import DataError, IntegrityError
+from .masks import STORED_KINDS
 from .profile import Profile
 
 # §2 Header -------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _encode(p: Profile) -> bytes:
         raise DataError(f"profile name must be 1..{MAX_NAME} UTF-8 bytes")
     if not (1 <= p.n <= MAX_N and 1 <= p.L <= MAX_L):
         raise DataError(f"N must be 1..{MAX_N} and L 1..{MAX_L}")
-    if p.mask_kind not in ("hard", "soft", "sign"):
+    if p.mask_kind not in STORED_KINDS:
         raise DataError(f"mask kind {p.mask_kind!r} has no .xpm encoding")
     if p.mask_kind in ("hard", "sign"):
         enc = ENC_HARD if p.mask_kind == "hard" else ENC_SIGN

@@ -12,6 +12,7 @@ from ..atomic import atomic_write_text
 from ..baselines import METHODS
 from ..bench import plan, run_grid, table
 from ..errors import UsageError
+from ..masks import STORED_KINDS
 from ..train import FitConfig
 from . import output
 from .common import JsonOpt, OptStr, QuietOpt
@@ -43,7 +44,7 @@ def glue(
     quiet: bool = QuietOpt,
 ) -> None:
     """Run tasks × methods (× N × mask) and write a Table-2-style table (Markdown and JSON); resumable."""
-    bad = [m for m in methods if m not in METHODS] + [m for m in mask if m not in ("soft", "hard", "sign")]
+    bad = [m for m in methods if m not in METHODS] + [m for m in mask if m not in STORED_KINDS]
     if bad:
         raise UsageError(f"unknown method or mask: {', '.join(bad)}")
     cells = plan(tasks, methods, n, mask)

@@ -8,6 +8,7 @@ import typer
 from ..bank import Bank
 from ..data import Columns, load_examples
 from ..baselines import METHODS, write_adapter
+from ..masks import STORED_KINDS
 from ..errors import UsageError
 from ..tasks import load_split, preset
 from ..train import FitConfig, fit_profile
@@ -107,8 +108,8 @@ def fit(
                                                                           "cuda_graphs")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
-    if mask not in ("hard", "soft", "sign"):
-        raise UsageError("--mask must be 'sign', 'hard' or 'soft'")
+    if mask not in STORED_KINDS:
+        raise UsageError(f"--mask must be one of {', '.join(STORED_KINDS)}")
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if (data is None) == (task_preset is None):
