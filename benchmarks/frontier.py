@@ -30,12 +30,18 @@ from pathlib import Path
 
 TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
 TWO_SITES = "attention.output.dense,output.dense"  # BERT: both output projections of each block
+ALL_SIX = "attention.self.query,attention.self.key,attention.self.value," + TWO_SITES + ",intermediate.dense"
 TASK_BANK = os.environ.get("XPEFT_TASK_BANK", "/root/taskbank")
 XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard"}  # the defaults every x-peft config starts from
 
 
 def xp(label: str, **over) -> dict:
     return {"label": label, "family": "x-peft " + over.get("mask", "hard")} | XP | over
+
+
+# X-PEFT configurations that differ only in learning rates: reported together, best LR per task, as
+# the peers are. The default design's seed-0 cell (xp-sign-2sites, run before "tune" existed) is one of them.
+TUNE_LABELS = {"xp-sign-2sites": "x-peft sign, N=400, r=24, 2 sites"}
 
 
 def peer(kind: str, spec: str, lrs: list[float]) -> list[dict]:
@@ -97,6 +103,25 @@ def plan(name: str) -> list[dict]:
                 xp("xp-hard-2sites", **two)] \
             + [c | two | {"label": c["label"] + "-2sites", "family": c["family"] + " (two sites)"}
                for c in peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2])]
+    if name == "design3":  # after final: the default (sign, two sites, r=b) against low-rank banks, more sites,
+        # and its own LR search (every peer has one)
+        sg = {"mask": "sign", "family": "x-peft sign"}
+        tune = {"tune": "x-peft sign, N=400, r=24, 2 sites"}
+        return [xp("s-r4", rank=4, **sg), xp("s-r8", rank=8, **sg), xp("s-r2", rank=2, **sg),
+                xp("s-r1-noln", rank=1, ln=False, **sg), xp("s-r4-n800", rank=4, n=800, **sg),
+                xp("s-lrm2e-2", lr_masks=2e-2, **sg, **tune), xp("s-lrm1e-1", lr_masks=1e-1, **sg, **tune),
+                xp("s-ln3e-3", lr_ln=3e-3, **sg, **tune), xp("s-ln3e-2", lr_ln=3e-2, **sg, **tune),
+                xp("s-head1e-2", lr_head=1e-2, **sg, **tune),
+                xp("s-4sites", targets="attention.self.query,attention.self.value," + TWO_SITES, **sg),
+                xp("s-6sites-r4", rank=4, targets=ALL_SIX, **sg),
+                xp("s-r4-s1", rank=4, seed=1, **sg), xp("s-r4-lrm1e-1", rank=4, lr_masks=1e-1, **sg)]
+    if name == "mpnet":  # the 12-layer PLM (issue 15): Table 2's rows plus the peers, fewest configs first
+        sg = {"mask": "sign", "family": "x-peft sign"}
+        return [xp("xp-sign", **sg), xp("xp-hard"), xp("xp-soft", mask="soft", family="x-peft soft")] \
+            + peer("lora", "lora:r=48", [1e-3, 3e-3]) + peer("head", "head", [3e-2, 1e-1]) \
+            + peer("lora", "lora:r=1", [1e-2]) + peer("vera", "vera:r=256", [3e-2]) + peer("ia3", "ia3", [1e-2]) \
+            + [xp("xp-hard-n100", n=100), xp("xp-soft-n100", n=100, mask="soft", family="x-peft soft"),
+               xp("xp-sign-r4", rank=4, **sg)] + peer("lora", "lora:r=48", [3e-4]) + peer("lora", "lora:r=4", [3e-3])
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
                 xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
@@ -128,11 +153,12 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
     return _CACHE[key]
 
 
-def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None, targets: str | None = None):
-    from xpeft_cli.bank import Bank
+def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None, targets: str | None = None,
+          ln: bool = True, init_scale: float = 1.0):
+    from xpeft_cli.bank import Bank, SiteConfig
     from xpeft_cli.plm import load_encoder, resolve_model
 
-    key = ("bank", n, rank, folder, targets)
+    key = ("bank", n, rank, folder, targets, ln, init_scale)
     if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py), perhaps still being built
         t0 = time.time()
         while not Path(folder, "bank.json").is_file() and time.time() - t0 < 900:
@@ -141,7 +167,8 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
     if key not in _CACHE:
         plm = resolve_model(model)
         enc, _ = load_encoder(plm)
-        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0, targets=targets)
+        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0, targets=targets, init_scale=init_scale,
+                                         config=SiteConfig(ln=ln))
     return _CACHE[key]
 
 
@@ -169,7 +196,7 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     else:
         fc = replace(base, **over)
     bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"),
-                 cfg.get("targets"))
+                 cfg.get("targets"), cfg.get("ln", True), cfg.get("init_scale", 1.0))
     t0 = time.perf_counter()
     fit = fit_profile(bank, train, task, fc)
     device = pick_device(fc.device)
@@ -177,17 +204,14 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
     # Every method is scored as kept on disk in float16 (x-peft: its .xpm read back; a peer: its
     # trained tensors rounded), and its bytes are those of that file; float32 bytes are recorded too.
-    if cfg["method"] == "x-peft" and fit.profile.mask_kind in ("sign", "linear"):
-        # no .xpm encoding yet: measured as a soft float16 file, whose masks a sign profile keeps as bits
+    if cfg["method"] == "x-peft" and fit.profile.mask_kind == "linear":
+        # linear masks have no .xpm encoding: measured as a soft float16 file
         prof = replace(fit.profile, mask_kind="soft", soft_dtype="float16", param_dtype="float16")
-        if fit.profile.mask_kind == "sign":
-            prof.mask_a, prof.mask_b = (np.where(m > 0, 1.0, -1.0).astype(np.float32) for m in (prof.mask_a, prof.mask_b))
         blob = xpm.encode(prof)
         back = xpm.decode(blob).profile
         back.mask_kind = fit.profile.mask_kind
         apply_profile(fit.model, back)
-        L, n = prof.L, prof.n
-        size = size32 = len(blob) - (2 * L * n * 2 - 2 * L * ((n + 7) // 8) if back.mask_kind == "sign" else 0)
+        size = size32 = len(blob)
     elif cfg["method"] == "x-peft":
         size32 = len(xpm.encode(fit.profile))
         fit.profile.param_dtype = "float16"
@@ -300,11 +324,13 @@ def summarise(cells: list[dict], tasks: list[str]) -> list[dict]:
     for r in rows:
         if r["config"]["method"] == "peft":
             fams.setdefault(r["family"], []).append(r)
+        elif r["config"].get("tune") or r["label"] in TUNE_LABELS:
+            fams.setdefault(r["config"].get("tune") or TUNE_LABELS[r["label"]], []).append(r)
     for fam, rs in fams.items():
         best = {t: max(rs, key=lambda r: r["scores"][t]) for t in tasks}
-        rows.append({"label": f"{fam} (best LR per task)", "family": fam, "kind": "tuned",
+        rows.append({"label": f"{fam} (best LR per task)", "family": fam, "kind": "tuned", "method": rs[0]["config"]["method"],
                      "scores": {t: best[t]["scores"][t] for t in tasks},
-                     "lrs": {t: best[t]["config"]["lr"] for t in tasks},
+                     "lrs": {t: best[t]["config"].get("lr", best[t]["label"]) for t in tasks},
                      "avg": sum(best[t]["scores"][t] for t in tasks) / len(tasks),
                      "bytes": sum(r["bytes"] for r in rs) / len(rs), "trainable": rs[0]["trainable"]})
     return rows
@@ -357,9 +383,9 @@ def plot(rows: list[dict], path: Path, tag: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 6.5))
-    peers = [r for r in rows if r["kind"] == "tuned"]
-    designs = sorted((r for r in rows if r["kind"] == "config" and r["config"]["method"] == "x-peft"),
-                     key=lambda r: -r["avg"])
+    peers = [r for r in rows if r["kind"] == "tuned" and r["method"] == "peft"]
+    designs = sorted((r for r in rows if (r["kind"] == "config" and r["config"]["method"] == "x-peft")
+                      or (r["kind"] == "tuned" and r["method"] == "x-peft")), key=lambda r: -r["avg"])[:16]
     for r in peers:
         ax.scatter(r["bytes"], r["avg"], marker="o", s=60, color="tab:gray", edgecolor="black", zorder=3)
         ax.annotate(r["family"], (r["bytes"], r["avg"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
