@@ -173,7 +173,6 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
 
 
 def run_cell(task: str, cfg: dict, args) -> dict:
-    import numpy as np
     import torch
 
     from xpeft_cli import xpm

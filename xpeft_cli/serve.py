@@ -57,18 +57,48 @@ class ProfileSource:
         """The profile NAME; with `adapters`, a baseline NAME.safetensors in a folder is found too."""
         if self.store is not None:
             return self.store.get(name)
+        # NAME.xpm only where NAME is a plain file name: a name is never a path ("../x" stays inside)
+        plain = Path(name).name == name and not name.startswith(".")
         if adapters:
             from .baselines import read_adapter
 
-            for stem in (name, profile_filename(name)):
+            for stem in ((name,) if plain else ()) + (profile_filename(name),):
                 if (self.path / f"{stem}.safetensors").is_file():
                     return read_adapter(self.path / f"{stem}.safetensors")
         path = self.path / f"{name}.xpm"
-        if not path.is_file():
+        if not plain or not path.is_file():
             path = self.path / f"{profile_filename(name)}.xpm"
         if not path.is_file():
             raise DataError(f"no profile {name!r} in {self.path}")
         return read_xpm(path)
+
+    def all(self) -> list[Profile]:
+        """Every profile: each NAME.xpm of the folder (sorted by file name), or the store's records."""
+        if self.store is not None:
+            return list(self.store)
+        profiles = [read_xpm(f) for f in sorted(self.path.glob("*.xpm")) if f.is_file()]
+        seen: dict[str, int] = {}
+        for p in profiles:
+            seen[p.name] = seen.get(p.name, 0) + 1
+        dup = [n for n, c in seen.items() if c > 1]
+        if dup:
+            raise DataError(f"{self.path}: two files hold the profile {dup[0]!r}")
+        return profiles
+
+    def save(self, profile: Profile, data: bytes, everyone: list[Profile]) -> Path:
+        """Keep `profile` (its .xpm bytes `data`) atomically: as its NAME.xpm in a folder (replacing
+        that file), or by rewriting a store with `everyone` (all profiles, this one included)."""
+        from .atomic import atomic_write_bytes
+        from .store import write_store
+
+        if self.store is not None:
+            write_store(everyone, self.path)
+            self.store.close()
+            self.store = Store(self.path)
+            return self.path
+        path = self.path / f"{profile_filename(profile.name)}.xpm"  # a file-system-safe name, never a path
+        atomic_write_bytes(path, data)
+        return path
 
 
 DEFAULT_CACHE_GB = 4.0  # bert-base, N=400: ~1.8 MB a profile in bf16, so ~2,300 profiles; MiniLM ~9,000 (fp32)
@@ -84,36 +114,71 @@ class ProfileServer:
 
     def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False,
                  encoder=None, tokenizer=None, cuda_graphs: bool = False, cache_gb: float = DEFAULT_CACHE_GB):
-        from .routing import FrozenHeadTable, FrozenMaskTable, RoutedModel
+        from .routing import RoutedModel
 
         if not profiles:
             raise DataError("no profiles to serve")
         self.device = pick_device(device)
         if cuda_graphs and self.device.type != "cuda":
             raise UsageError("--cuda-graphs needs a CUDA device")
+        self.bank, self.force, self.cache_gb = bank, force, cache_gb
         for p in profiles:
-            if p.bank_hash != bank.bank_hash and not force:
-                raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
-                                     f"({bank.bank_hash[:16]}…)")
-            if p.L != bank.L or p.n != bank.n:
-                raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
+            self.check(p)
         self.profiles = [with_bank_head(bank, p) for p in profiles]
         self.index = {p.name: i for i, p in enumerate(self.profiles)}
         if encoder is None:
             encoder, tokenizer = load_encoder(bank.plm)
         self.tokenizer = tokenizer
-        table = FrozenMaskTable(bank.A, bank.B, self.profiles, bank.config.ln)
-        heads = FrozenHeadTable([p.head_weight for p in self.profiles], [p.head_bias for p in self.profiles])
+        table, heads = self._tables(self.profiles)
         self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
                                  ln=bank.config.ln, ln_eps=bank.config.ln_eps, scale=bank.config.scale)
         self.model.to(self.device).eval()
-        if self.device.type == "cuda":
-            table.cast_bank(torch.bfloat16)
-        if table.mixed_bytes() <= cache_gb * 2**30:  # every Â, B̂ mixed once: batches gather, not mix
-            table.precompute()
-            table.release_bank()   # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
         self.cuda_graphs = cuda_graphs
         self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
+
+    def check(self, p: Profile) -> None:
+        """Refuse a profile fitted on another bank (unless forced) or of another shape."""
+        bank = self.bank
+        if p.bank_hash != bank.bank_hash and not self.force:
+            raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
+                                 f"({bank.bank_hash[:16]}…)")
+        if p.L != bank.L or p.n != bank.n:
+            raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
+
+    def _tables(self, profiles: list[Profile]):
+        """The frozen mask and head tables of `profiles`, on the device, mixed once if they fit."""
+        from .routing import FrozenHeadTable, FrozenMaskTable
+
+        bank = self.bank
+        table = FrozenMaskTable(bank.A, bank.B, profiles, bank.config.ln).to(self.device)
+        heads = FrozenHeadTable([p.head_weight for p in profiles], [p.head_bias for p in profiles]).to(self.device)
+        if self.device.type == "cuda":
+            table.cast_bank(torch.bfloat16)
+        if table.mixed_bytes() <= self.cache_gb * 2**30:  # every Â, B̂ mixed once: batches gather, not mix
+            table.precompute()
+            table.release_bank()   # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
+        return table, heads
+
+    def prepare(self, profile: Profile) -> tuple[list[Profile], object]:
+        """What put() installs: the profile list with `profile` added (or replacing its namesake)
+        and tables built for it. Slow (mixes every profile once), so it runs outside the server's
+        lock; checks the profile against the bank first."""
+        self.check(profile)
+        profile = with_bank_head(self.bank, profile)
+        profiles = list(self.profiles)
+        i = self.index.get(profile.name)
+        if i is None:
+            profiles.append(profile)
+        else:
+            profiles[i] = profile  # names keep their row: requests already routed stay valid
+        return profiles, self._tables(profiles)
+
+    def install(self, profiles: list[Profile], tables) -> None:
+        """Swap in what prepare() built (between batches: the caller holds the batches off)."""
+        self.model.table, self.model.heads = tables
+        self.profiles = profiles
+        self.index = {p.name: i for i, p in enumerate(profiles)}
+        self._graphed.clear()  # captured graphs read the old tables' memory
 
     @property
     def cached(self) -> bool:

@@ -52,7 +52,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 def _register() -> None:
     from . import (bank_cmd, bench_cmd, convert_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd,
-                   plot_cmd, predict_cmd, report_cmd)
+                   plot_cmd, predict_cmd, report_cmd, serve_cmd)
 
     app.add_typer(bank_cmd.app, name="bank")
     app.add_typer(report_cmd.app, name="report")
@@ -63,6 +63,7 @@ def _register() -> None:
     app.command("inspect")(inspect_cmd.inspect)
     app.command("eval")(eval_cmd.evaluate)
     app.command("predict")(predict_cmd.predict)
+    app.command("serve")(serve_cmd.serve)
     app.command("export")(export_cmd.export)
     app.command("pack")(pack_cmd.pack)
     app.command("unpack")(pack_cmd.unpack)

@@ -7,9 +7,8 @@ import typer
 from rich.table import Table
 
 from ..bank import read_manifest
-from ..baselines import read_adapter
 from ..errors import IntegrityError
-from ..xpm import read_xpm_full
+from ..describe import describe_file
 from . import output
 from .common import JsonOpt, QuietOpt, OptPath
 
@@ -19,37 +18,6 @@ def recorded_bank_hash(bank_dir: Path) -> str:
     return read_manifest(bank_dir)["bank_hash"]
 
 
-def describe_adapter(path: Path) -> dict:
-    """A baseline (single-adapter / head-only) written by `xpeft fit --method …`."""
-    a = read_adapter(path)
-    return {"file": str(path), "bytes": path.stat().st_size, "format": "xpeft-adapter/1 (safetensors)",
-            "profile": a.name, "method": a.method, "task": a.task, "labels": a.labels, "rank": a.rank,
-            "sites": len(a.sites), "bank_hash": a.bank_hash, "trainable_parameters": a.trainable_parameters(),
-            "tensor_bytes": {k: t.numel() * t.element_size() for k, t in a.tensors.items()}, "meta": a.meta}
-
-
-def describe(path: Path) -> dict:
-    if path.name.endswith(".safetensors"):
-        return describe_adapter(path)
-    dec = read_xpm_full(path)
-    p = dec.profile
-    info = {
-        "file": str(path), "bytes": path.stat().st_size, "version": f"{dec.version[0]}.{dec.version[1]}",
-        "checksum": "ok", "profile": p.name, "mask": p.mask_kind, "n": p.n, "L": p.L, "k": p.k,
-        "b": None if p.ln_weight is None else int(p.ln_weight.shape[1]),
-        "task": p.task if p.head_weight is not None else None,
-        "classes": p.num_outputs if p.task == "classification" else None,
-        "labels": p.labels, "bank_hash": p.bank_hash, "sections": dec.sizes,
-        "skipped_sections": dec.skipped_sections, "meta": p.meta,
-    }
-    if p.mask_kind == "hard":
-        sel_a, sel_b = p.selected()
-        info["selected"] = [{"site": l, "A": sel_a[l], "B": sel_b[l]} for l in range(p.L)]
-    elif p.mask_kind == "sign":  # how many adapters join with + (the rest join with −)
-        info["plus"] = [{"site": l, "A": int(p.mask_a[l].sum()), "B": int(p.mask_b[l].sum())} for l in range(p.L)]
-    return info
-
-
 def inspect(
     file: Path = typer.Argument(..., help="Profile file (.xpm, or a baseline's .safetensors)."),
     bank: OptPath = typer.Option(None, "--bank", "-b", help="Check the profile belongs to this bank."),
@@ -57,7 +25,7 @@ def inspect(
     quiet: bool = QuietOpt,
 ) -> None:
     """Show an .xpm profile: header, sections and their sizes, checksum, selected adapters."""
-    info = describe(file)
+    info = describe_file(file)
     if bank is not None:
         recorded = recorded_bank_hash(bank)
         info["bank"] = str(bank)
