@@ -200,3 +200,27 @@ def test_serve_command_line_refusals(cli, fitted):
     (fitted / "profs" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-3])
     code, _, err = cli("serve", "--profiles", "profs")
     assert code == 4 and "alice.xpm" in err
+
+
+def test_serve_runs_as_one_command_and_stops_on_a_signal(cli, fitted):
+    """The README's one command, as a real process: --port 0 --json says where it listens."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (fitted / "profs").mkdir()
+    (fitted / "profs" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes())
+    proc = subprocess.Popen([sys.executable, "-m", "xpeft_cli", "serve", "-P", "profs", "--port", "0", "--json",
+                             "--device", "cpu"], cwd=fitted, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["profiles"] == 1 and info["url"].startswith("http://127.0.0.1:")
+        r = httpx.post(info["url"] + "/v1/classify", json={"profile": "alice", "text": "a fun game"}, timeout=60)
+        assert r.status_code == 200 and r.json()["prediction"] in ("pos", "neg")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

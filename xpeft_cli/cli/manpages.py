@@ -53,6 +53,9 @@ EXAMPLES = {
     "xpeft-pack": ["xpeft pack profiles/ -o all.xps", "xpeft pack sofia.xpm --k 50 -o sofia-hard.xpm"],
     "xpeft-predict": ["xpeft predict --profiles profiles/ < requests.jsonl > answers.jsonl",
                       "echo '{\"profile\": \"alice\", \"text\": \"What a match!\"}' | xpeft predict -P all.xps"],
+    "xpeft-serve": ["xpeft serve --profiles profiles/ --port 8080",
+                    "curl -s localhost:8080/v1/classify -d '{\"profile\": \"alice\", \"text\": \"What a match!\"}'",
+                    "curl -s --data-binary @erin.xpm localhost:8080/v1/profiles"],
     "xpeft-verify": ["xpeft verify profiles/*.xpm --bank bank || echo 'some profiles failed'"],
 }
 

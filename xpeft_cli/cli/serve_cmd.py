@@ -1,6 +1,7 @@
 """`xpeft serve`: many profiles behind one HTTP endpoint (service.py does the work)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -28,6 +29,8 @@ def serve(
     max_text_chars: int = typer.Option(MAX_TEXT_CHARS, "--max-text-chars", min=1, help="Longest text (with its "
                                        "pair) a request row may send; longer ones get 413."),
     model: OptStr = ModelOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON line when listening: url, port, "
+                                  "profiles, device (a script started with --port 0 reads its port there)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Serve profiles over HTTP: POST /v1/classify, GET|POST /v1/profiles, GET /health, GET /metrics,
@@ -41,6 +44,14 @@ def serve(
                                 max_text_chars=max_text_chars)
     sock = bind(host, port)
     where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
-    output.note(f"serving {len(server.profiles)} profiles on {where} ({server.device}; API docs at {where}/docs)",
-                quiet)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")).run(sockets=[sock])
+    if json_out:
+        print(json.dumps({"url": where, "port": sock.getsockname()[1], "profiles": len(server.profiles),
+                          "device": str(server.device), "bank_hash": server.bank.bank_hash}), flush=True)
+    else:
+        output.note(f"serving {len(server.profiles)} profiles on {where} ({server.device}; API docs at {where}/docs)",
+                    quiet)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal
+        pass
+    output.note("stopped", quiet)
