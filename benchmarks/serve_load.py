@@ -53,12 +53,12 @@ def setup(folder: Path, args) -> None:
     if args.bert_base or args.tiny:  # random weights at bert-base shape (or tiny), the given PLM's tokenizer
         from transformers import AutoTokenizer, BertConfig, BertModel
 
-        src = resolve_model(args.model)
+        src = args.tokenizer or resolve_model(args.model).path
         cfg = BertConfig() if args.bert_base else BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                                                              intermediate_size=128)
         torch.manual_seed(0)
         BertModel(cfg).save_pretrained(folder / "plm")
-        AutoTokenizer.from_pretrained(src.path).save_pretrained(folder / "plm")
+        AutoTokenizer.from_pretrained(src).save_pretrained(folder / "plm")
         model = str(folder / "plm")
     plm = resolve_model(model)
     enc, _ = load_encoder(plm)
@@ -165,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="PLM folder or id (default: the bundled one); with --bert-base, "
                     "only its tokenizer is used")
+    ap.add_argument("--tokenizer", default=None, help="with --bert-base or --tiny: a folder with the tokenizer to use")
     ap.add_argument("--bert-base", action="store_true", help="a random-weight BertConfig() encoder")
     ap.add_argument("--tiny", action="store_true", help="a tiny random encoder and few rows: a smoke run")
     ap.add_argument("--device", default="auto")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -125,9 +126,14 @@ def test_profiles_listed_as_inspect_describes_them_and_added_while_requests_run(
         t = threading.Thread(target=background, args=(url,))
         t.start()
         try:
+            while not seen and not errors and t.is_alive():  # requests are running
+                time.sleep(0.01)
             r = c.post("/v1/profiles", content=erin, headers={"content-type": "application/octet-stream"})
             assert r.status_code == 201 and r.json()["profile"] == "erin" and not r.json()["replaced"]
+            before = len(seen)
             after = c.post("/v1/classify", json=[dict(q, profile="erin") for q in requests])
+            while len(seen) == before and not errors and t.is_alive():  # and go on after the swap
+                time.sleep(0.01)
         finally:
             stop.set()
             t.join(60)

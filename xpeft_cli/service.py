@@ -29,6 +29,7 @@ from .serve import ProfileServer, ProfileSource, Request
 MAX_TEXT_CHARS = 20_000    # text + text_pair per request row; the model reads at most max_length tokens anyway
 MAX_ROWS = 10_000          # rows in one POST /v1/classify
 MAX_PROFILE_BYTES = 64 << 20
+GATHER_BATCHES = 8         # model batches one gathering may hold when rows are already queued
 
 
 class ServiceError(Exception):
@@ -149,6 +150,13 @@ class Batcher:
                     job = self.queue.get_nowait() if wait <= 0 else await asyncio.wait_for(self.queue.get(), wait)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
+                jobs.append(job)
+                size += len(job.rows)
+            # Rows already waiting join too (no more waiting), up to a few model batches: one call
+            # tokenises them together and runs its batches back to back, so the HTTP side and the
+            # model overlap less badly under load. Each model batch still holds max_batch rows at most.
+            while size < self.max_batch * GATHER_BATCHES and not self.queue.empty():
+                job = self.queue.get_nowait()
                 jobs.append(job)
                 size += len(job.rows)
             try:
