@@ -47,9 +47,13 @@ class Examples:
         """Row indices of each profile, profiles in order of first appearance."""
         if self.profiles is None:
             raise DataError(f"{self.source}: no profile column")
+        from .names import check_name
+
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(self.profiles):
             groups.setdefault(p, []).append(i)
+        for name in groups:  # a profile value becomes a name, and a file name: checked here, once (names.py)
+            check_name(name, f"{self.source}: profile")
         return groups
 
 

@@ -17,9 +17,7 @@ with its own head (sa) or with one shared head (mtl).
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from .errors import DataError, UsageError
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
 from .model import TASK_REGRESSION
+from .names import profile_filename  # noqa: F401  (re-exported)
 from .plm import load_encoder, max_tokens
 from .profile import Profile, stored_masks, with_param_dtype
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
@@ -52,14 +51,6 @@ class MultiFitResult:
     steps: int = 0
     model: RoutedModel | None = None   # this process's profiles (all of them when it runs alone)
     tokenizer: object = None
-
-
-def profile_filename(name: str) -> str:
-    """A file-system-safe stem for a profile name ("Lee Moran, Contributor" → "Lee_Moran_Contributor-1a2b3c")."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80]
-    if stem == name:
-        return stem
-    return f"{stem or 'profile'}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:6]}"
 
 
 @dataclass
@@ -94,7 +85,7 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         raise UsageError("--epochs and --batch-size must be at least 1")
     if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft":
         raise UsageError("fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init or peers")
-    groups = train.by_profile()
+    groups = train.by_profile()  # checks every name (names.py); files use profile_filename
     bank_head = bank.head
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
     task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)  # from all rows, on every rank

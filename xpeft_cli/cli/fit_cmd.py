@@ -9,6 +9,7 @@ from ..bank import Bank
 from ..data import Columns, load_examples
 from ..baselines import METHODS, write_adapter
 from ..masks import STORED_KINDS
+from ..names import check_name, profile_filename
 from ..errors import UsageError
 from ..tasks import load_split, preset
 from ..train import FitConfig, fit_profile
@@ -118,7 +119,8 @@ def fit(
         raise UsageError("--task-type must be auto, classification or regression")
     if not 0 <= val_fraction < 1:
         raise UsageError("--val-fraction must be in [0, 1)")
-    out = out or Path(f"{profile}.xpm" if method == "x-peft" else f"{profile}.safetensors")
+    check_name(profile, "--profile")  # before any path is made from it (names.py)
+    out = out or Path(profile_filename(profile) + (".xpm" if method == "x-peft" else ".safetensors"))
     if (method == "x-peft") != (out.suffix == ".xpm"):
         raise UsageError("x-peft profiles are written as .xpm, baselines as .safetensors")
     stem = out.name.removesuffix(".xpm")
@@ -186,7 +188,7 @@ def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, b
               lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
               label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main,
               precision, param_dtype) -> None:
-    from ..multifit import fit_profiles, profile_filename
+    from ..multifit import fit_profiles
     from ..store import write_store
 
     if data is None:

@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from ..atomic import atomic_write_text, atomic_write_with
+from ..names import profile_filename
 from ..errors import DataError, IntegrityError, UsageError, XpeftError
 from ..profile import Profile, harden, profile_to_json, strip_to_masks
 from ..store import Store, is_store, write_store
@@ -80,6 +81,11 @@ def pack(
         output.stdout.print(f"wrote {out}: {len(converted)} profile(s), {size:,} bytes")
 
 
+def _save_npy(path, array) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
 def unpack(
     file: Path = typer.Argument(..., help="An .xpm file or an .xps store."),
     out: OptPath = typer.Option(None, "--output", "-o", help="JSON file (default: stdout)."),
@@ -98,14 +104,14 @@ def unpack(
     if npy:
         npy.mkdir(parents=True, exist_ok=True)
         for p in profiles:
+            stem = profile_filename(p.name)  # a name read from a file is never a path (names.py)
             arrays = {"mask_a": p.mask_a, "mask_b": p.mask_b, "ln_weight": p.ln_weight, "ln_bias": p.ln_bias,
                       "head_weight": p.head_weight, "head_bias": p.head_bias}
             for key, arr in arrays.items():
                 if arr is not None:
-                    atomic_write_with(npy / f"{p.name}.{key}.npy",
-                                      lambda tmp, a=arr: np.save(open(tmp, "wb"), a, allow_pickle=False))
+                    atomic_write_with(npy / f"{stem}.{key}.npy", lambda tmp, a=arr: _save_npy(tmp, a))
             summary = {k: v for k, v in profile_to_json(p).items() if k not in ("masks", "ln", "head")}
-            atomic_write_text(npy / f"{p.name}.json", json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(npy / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
         _unpacked({"output": str(npy), "format": "npy", "profiles": len(profiles)}, json_out, quiet)
         return
     doc = profile_to_json(profiles[0]) if len(profiles) == 1 and not is_store(file) else \
