@@ -218,3 +218,47 @@ def test_inspect_shows_hostile_names_escaped(cli, fitted):
     assert code == 0, err
     assert "\x1b" not in out and "\x07" not in out
     assert "evil\\x1b[2J[bold]x" in out and "[red]pos" in out and "neg\\x07" in out
+
+
+def _numeric_options():
+    """(command path, option flag, int or float, min, max) of every numeric option of every command."""
+    import typing
+
+    import typer
+
+    from xpeft_cli.cli.app import app
+
+    found = []
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, path + [name])
+            return
+        for p in cmd.params:
+            td = getattr(p, "type_descriptor", None)
+            ann = getattr(td, "annotation", None)
+            base = [t for t in (typing.get_args(ann) or (ann,)) if t in (int, float)]
+            if base:
+                found.append((path, p.opts[0], base[0], p.min, p.max))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_numeric_option_has_a_range():
+    opts = _numeric_options()
+    assert len(opts) > 40
+    assert [(" ".join(c), f) for c, f, _, lo, hi in opts if lo is None or hi is None] == []
+
+
+def test_every_numeric_option_refuses_nan_inf_negative_and_huge(cli):
+    """0 is legal for some options (seeds, --cache-gb); below the minimum, NaN, ±inf and huge never are."""
+    for path, flag, kind, lo, hi in _numeric_options():
+        values = ["nan", "inf", "-inf", "1e300"] if kind is float else ["99999999999999999999999"]
+        values.append(str(lo - 1 if kind is int else lo - 1.0))
+        for v in values:
+            code, out, err = cli(*path, flag, v)
+            assert code == 2, (path, flag, v, code, err)
+            assert flag in err and out == "", (path, flag, v, err)
+            _one_line_error(err)

@@ -19,7 +19,7 @@ from ..plm import load_encoder, resolve_model
 from ..train import FitConfig
 from . import output
 from ..distributed import is_main_process
-from .common import DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch
+from .common import DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch, BATCH_MAX, EPOCHS_MAX, LR_MAX, SEED_MAX, TOKENS_MAX
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
@@ -33,12 +33,12 @@ def _summary(bank: Bank, folder: Path) -> dict:
 @app.command("create")
 def create(
     random: bool = typer.Option(False, "--random", help="A random bank, regenerated from its seed (stores no tensors)."),
-    n: int = typer.Option(400, "-n", "--n-adapters", help="Number of adapters N per site."),
-    rank: int = typer.Option(None, "--rank", "-r", help="Bottleneck b (default: hidden size / 16)."),
-    seed: int = typer.Option(0, "--seed", help="Generator seed."),
+    n: int = typer.Option(400, "-n", "--n-adapters", min=1, max=65535, help="Number of adapters N per site."),
+    rank: int = typer.Option(None, "--rank", "-r", min=1, max=65535, help="Bottleneck b (default: hidden size / 16)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Generator seed."),
     targets: OptStr = typer.Option(None, "--targets", help="Comma-separated Linear module-name suffixes "
                                    "(default: the attention output projection of each block)."),
-    init_scale: float = typer.Option(1.0, "--init-scale", help="Scale of the random B matrices."),
+    init_scale: float = typer.Option(1.0, "--init-scale", min=1e-6, max=1e6, help="Scale of the random B matrices."),
     ln: OptStr = typer.Option(None, "--ln", help="Bottleneck normalisation of every site: layernorm (the "
                               "paper's LN(x Â) B̂; the default for random banks) or none (x Â B̂: profiles then export "
                               "exactly as LoRA adapters; the default for trained banks, whose adapters carry "
@@ -46,7 +46,7 @@ def create(
     from_profiles: OptPath = typer.Option(None, "--from-profiles", help="Train the bank: one LoRA per profile of "
                                           "this labelled file (the --profiles largest profiles)."),
     profile_column: str = typer.Option("profile", "--profile-column", help="Column naming each row's profile."),
-    profiles: int = typer.Option(40, "--profiles", help="How many profiles (the ones with the most rows, ties by "
+    profiles: int = typer.Option(40, "--profiles", min=1, max=1_000_000, help="How many profiles (the ones with the most rows, ties by "
                                  "name) give the bank its adapters."),
     method: str = typer.Option("sa", "--method", help="sa: a LoRA and a head per profile; mtl: the LoRAs trained "
                                "jointly with one shared head, which the bank keeps for its profiles."),
@@ -54,11 +54,11 @@ def create(
                                    "(adapter_config.json + adapter_model.safetensors), one adapter each."),
     adapters: Optional[List[Path]] = typer.Argument(None, help="peft adapter folders (with --from-peft).",
                                                     show_default=False),
-    epochs: int = typer.Option(10, "--epochs", help="Training epochs (--from-profiles)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Rows per profile per step (--from-profiles)."),
-    lr_adapter: float = typer.Option(FitConfig.lr_adapter, "--lr-adapter", help="LoRA learning rate."),
-    lr_head: float = typer.Option(FitConfig.lr_head, "--lr-head", help="Head learning rate."),
-    max_length: int = typer.Option(128, "--max-length", help="Tokens per example."),
+    epochs: int = typer.Option(10, "--epochs", min=1, max=EPOCHS_MAX, help="Training epochs (--from-profiles)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, max=BATCH_MAX, help="Rows per profile per step (--from-profiles)."),
+    lr_adapter: float = typer.Option(FitConfig.lr_adapter, "--lr-adapter", min=0, max=LR_MAX, help="LoRA learning rate."),
+    lr_head: float = typer.Option(FitConfig.lr_head, "--lr-head", min=0, max=LR_MAX, help="Head learning rate."),
+    max_length: int = typer.Option(128, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example."),
     text_column: str = TextCol,
     label_column: str = LabelCol,
     device: str = typer.Option("auto", "--device"),

@@ -15,7 +15,7 @@ from ..errors import UsageError
 from ..masks import STORED_KINDS
 from ..train import FitConfig
 from . import output
-from .common import JsonOpt, OptStr, QuietOpt
+from .common import JsonOpt, OptStr, QuietOpt, BATCH_MAX, EPOCHS_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 D = FitConfig()
@@ -26,18 +26,18 @@ def glue(
     tasks: List[str] = typer.Option(["cola", "sst2", "mrpc", "stsb", "rte", "wnli"], "--tasks", "-t",
                                     help="Presets to run (repeatable)."),
     methods: List[str] = typer.Option(list(METHODS), "--methods", "-m", help="x-peft, single-adapter, head-only."),
-    n: List[int] = typer.Option([100, 400], "--n", help="Bank sizes N for x-peft (repeatable)."),
+    n: List[int] = typer.Option([100, 400], "--n", min=1, max=65535, help="Bank sizes N for x-peft (repeatable)."),
     mask: List[str] = typer.Option(["soft", "hard"], "--mask", help="Mask kinds for x-peft (repeatable)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="XPEFT_DATA_DIR", show_envvar=True,
                                   help="Folder holding glue/ and superglue/."),
     out: Path = typer.Option(Path("bench-glue"), "--output", "-o", help="Results folder (cells are resumed)."),
-    epochs: int = typer.Option(3, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    k: int = typer.Option(D.k, "--k"),
-    seed: int = typer.Option(0, "--seed"),
-    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", help="Seeded sample of at most this many "
+    epochs: int = typer.Option(3, "--epochs", min=1, max=EPOCHS_MAX),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=BATCH_MAX),
+    k: int = typer.Option(D.k, "--k", min=1, max=65535),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
+    max_train_rows: Optional[int] = typer.Option(None, "--max-train-rows", min=1, max=ROWS_MAX, help="Seeded sample of at most this many "
                                                  "training rows per task."),
-    max_length: int = typer.Option(D.max_length, "--max-length"),
+    max_length: int = typer.Option(D.max_length, "--max-length", min=1, max=TOKENS_MAX),
     device: str = typer.Option("auto", "--device"),
     model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", help="PLM (default: the bundled one)."),
     json_out: bool = JsonOpt,

@@ -9,6 +9,16 @@ import typer
 from ..bank import ENV_BANK
 from ..errors import UsageError
 
+# Every numeric option has a range (ints and finite floats; NaN and ±inf fail a bounded range), so no
+# number reaches the core unchecked: out of range is exit 2 with one line.
+SEED_MAX = 2**32 - 1
+LR_MAX = 10.0
+ROWS_MAX = 1_000_000_000
+TOKENS_MAX = 1_000_000
+EPOCHS_MAX = 10_000
+BATCH_MAX = 65_536
+GB_MAX = 1e6
+
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no notes, progress or summary; "
                         "data a command writes to stdout still goes there); the exit status tells how it went.")
@@ -16,7 +26,7 @@ BankOpt = typer.Option(Path("bank"), "--bank", "-b", envvar=ENV_BANK, show_envva
                        help="Bank folder (made by 'xpeft bank create').")
 ModelOpt = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
                         help="Where to find the bank's PLM (folder or cached hub id); its hash must match.")
-DevicesOpt = typer.Option(1, "--devices", help="Run data-parallel on this many processes, one per GPU "
+DevicesOpt = typer.Option(1, "--devices", min=1, max=1024, help="Run data-parallel on this many processes, one per GPU "
                           "(or on CPU with --device cpu). Each profile's fit follows the steps one process takes: "
                           "bit for bit on CPU, up to float noise on GPUs (README: Data-parallel fits).")
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32.")

@@ -8,7 +8,7 @@ import typer
 
 from ..convert import news_category
 from . import output
-from .common import JsonOpt, QuietOpt
+from .common import JsonOpt, QuietOpt, ROWS_MAX, SEED_MAX
 
 app = typer.Typer(help="Convert public multi-profile data into xpeft JSONL.", no_args_is_help=True)
 
@@ -19,9 +19,9 @@ def news(
                                          "them); earlier files win duplicate links."),
     out_dir: Path = typer.Option(Path("news"), "--output", "-o", help="Folder for train.jsonl, test.jsonl, "
                                  "stats.json."),
-    min_rows: int = typer.Option(20, "--min-rows", help="Keep authors with at least this many rows."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Per-author share of rows held out for test."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the per-author shuffle."),
+    min_rows: int = typer.Option(20, "--min-rows", min=1, max=ROWS_MAX, help="Keep authors with at least this many rows."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", min=0, max=0.99, help="Per-author share of rows held out for test."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the per-author shuffle."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:

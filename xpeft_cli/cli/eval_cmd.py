@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..tasks import load_split, official_metrics, preset
 from ..evaluate import evaluate_profile, read_profile, with_bank_head
 from . import output
-from .common import BankOpt, JsonOpt, QuietOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol
+from .common import BankOpt, JsonOpt, QuietOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol, BATCH_MAX, TOKENS_MAX
 
 
 def evaluate(
@@ -30,8 +30,8 @@ def evaluate(
     data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="XPEFT_DATA_DIR", show_envvar=True,
                                   help="Folder holding glue/ and superglue/ (for --task)."),
     bank_dir: Path = BankOpt,
-    batch_size: int = typer.Option(64, "--batch-size"),
-    max_length: int = typer.Option(None, "--max-length", help="Tokens per example (default: as fitted)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
+    max_length: int = typer.Option(None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (default: as fitted)."),
     text_column: str = TextCol,
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,

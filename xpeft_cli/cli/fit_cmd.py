@@ -16,7 +16,7 @@ from ..train import FitConfig, fit_profile
 from ..xpm import read_xpm_full, write_xpm
 from . import output
 from ..distributed import is_main_process
-from .common import BankOpt, DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch
+from .common import BankOpt, DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch, BATCH_MAX, EPOCHS_MAX, LR_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX
 
 D = FitConfig()
 
@@ -28,7 +28,7 @@ def fit(
                                           "in one batched run; -o is then a folder of NAME.xpm (or an .xps store)."),
     labels: OptStr = typer.Option(None, "--labels", help="The class names, comma-separated, in order (default: "
                                   "those in the data, sorted). A multi-profile fit gives every profile this set."),
-    max_batch_rows: int = typer.Option(2048, "--max-batch-rows", help="Multi-profile fit: at most this many rows "
+    max_batch_rows: int = typer.Option(2048, "--max-batch-rows", min=1, max=ROWS_MAX, help="Multi-profile fit: at most this many rows "
                                        "per forward pass (a step's profiles are split over several passes)."),
     data: OptPath = typer.Option(None, "--data", "-d", help="Training data: .jsonl, .json, .csv, .tsv or .parquet "
                                  "(or use --task)."),
@@ -43,19 +43,19 @@ def fit(
     out: OptPath = typer.Option(None, "--output", "-o", help="Output file (default: PROFILE.xpm)."),
     mask: str = typer.Option(D.mask, "--mask", help="sign (every adapter with a learned ±, one bit each; the most accurate at a few hundred bytes), "
                               "hard (k-hot bits, the paper's Algorithm 1) or soft (softmax weights)."),
-    k: int = typer.Option(D.k, "--k", help="Adapters selected per site by a hard mask (capped at N)."),
-    epochs: int = typer.Option(D.epochs, "--epochs"),
-    batch_size: int = typer.Option(D.batch_size, "--batch-size"),
-    lr_masks: float = typer.Option(D.lr_masks, "--lr-masks", help="Learning rate of the mask logits."),
-    lr_ln: float = typer.Option(D.lr_ln, "--lr-ln", help="Learning rate of the bottleneck LayerNorm affine."),
-    lr_head: float = typer.Option(D.lr_head, "--lr-head", help="Learning rate of the task head."),
-    lr_adapter: float = typer.Option(D.lr_adapter, "--lr-adapter", help="Learning rate of the LoRA matrices "
+    k: int = typer.Option(D.k, "--k", min=1, max=65535, help="Adapters selected per site by a hard mask (capped at N)."),
+    epochs: int = typer.Option(D.epochs, "--epochs", min=1, max=EPOCHS_MAX),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size", min=1, max=BATCH_MAX),
+    lr_masks: float = typer.Option(D.lr_masks, "--lr-masks", min=0, max=LR_MAX, help="Learning rate of the mask logits."),
+    lr_ln: float = typer.Option(D.lr_ln, "--lr-ln", min=0, max=LR_MAX, help="Learning rate of the bottleneck LayerNorm affine."),
+    lr_head: float = typer.Option(D.lr_head, "--lr-head", min=0, max=LR_MAX, help="Learning rate of the task head."),
+    lr_adapter: float = typer.Option(D.lr_adapter, "--lr-adapter", min=0, max=LR_MAX, help="Learning rate of the LoRA matrices "
                                      "(single-adapter)."),
-    nu: float = typer.Option(D.nu, "--nu", help="Gumbel noise level ν (hard masks)."),
-    tau: float = typer.Option(D.tau, "--tau", help="Softmax temperature τ (hard masks)."),
-    seed: int = typer.Option(D.seed, "--seed"),
-    max_length: int = typer.Option(D.max_length, "--max-length", help="Tokens per example (truncation)."),
-    val_fraction: float = typer.Option(D.val_fraction, "--val-fraction",
+    nu: float = typer.Option(D.nu, "--nu", min=0, max=100, help="Gumbel noise level ν (hard masks)."),
+    tau: float = typer.Option(D.tau, "--tau", min=1e-6, max=100, help="Softmax temperature τ (hard masks)."),
+    seed: int = typer.Option(D.seed, "--seed", min=0, max=SEED_MAX),
+    max_length: int = typer.Option(D.max_length, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (truncation)."),
+    val_fraction: float = typer.Option(D.val_fraction, "--val-fraction", min=0, max=0.99,
                                        help="Share of --data held out for validation when --eval-data is absent."),
     eval_data: OptPath = typer.Option(None, "--eval-data", help="Validation data (instead of a holdout)."),
     task: str = typer.Option(D.task, "--task-type", help="auto, classification or regression."),
@@ -63,7 +63,7 @@ def fit(
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
     device: str = typer.Option(D.device, "--device", help="auto (GPU when there is one), cpu, cuda, cuda:1 …"),
-    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Save a resumable checkpoint every N steps "
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", min=0, max=ROWS_MAX, help="Save a resumable checkpoint every N steps "
                                          "(beside the output, NAME.ckpt.safetensors; removed when the fit ends)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint of an interrupted fit "
                                 "(same options and data); the result is the same as an uninterrupted fit."),

@@ -46,7 +46,7 @@ def pack(
     inputs: List[Path] = typer.Argument(..., help=".xpm files, stores, fit checkpoints (*.ckpt.safetensors), "
                                         "or folders of them."),
     out: Path = typer.Option(..., "--output", "-o", help="An .xpm (one input) or an .xps store (any number)."),
-    k: Optional[int] = typer.Option(None, "--k", help="Turn soft profiles into hard ones selecting k adapters."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, max=65535, help="Turn soft profiles into hard ones selecting k adapters."),
     masks_only: bool = typer.Option(False, "--masks-only", help="Drop LN, head, labels and meta (bank supplies them)."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,

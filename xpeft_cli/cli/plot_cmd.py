@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..store import Store, is_store
 from ..xpm import read_xpm
 from . import output
-from .common import JsonOpt, QuietOpt
+from .common import JsonOpt, QuietOpt, SEED_MAX
 
 app = typer.Typer(help="PNG figures: mask t-SNE, mask heatmaps, loss curves.", no_args_is_help=True)
 
@@ -42,8 +42,8 @@ def _done(res: dict, json_out: bool, quiet: bool) -> None:
 @app.command("masks")
 def masks(sources: List[Path] = typer.Argument(..., help="Profiles: folders of .xpm, .xps stores or .xpm files."),
           out: Path = typer.Option(Path("masks.png"), "--output", "-o"),
-          seed: int = typer.Option(0, "--seed", help="t-SNE seed."),
-          perplexity: float = typer.Option(30.0, "--perplexity"),
+          seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="t-SNE seed."),
+          perplexity: float = typer.Option(30.0, "--perplexity", min=1, max=10_000),
           json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """t-SNE of the profiles' masks, coloured by each profile's majority training label (paper Fig. 3)."""
     _done(plots.plot_masks(_profiles(sources), out, seed, perplexity), json_out, quiet)
@@ -60,7 +60,7 @@ def heatmap(files: List[Path] = typer.Argument(..., help=".xpm files."),
 @app.command("curves")
 def curves(logs: List[Path] = typer.Argument(..., help="Fit logs (JSONL written by 'xpeft fit --log')."),
            out: Path = typer.Option(Path("curves.png"), "--output", "-o"),
-           smooth: int = typer.Option(10, "--smooth", help="Running-mean window in steps."),
+           smooth: int = typer.Option(10, "--smooth", min=1, max=1_000_000, help="Running-mean window in steps."),
            label: Optional[List[str]] = typer.Option(None, "--label", help="A legend name per log, in order."),
            json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Training loss against step, one line per log (paper Fig. 5)."""

@@ -13,7 +13,7 @@ from ..bank import Bank
 from ..errors import DataError, UsageError
 from . import output
 from ..serve import DEFAULT_CACHE_GB, ProfileSource, predict_requests, read_requests
-from .common import BankOpt, ModelOpt, OptStr, QuietOpt
+from .common import BankOpt, ModelOpt, OptStr, QuietOpt, BATCH_MAX, GB_MAX, TOKENS_MAX
 
 
 def predict(
@@ -22,14 +22,14 @@ def predict(
                              "[\"id\"]} per line; '-' reads standard input."),
     out: OptStr = typer.Option(None, "--output", "-o", help="Answers file (default: standard output)."),
     bank_dir: Path = BankOpt,
-    batch_size: int = typer.Option(64, "--batch-size"),
-    max_length: int = typer.Option(None, "--max-length", help="Tokens per request (default: each profile's own, "
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
+    max_length: int = typer.Option(None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per request (default: each profile's own, "
                                    "as fitted)."),
     device: str = typer.Option("auto", "--device"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each padded batch shape as a captured "
                                      "CUDA graph (GPU only): removes kernel-launch time, pads rows to --batch-size "
                                      "and lengths to a multiple of 32."),
-    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", min=0, metavar="GIB", help="Mix every requested profile's "
+    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", max=GB_MAX, min=0, metavar="GIB", help="Mix every requested profile's "
                                    "Â, B̂ once at start-up when they fit in this many GiB (batches then gather "
                                    "them instead of mixing from the bank); 0 mixes per batch."),
     model: OptStr = ModelOpt,

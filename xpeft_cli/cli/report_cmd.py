@@ -19,10 +19,10 @@ app = typer.Typer(help="Reports.", no_args_is_help=True)
 
 @app.command("memory")
 def memory(
-    n: Optional[List[int]] = typer.Option(None, "--n", help="Adapter counts N (repeatable; default 100, 200, 400)."),
-    rank: int = typer.Option(48, "--rank", help="Bottleneck b (Table 1's numbers use 48)."),
-    dim: int = typer.Option(768, "--dim", help="Adapter input dimension d."),
-    layers: int = typer.Option(12, "--layers", help="Number of sites L."),
+    n: Optional[List[int]] = typer.Option(None, "--n", min=1, max=1_000_000, help="Adapter counts N (repeatable; default 100, 200, 400)."),
+    rank: int = typer.Option(48, "--rank", min=1, max=65535, help="Bottleneck b (Table 1's numbers use 48)."),
+    dim: int = typer.Option(768, "--dim", min=1, max=1_000_000, help="Adapter input dimension d."),
+    layers: int = typer.Option(12, "--layers", min=1, max=100_000, help="Number of sites L."),
     bank: OptPath = typer.Option(None, "--bank", "-b", help="With --profile: measure real files."),
     profile: Optional[List[Path]] = typer.Option(None, "--profile", "-p", help="Profile file(s) to measure."),
     model: OptStr = ModelOpt,

@@ -9,7 +9,7 @@ import typer
 from ..serve import DEFAULT_CACHE_GB
 from ..service import MAX_TEXT_CHARS
 from . import output
-from .common import BankOpt, ModelOpt, OptStr, QuietOpt
+from .common import BankOpt, ModelOpt, OptStr, QuietOpt, GB_MAX, ROWS_MAX
 
 
 def serve(
@@ -21,12 +21,12 @@ def serve(
     device: str = typer.Option("auto", "--device"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each batch as a captured CUDA graph "
                                      "(GPU only)."),
-    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", min=0, metavar="GIB", help="Mix every "
+    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", max=GB_MAX, min=0, metavar="GIB", help="Mix every "
                                    "profile's Â, B̂ once at start-up when they fit in this many GiB; 0 mixes per batch."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, max=4096, help="Rows per model batch at most."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, max=10_000, help="How long the first row of a "
                                       "batch waits for others to join it."),
-    max_text_chars: int = typer.Option(MAX_TEXT_CHARS, "--max-text-chars", min=1, help="Longest text (with its "
+    max_text_chars: int = typer.Option(MAX_TEXT_CHARS, "--max-text-chars", max=ROWS_MAX, min=1, help="Longest text (with its "
                                        "pair) a request row may send; longer ones get 413."),
     model: OptStr = ModelOpt,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line when listening: url, port, "
