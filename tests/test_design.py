@@ -185,3 +185,16 @@ def test_default_targets_of_every_architecture_match_two_linears_per_block(model
     sites = find_sites(enc, default_targets(model_type))
     assert len(sites) == 2 * 2 and all(s.d_out == 32 for s in sites)  # attention output and FFN output, each block
     assert {s.d_in for s in sites} == {32, 64}
+
+
+def test_ia3_has_targets_on_architectures_peft_has_no_default_for():
+    """peft has no IA3 default for MPNet: key, value and the feed-forward output are given (the 12-layer PLM)."""
+    from transformers import MPNetConfig, MPNetModel
+
+    from xpeft_cli.peers import PeerModel
+
+    enc = MPNetModel(MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64))
+    names = [n for n, p in PeerModel(enc, "ia3", [], 2).named_parameters() if p.requires_grad]
+    assert sum("ia3_l" in n for n in names) == 6  # 3 per block
+    assert any(n.endswith("attn.k.ia3_l.default") for n in names) and any("output.dense.ia3" in n for n in names)

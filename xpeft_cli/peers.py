@@ -40,7 +40,12 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return kind, opts
 
 
-def peft_config(kind: str, opts: dict, site_names: list[str], seed: int):
+# IA3's targets where peft has no default for the architecture: key, value, feed-forward output.
+IA3_TARGETS = {"mpnet": (["attn.k", "attn.v", "output.dense"], ["output.dense"]),
+               "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
+
+
+def peft_config(kind: str, opts: dict, site_names: list[str], seed: int, model_type: str = ""):
     """The peft config of a peer on xpeft's sites (IA3 keeps peft's own targets for the architecture)."""
     import peft
 
@@ -51,6 +56,9 @@ def peft_config(kind: str, opts: dict, site_names: list[str], seed: int):
         return peft.VeraConfig(r=int(opts.get("r", 256)), target_modules=site_names, vera_dropout=0.0,
                                projection_prng_key=seed, save_projection=False, d_initial=opts.get("d_initial", 0.1))
     if kind == "ia3":
+        if model_type in IA3_TARGETS:
+            targets, ff = IA3_TARGETS[model_type]
+            return peft.IA3Config(target_modules=targets, feedforward_modules=ff)
         return peft.IA3Config()  # peft's default targets: key, value and the feed-forward output
     if kind == "vblora":
         return peft.VBLoRAConfig(r=int(opts.get("r", 4)), target_modules=site_names,
@@ -72,7 +80,8 @@ class PeerModel(EncoderClassifier):
             import peft
 
             torch.manual_seed(seed)  # peft initialises the adapter weights from the global generator
-            self.encoder = peft.get_peft_model(self.encoder, peft_config(self.kind, self.opts, site_names, seed))
+            self.encoder = peft.get_peft_model(self.encoder, peft_config(self.kind, self.opts, site_names, seed,
+                                                                               getattr(encoder.config, "model_type", "")))
         elif self.kind == "bitfit":
             for name, p in self.encoder.named_parameters():
                 p.requires_grad_(name.endswith(".bias"))
