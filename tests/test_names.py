@@ -67,3 +67,55 @@ def test_unpack_npy_names_files_safely(cli, fitted):
     stem = profile_filename("../../evil")
     assert (fitted / "arrays" / f"{stem}.json").is_file() and (fitted / "arrays" / f"{stem}.mask_a.npy").is_file()
     assert not (fitted.parent / "evil.json").exists()
+
+
+def test_predict_never_turns_a_requested_name_into_a_path(cli, fitted, monkeypatch):
+    import io
+    import json
+
+    (fitted / "profs").mkdir()
+    (fitted / "outside").mkdir()
+    (fitted / "outside" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes())
+    (fitted / "profs" / "bob.xpm").write_bytes((fitted / "alice.xpm").read_bytes())  # renamed: holds "alice"
+    for name, why in (("../outside/alice", "no profile '../outside/alice'"), ("bob", "holds the profile 'alice'")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"profile": name, "text": "hi"}) + "\n"))
+        code, out, err = cli("predict", "--profiles", "profs")
+        assert code == 3 and why in err and out == "", err
+        _one_line_error(err)
+
+
+def test_bank_manifest_tensors_must_stay_in_the_folder(cli, fitted):
+    import json
+
+    m = json.loads((fitted / "bank" / "bank.json").read_text())
+    m["tensors"] = "../alice.xpm"
+    (fitted / "bank" / "bank.json").write_text(json.dumps(m))
+    code, _, err = cli("bank", "verify")
+    assert code == 4 and "inside the bank folder" in err
+    _one_line_error(err)
+
+
+def test_non_finite_scores_are_null_not_nan(cli, fitted, monkeypatch):
+    """Huge head weights overflow the logits: predict still prints strict JSON."""
+    import io
+    import json
+
+    import numpy as np
+
+    from xpeft_cli.xpm import read_xpm, write_xpm
+
+    p = read_xpm(fitted / "alice.xpm")
+    p.param_dtype = "float32"  # finite when stored, infinite once multiplied out
+    p.head_weight = np.full_like(p.head_weight, 3e38)
+    p.head_weight[1] *= -1
+    (fitted / "profs").mkdir()
+    write_xpm(p, fitted / "profs" / "alice.xpm")
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"profile": "alice", "text": "a fine day"}) + "\n"))
+    code, out, err = cli("predict", "--profiles", "profs")
+    assert code == 0, err
+
+    def refuse(c):
+        raise ValueError(c)
+
+    answer = json.loads(out, parse_constant=refuse)
+    assert answer["score"] is None and answer["prediction"] in ("pos", "neg")

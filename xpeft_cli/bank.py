@@ -237,7 +237,11 @@ class Bank:
                    origin=m.get("origin"))
         verified = False
         if m.get("tensors"):
-            bank.A, bank.B, bank.head = _load_tensors(folder / m["tensors"], sites, n, rank, m.get("head"))
+            tensors = m["tensors"]
+            # a file name inside the bank folder, never a path that leaves it
+            if not isinstance(tensors, str) or Path(tensors).name != tensors or tensors in (".", ".."):
+                raise IntegrityError(f"{path}: 'tensors' must name a file inside the bank folder, got {tensors!r}")
+            bank.A, bank.B, bank.head = _load_tensors(folder / tensors, sites, n, rank, m.get("head"))
         elif isinstance(bank.generator, dict) and bank.generator.get("name") == rng.GENERATOR_NAME:
             try:
                 if bank.tensor_bytes() > STREAM_ABOVE:

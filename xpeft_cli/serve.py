@@ -4,6 +4,7 @@ back in request order.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -70,7 +71,10 @@ class ProfileSource:
             path = self.path / f"{profile_filename(name)}.xpm"
         if not path.is_file():
             raise DataError(f"no profile {name!r} in {self.path}")
-        return read_xpm(path)
+        prof = read_xpm(path)
+        if prof.name != name:  # profiles are known by the name stored inside them
+            raise DataError(f"{path} holds the profile {prof.name!r}, not {name!r} (was the file renamed?)")
+        return prof
 
     def all(self) -> list[Profile]:
         """Every profile: each NAME.xpm of the folder (sorted by file name), or the store's records."""
@@ -228,10 +232,12 @@ class ProfileServer:
     def answer(self, out: torch.Tensor, i: int) -> dict:
         prof = self.profiles[i]
         if prof.task == TASK_REGRESSION:
-            return {"prediction": float(out[0])}
+            value = float(out[0])
+            return {"prediction": value if math.isfinite(value) else None}
         logits = out[: prof.num_outputs]
         probs = torch.softmax(logits, -1)
-        return {"prediction": prof.labels[int(logits.argmax())], "score": round(float(probs.max()), 6)}
+        score = float(probs.max())  # NaN (from huge or non-finite head weights) is not JSON: null
+        return {"prediction": prof.labels[int(logits.argmax())], "score": round(score, 6) if math.isfinite(score) else None}
 
 
 def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
