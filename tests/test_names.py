@@ -119,3 +119,21 @@ def test_non_finite_scores_are_null_not_nan(cli, fitted, monkeypatch):
 
     answer = json.loads(out, parse_constant=refuse)
     assert answer["score"] is None and answer["prediction"] in ("pos", "neg")
+
+
+@pytest.mark.parametrize("content, why", [(b'{"text": "a\xff b", "label": "pos"}\n', "not UTF-8 text (byte 0xff"),
+                                          (b"[" * 100_000 + b"\n", "nested too deeply")])
+def test_hostile_data_files_exit_3_with_the_line(cli, fitted, content, why, monkeypatch):
+    import io
+
+    (fitted / "bad.jsonl").write_bytes(content)
+    code, _, err = cli("fit", "-p", "x", "-d", "bad.jsonl", "--epochs", "1")
+    assert code == 3 and "bad.jsonl: line 1" in err and why in err
+    _one_line_error(err)
+    if b"[" in content:  # the same through predict's request stream
+        (fitted / "profs").mkdir()
+        (fitted / "profs" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes())
+        monkeypatch.setattr("sys.stdin", io.StringIO(content.decode()))
+        code, _, err = cli("predict", "--profiles", "profs")
+        assert code == 3 and "nested too deeply" in err
+        _one_line_error(err)

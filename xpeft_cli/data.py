@@ -63,22 +63,50 @@ def json_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, object]
         if not line.strip():
             continue
         try:
-            yield no, json.loads(line)
+            obj = json.loads(line)
+        except RecursionError:
+            raise DataError(f"{source}: line {no}: JSON nested too deeply") from None
         except ValueError as exc:
             raise DataError(f"{source}: line {no}: not valid JSON ({exc.msg})") from None
+        yield no, obj
 
 
 def _first_bad_json_line(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for no, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for no, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
             if line.strip():
                 try:
                     obj = json.loads(line)
+                except RecursionError:
+                    return f"line {no}: JSON nested too deeply"
                 except ValueError as exc:
                     return f"line {no}: not valid JSON ({exc.msg})"
                 if not isinstance(obj, dict):
                     return f"line {no}: a JSON object is expected"
     return "rows have inconsistent types (e.g. a label that is a number in one row and text in another)"
+
+
+def _first_bad_line_quick(path: Path) -> str | None:
+    """Invalid UTF-8 or JSON nested past Python's recursion limit, which pyarrow may accept but
+    Python cannot read back; None when every line decodes (other faults are the loader's to find)."""
+    with open(path, "rb") as fh:
+        for no, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            if raw.count(b"[") + raw.count(b"{") > 500:  # cheap pre-check; parse only suspicious lines
+                try:
+                    json.loads(raw)
+                except RecursionError:
+                    return f"line {no}: JSON nested too deeply"
+                except ValueError:
+                    pass
+    return None
 
 
 def _load_table(path: Path) -> dict[str, list]:
@@ -95,15 +123,23 @@ def _load_table(path: Path) -> dict[str, list]:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    if builder == "json":  # what the loader would choke on (or, for bad UTF-8, read wrongly): found here, by line
+        bad = _first_bad_line_quick(path)
+        if bad:
+            raise DataError(f"{path}: {bad}")
     try:
         ds = load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
+        if ds.num_rows == 0:
+            raise DataError(f"{path}: no rows")
+        return ds.to_dict()
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
     except Exception as exc:  # datasets/pyarrow raise many types; find the line ourselves
         if builder == "json":
             raise DataError(f"{path}: {_first_bad_json_line(path)}") from None
-        raise DataError(f"{path}: cannot parse ({str(exc).splitlines()[0][:200]})") from None
-    if ds.num_rows == 0:
-        raise DataError(f"{path}: no rows")
-    return ds.to_dict()
+        raise DataError(f"{path}: cannot parse ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
 
 
 def load_examples(path: str | Path, columns: Columns = Columns(), require_label: bool = True) -> Examples:
