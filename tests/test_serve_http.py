@@ -145,6 +145,11 @@ def test_profiles_listed_as_inspect_describes_them_and_added_while_requests_run(
         r = c.post("/v1/profiles", content=(folder / "alice.xpm").read_bytes())
         assert r.status_code == 200 and r.json()["replaced"]
         assert c.get("/v1/profiles").json()["count"] == 3
+        page = c.get("/v1/profiles", params={"offset": 1, "limit": 1}).json()
+        assert page["count"] == 3 and [p["profile"] for p in page["profiles"]] == ["dora"]
+        assert c.get("/v1/profiles", params={"limit": 0}).status_code == 422
+        bad = c.get("/v1/profiles", params={"limit": "x"})
+        assert bad.status_code == 422 and list(bad.json()) == ["error"] and bad.json()["error"].startswith("limit:")
 
 
 def test_a_store_is_served_and_grows_atomically(cli, two_profiles, monkeypatch):

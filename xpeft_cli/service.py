@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import socket
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from .errors import DataError, IntegrityError, UsageError, XpeftError
@@ -246,9 +248,14 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
         return ok(answers if many else answers[0], "classify")
 
     @app.get("/v1/profiles")
-    async def list_profiles():
-        """Every profile served: what `xpeft inspect --json` says of its file."""
-        return ok({"count": len(stored), "profiles": [describe_profile(p) for p in stored.values()]}, "profiles")
+    async def list_profiles(offset: int = 0, limit: int = 1000):
+        """The profiles served, `limit` (≤ 10,000) from `offset` in load order: what `xpeft inspect
+        --json` says of each file; `count` is how many there are in all."""
+        if offset < 0 or not 1 <= limit <= 10_000:
+            return error(422, "offset must be 0 or more and limit 1..10000", "profiles")
+        page = list(itertools.islice(stored.values(), offset, offset + limit))
+        return ok({"count": len(stored), "offset": offset, "profiles": [describe_profile(p) for p in page]},
+                  "profiles")
 
     @app.get("/v1/profiles/{name}")
     async def get_profile(name: str):
@@ -292,6 +299,12 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
     async def prometheus():
         """Prometheus text: requests by endpoint and status, rows, batch sizes, latency, profiles."""
         return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):  # FastAPI's own checks (query parameters): one line too
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(request, exc):  # the server answers 500 and goes on
