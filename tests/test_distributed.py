@@ -137,7 +137,7 @@ def test_data_parallel_errors_are_one_line_with_exit_codes(dp):
         (("fit", "--data", "multi.jsonl", "--profile-column", "profile", "--devices", "5", "--device", "cpu", "-q"),
          2, "5 processes for 4 profiles"),
         (("bank", "create", "--random", "-n", "4", "-o", "b4", "--devices", "2"), 2, "--from-profiles"),
-        (("fit", "-p", "x", "--data", "alice.jsonl", "--devices", "0"), 2, "at least 1"),
+        (("fit", "-p", "x", "--data", "alice.jsonl", "--devices", "0"), 2, "greater than or equal to 1"),
         (("fit", "-p", "x", "--data", "alice.jsonl", "--devices", "2", "--device", "cuda:1"), 2, "--device"),
     ]
     for args, code, text in cases:
