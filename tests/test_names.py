@@ -80,7 +80,8 @@ def test_predict_never_turns_a_requested_name_into_a_path(cli, fitted, monkeypat
     for name, why in (("../outside/alice", "no profile '../outside/alice'"), ("bob", "holds the profile 'alice'")):
         monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"profile": name, "text": "hi"}) + "\n"))
         code, out, err = cli("predict", "--profiles", "profs")
-        assert code == 3 and why in err and out == "", err
+        assert code == 3 and why in err, err
+        assert why in json.loads(out)["error"] and json.loads(out)["line"] == 1  # the line's error record
         _one_line_error(err)
 
 

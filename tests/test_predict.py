@@ -52,3 +52,36 @@ def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):
     assert [a["score"] for a in per_batch] == pytest.approx([a["score"] for a in answers], abs=1e-5)
     code, _, err = cli("predict", "--profiles", "profs", "--data", "req.jsonl", "--device", "cpu", "--cuda-graphs")
     assert code == 2 and "CUDA" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_streams_answers_and_reports_bad_lines_in_place(cli, fitted):
+    """An answer comes back while stdin is still open; a bad line gets an error record and the rest go on."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "xpeft_cli", "predict", "--profiles", "alice.xpm", "--device", "cpu"],
+                            cwd=fitted, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+    try:
+        proc.stdin.write(json.dumps({"id": 1, "profile": "alice", "text": "what a fun film"}) + "\n")
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())  # before stdin is closed
+        assert first["id"] == 1 and first["prediction"] in ("pos", "neg")
+        assert set(first["scores"]) == {"pos", "neg"} and abs(sum(first["scores"].values()) - 1) < 1e-4
+        assert first["score"] == max(first["scores"].values())
+        proc.stdin.write("{not json\n" + json.dumps({"id": 3, "profile": "nobody", "text": "x"}) + "\n"
+                         + json.dumps({"id": 4, "profile": "alice"}) + "\n"
+                         + json.dumps({"id": 5, "profile": "alice", "text": "so sad"}) + "\n")
+        proc.stdin.close()
+        rest = [json.loads(l) for l in proc.stdout.read().splitlines()]
+        err = proc.stderr.read()
+        proc.wait(60)
+    finally:
+        proc.kill()
+    assert [r.get("line") for r in rest[:3]] == [2, 3, 4]
+    assert "not valid JSON" in rest[0]["error"] and "no profile 'nobody'" in rest[1]["error"] and rest[1]["id"] == 3
+    assert "needs string fields" in rest[2]["error"] and rest[3]["id"] == 5 and "prediction" in rest[3]
+    assert proc.returncode == 3
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "3 of 5 requests could not be answered" in lines[0]

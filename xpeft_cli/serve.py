@@ -4,7 +4,9 @@ back in request order.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -51,13 +53,20 @@ class ProfileSource:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.store = Store(self.path) if self.path.is_file() and is_store(self.path) else None
-        if self.store is None and not self.path.is_dir():
-            raise DataError(f"{self.path}: neither a folder of .xpm files nor an .xps store")
+        self.single = None  # one .xpm file: the only profile served
+        if self.store is None and self.path.is_file() and self.path.suffix == ".xpm":
+            self.single = read_xpm(self.path)
+        elif self.store is None and not self.path.is_dir():
+            raise DataError(f"{self.path}: neither a folder of .xpm files, an .xps store nor an .xpm file")
 
     def get(self, name: str, adapters: bool = False):
         """The profile NAME; with `adapters`, a baseline NAME.safetensors in a folder is found too."""
         if self.store is not None:
             return self.store.get(name)
+        if self.single is not None:
+            if self.single.name != name:
+                raise DataError(f"no profile {name!r} in {self.path} (it holds {self.single.name!r})")
+            return self.single
         # NAME.xpm only where NAME is a plain file name: a name is never a path ("../x" stays inside)
         plain = Path(name).name == name and not name.startswith(".")
         if adapters:
@@ -80,6 +89,8 @@ class ProfileSource:
         """Every profile: each NAME.xpm of the folder (sorted by file name), or the store's records."""
         if self.store is not None:
             return list(self.store)
+        if self.single is not None:
+            return [self.single]
         profiles = [read_xpm(f) for f in sorted(self.path.glob("*.xpm")) if f.is_file()]
         seen: dict[str, int] = {}
         for p in profiles:
@@ -95,6 +106,8 @@ class ProfileSource:
         from .atomic import atomic_write_bytes
         from .store import write_store
 
+        if self.single is not None:
+            raise DataError(f"{self.path} is one profile file: serve a folder or a store to add profiles")
         if self.store is not None:
             write_store(everyone, self.path)
             self.store.close()
@@ -141,13 +154,7 @@ class ProfileServer:
         self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
 
     def check(self, p: Profile) -> None:
-        """Refuse a profile fitted on another bank (unless forced) or of another shape."""
-        bank = self.bank
-        if p.bank_hash != bank.bank_hash and not self.force:
-            raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
-                                 f"({bank.bank_hash[:16]}…)")
-        if p.L != bank.L or p.n != bank.n:
-            raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
+        check_profile(self.bank, p, self.force)
 
     def _tables(self, profiles: list[Profile]):
         """The frozen mask and head tables of `profiles`, on the device, mixed once if they fit."""
@@ -163,18 +170,20 @@ class ProfileServer:
             table.release_bank()   # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
         return table, heads
 
-    def prepare(self, profile: Profile) -> tuple[list[Profile], object]:
-        """What put() installs: the profile list with `profile` added (or replacing its namesake)
-        and tables built for it. Slow (mixes every profile once), so it runs outside the server's
-        lock; checks the profile against the bank first."""
-        self.check(profile)
-        profile = with_bank_head(self.bank, profile)
-        profiles = list(self.profiles)
-        i = self.index.get(profile.name)
-        if i is None:
-            profiles.append(profile)
-        else:
-            profiles[i] = profile  # names keep their row: requests already routed stay valid
+    def prepare(self, *added: Profile) -> tuple[list[Profile], object]:
+        """What install() swaps in: the profile list with `added` appended (or replacing their
+        namesakes) and tables built for it. Slow (mixes every profile once), so it runs outside the
+        server's lock; checks each profile against the bank first."""
+        profiles, index = list(self.profiles), dict(self.index)
+        for profile in added:
+            self.check(profile)
+            profile = with_bank_head(self.bank, profile)
+            i = index.get(profile.name)
+            if i is None:
+                index[profile.name] = len(profiles)
+                profiles.append(profile)
+            else:
+                profiles[i] = profile  # names keep their row: requests already routed stay valid
         return profiles, self._tables(profiles)
 
     def install(self, profiles: list[Profile], tables) -> None:
@@ -237,7 +246,141 @@ class ProfileServer:
         logits = out[: prof.num_outputs]
         probs = torch.softmax(logits, -1)
         score = float(probs.max())  # NaN (from huge or non-finite head weights) is not JSON: null
-        return {"prediction": prof.labels[int(logits.argmax())], "score": round(score, 6) if math.isfinite(score) else None}
+        finite = math.isfinite(score)
+        return {"prediction": prof.labels[int(logits.argmax())], "score": round(score, 6) if finite else None,
+                "scores": {lab: round(float(v), 6) for lab, v in zip(prof.labels, probs)} if finite else None}
+
+
+@dataclass
+class Failed:
+    """A request line that gets an error record instead of an answer."""
+
+    line: int
+    error: str
+    id: object = None
+
+
+def parse_line(no: int, line: str, source: str) -> Request | Failed | None:
+    """One line of a request stream: a Request, a Failed record, or None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except RecursionError:
+        return Failed(no, f"{source}: line {no}: JSON nested too deeply")
+    except ValueError as exc:
+        return Failed(no, f"{source}: line {no}: not valid JSON ({exc.msg})")
+    if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str) or not isinstance(obj.get("text"), str):
+        return Failed(no, f"{source}: line {no}: needs string fields 'profile' and 'text'",
+                      obj.get("id") if isinstance(obj, dict) else None)
+    pair = obj.get("text_pair")
+    if pair is not None and not isinstance(pair, str):
+        return Failed(no, f"{source}: line {no}: 'text_pair' must be a string", obj.get("id"))
+    return Request(no, obj["profile"], obj["text"], pair, obj.get("id"))
+
+
+def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, write, batch_size: int = 64,
+                   max_length: int | None = None, device: str = "auto", cuda_graphs: bool = False,
+                   cache_gb: float = DEFAULT_CACHE_GB, known: list[str] | None = None, wait_s: float = 0.02) -> dict:
+    """Answer a stream of request lines as they come: `write` gets one JSON line per request line,
+    in order, as soon as the batch holding it is done (a batch closes at `batch_size` rows or when
+    no line arrives for `wait_s`). A line that cannot be answered (bad JSON, missing field, unknown
+    profile, a profile of another bank) gets {"line", "error"[, "id"]} and the stream goes on.
+    Profiles are loaded when first asked for (`known`: names to load up front). Returns counts and
+    the first error."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=4 * batch_size)
+
+    def reader() -> None:
+        try:
+            for no, line in enumerate(lines, 1):
+                item = parse_line(no, line, source)
+                if item is not None:
+                    q.put(item)
+        except Exception as exc:  # an unreadable stream (bad UTF-8 on stdin): reported as the last record
+            q.put(Failed(-1, f"{source}: cannot read ({type(exc).__name__}: {exc})".splitlines()[0]))
+        q.put(None)
+
+    threading.Thread(target=reader, daemon=True).start()
+    state = {"server": None, "failed": {}}  # failed: name -> why it cannot be served
+    counts = {"answers": 0, "errors": 0, "first_error": None}
+
+    def load(names: list[str]) -> None:
+        server = state["server"]
+        new = []
+        for n in dict.fromkeys(names):
+            if n in state["failed"] or (server is not None and n in server.index):
+                continue
+            try:
+                prof = profiles.get(n)
+                check_profile(bank, prof)
+                new.append(prof)
+            except (DataError, IntegrityError) as exc:
+                state["failed"][n] = str(exc)
+        if not new:
+            return
+        if server is None:
+            state["server"] = ProfileServer(bank, new, device, cuda_graphs=cuda_graphs, cache_gb=cache_gb)
+        else:
+            server.install(*server.prepare(*new))
+
+    if known:
+        load(known)
+
+    def emit(record: dict) -> None:
+        write(json.dumps(record) + "\n")
+
+    def run(chunk: list) -> None:
+        load([r.profile for r in chunk if isinstance(r, Request)])
+        server = state["server"]
+        ok = [r for r in chunk if isinstance(r, Request) and r.profile not in state["failed"]]
+        out = None
+        if ok:
+            pidx = [server.index[r.profile] for r in ok]
+            pairs = [r.text_pair or "" for r in ok] if any(r.text_pair for r in ok) else None
+            out = dict(zip((id(r) for r in ok), zip(server.outputs([r.text for r in ok], pairs, pidx, batch_size,
+                                                                    max_length), pidx)))
+        for r in chunk:
+            if isinstance(r, Failed) or r.profile in state["failed"]:
+                msg = r.error if isinstance(r, Failed) else f"{source}: line {r.index}: {state['failed'][r.profile]}"
+                counts["errors"] += 1
+                counts["first_error"] = counts["first_error"] or msg
+                emit({"line": r.line if isinstance(r, Failed) else r.index, "error": msg}
+                     | ({"id": r.id} if r.id is not None else {}))
+                continue
+            o, i = out[id(r)]
+            counts["answers"] += 1
+            emit(({"id": r.id} if r.id is not None else {}) | {"profile": r.profile, **server.answer(o, i)})
+
+    done = False
+    while not done:
+        item = q.get()
+        if item is None:
+            break
+        chunk, deadline = [item], time.monotonic() + wait_s
+        while len(chunk) < batch_size:
+            try:
+                item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                done = True
+                break
+            chunk.append(item)
+        run(chunk)
+    counts["profiles"] = len(state["server"].profiles) if state["server"] is not None else 0
+    return counts
+
+
+def check_profile(bank: Bank, p: Profile, force: bool = False) -> None:
+    """Refuse a profile fitted on another bank (unless forced) or of another shape."""
+    if p.bank_hash != bank.bank_hash and not force:
+        raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
+                             f"({bank.bank_hash[:16]}…)")
+    if p.L != bank.L or p.n != bank.n:
+        raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
 
 
 def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
