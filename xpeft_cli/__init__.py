@@ -8,16 +8,28 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .bank import Bank, SiteConfig
-from .data import Columns, Examples, load_examples
-from .errors import DataError, IntegrityError, ModelNotFoundError, UsageError, XpeftError
-from .evaluate import evaluate_profile, model_for_profile, predict_profile
-from .masks import MaskSpec
-from .model import XPeftModel
-from .plm import resolve_model, load_encoder
-from .profile import Profile, apply_profile, profile_from_model
-from .train import FitConfig, FitResult, fit_profile
-from .xpm import decode, encode, read_xpm, read_xpm_full, write_xpm
+# Where each public name lives; imported on first use (PEP 562), so that the command line can start
+# without importing torch (xpeft --help, shell completion) while `from xpeft_cli import Bank` still works.
+_EXPORTS = {
+    "Bank": "bank", "SiteConfig": "bank", "Columns": "data", "Examples": "data", "load_examples": "data",
+    "DataError": "errors", "IntegrityError": "errors", "ModelNotFoundError": "errors", "UsageError": "errors",
+    "XpeftError": "errors", "evaluate_profile": "evaluate", "model_for_profile": "evaluate",
+    "predict_profile": "evaluate", "MaskSpec": "masks", "XPeftModel": "model", "resolve_model": "plm",
+    "load_encoder": "plm", "Profile": "profile", "apply_profile": "profile", "profile_from_model": "profile",
+    "FitConfig": "config", "FitResult": "train", "fit_profile": "train", "decode": "xpm", "encode": "xpm",
+    "read_xpm": "xpm", "read_xpm_full": "xpm", "write_xpm": "xpm",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Bank", "SiteConfig", "Columns", "Examples", "load_examples", "DataError", "IntegrityError",

@@ -7,6 +7,8 @@ recorded bank hash, so a random bank and its materialised copy have the same has
 """
 from __future__ import annotations
 
+from .config import MANIFEST, ENV_BANK  # noqa: F401
+
 import hashlib
 import json
 import math
@@ -21,10 +23,8 @@ from .atomic import atomic_write_text, atomic_write_with
 from .errors import DataError, IntegrityError, UsageError
 from .plm import PLMRef, default_targets, resolve_model
 
-MANIFEST = "bank.json"
 TENSORS = "adapters.safetensors"
 BANK_FORMAT = "xpeft-bank/1"
-ENV_BANK = "XPEFT_BANK"
 MAX_ADAPTERS = 65535  # the .xpm header stores N in 16 bits
 # A random bank whose tensors would take more than this is checked against its hash a chunk of
 # adapters at a time *before* it is regenerated: a forged 1 KB manifest (n_adapters: 65535) must

@@ -6,6 +6,8 @@ profile's identity in the safetensors metadata.
 """
 from __future__ import annotations
 
+from .config import METHODS  # noqa: F401
+
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,7 +21,6 @@ from .atomic import atomic_write_with
 from .errors import IntegrityError
 from .model import TASK_CLASSIFICATION, EncoderClassifier, _set_submodule
 
-METHODS = ("x-peft", "single-adapter", "head-only")
 ADAPTER_FORMAT = "xpeft-adapter/1"
 
 

@@ -10,13 +10,13 @@ Ties in top-k are broken towards the lower adapter index, so the choice is repro
 """
 from __future__ import annotations
 
+from .config import KINDS, STORED_KINDS  # noqa: F401
+
 from dataclasses import dataclass
 
 import torch
 
 
-KINDS = ("hard", "soft", "sign", "linear")
-STORED_KINDS = ("sign", "hard", "soft")  # the kinds an .xpm holds (linear masks were measured, not kept)
 
 
 @dataclass

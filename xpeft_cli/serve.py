@@ -14,6 +14,7 @@ from typing import TextIO
 import torch
 
 from .bank import Bank
+from .config import DEFAULT_CACHE_GB  # noqa: F401
 from .data import Examples, json_lines
 from .errors import DataError, IntegrityError, UsageError
 from .evaluate import default_max_length, with_bank_head
@@ -118,7 +119,6 @@ class ProfileSource:
         return path
 
 
-DEFAULT_CACHE_GB = 4.0  # bert-base, N=400: ~1.8 MB a profile in bf16, so ~2,300 profiles; MiniLM ~9,000 (fp32)
 
 
 class ProfileServer:

@@ -25,10 +25,10 @@ from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from .config import MAX_TEXT_CHARS
 from .errors import DataError, IntegrityError, UsageError, XpeftError
 from .serve import ProfileServer, ProfileSource, Request
 
-MAX_TEXT_CHARS = 20_000    # text + text_pair per request row; the model reads at most max_length tokens anyway
 MAX_ROWS = 10_000          # rows in one POST /v1/classify
 MAX_PROFILE_BYTES = 64 << 20
 GATHER_BATCHES = 8         # model batches one gathering may hold when rows are already queued

@@ -20,6 +20,7 @@ from . import checkpoint as ckpt
 from .bank import Bank
 from .distributed import share, world
 from .data import Examples, encode_labels, infer_task, label_key, label_names, split_holdout
+from .config import FitConfig  # noqa: F401  (defined torch-free, re-exported)
 from .errors import DataError, UsageError
 from .masks import KINDS as MASK_KINDS
 from .masks import MaskSpec
@@ -28,38 +29,6 @@ from .baselines import METHODS, AdapterProfile, BaselineModel
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION, EncoderClassifier, XPeftModel
 from .plm import load_encoder, max_tokens
 from .profile import Profile, apply_profile, profile_from_model, with_param_dtype
-
-
-@dataclass
-class FitConfig:
-    method: str = "x-peft"    # x-peft | single-adapter | head-only
-    mask: str = "sign"        # measured best at a few KB per profile (benchmarks/README.md); hard is the paper's
-    k: int = 50
-    epochs: int = 10
-    batch_size: int = 16
-    lr_masks: float = 5e-2
-    lr_ln: float = 1e-2
-    lr_head: float = 3e-3
-    lr_adapter: float = 1e-3  # single-adapter: the LoRA matrices
-    nu: float = 0.3          # measured: benchmarks/results/lr_sweep*.md
-    tau: float = 1.0
-    seed: int = 0
-    max_length: int = 128
-    val_fraction: float = 0.1
-    task: str = "auto"        # auto | classification | regression
-    device: str = "auto"
-    labels: list[str] | None = None  # the class names, in order (default: those in the data, sorted)
-    head: str = "auto"        # auto: reuse the bank's shared head if it has one (not stored) | own
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more time
-    precision: str = "auto"   # auto (bf16 autocast on a GPU, fp32 on CPU) | bf16 | fp32
-    param_dtype: str = "float16"  # how the .xpm stores LN and head: float16 halves them at no measured cost
-    cuda_graphs: bool = False  # capture each step as a CUDA graph (graphs.GraphedTrainStep)
-    # Design knobs measured on the accuracy frontier (benchmarks/frontier.py); defaults keep the paper's site.
-    ln_init: float = 1.0       # the bottleneck LN's γ at start (0: each site starts as the PLM's own)
-    soft_warmup: float = 0.0   # hard masks: share of the steps over which the forward goes from soft to hard
-    out_vector: bool = False   # a per-site output scaling vector (VeRA's b), zero at start, d_out floats per site
-    lr_out: float = 1e-2       # its learning rate
-    peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only
 
 
 @dataclass

@@ -10,21 +10,16 @@ from rich.table import Table
 
 from typing import List, Optional
 
-from ..bank import MANIFEST, Bank, SiteConfig, read_manifest
-from ..bank_build import from_peft as from_peft_folders
-from ..bank_build import from_profiles as build_from_profiles
-from ..data import Columns, load_examples
 from ..errors import UsageError
 from ..plm import load_encoder, resolve_model
-from ..train import FitConfig
+from ..config import FitConfig
 from . import output
-from ..distributed import is_main_process
 from .common import DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, OptPath, OptStr, QuietOpt, TextCol, devices_launch, BATCH_MAX, EPOCHS_MAX, LR_MAX, SEED_MAX, TOKENS_MAX
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
 
 
-def _summary(bank: Bank, folder: Path) -> dict:
+def _summary(bank: "Bank", folder: Path) -> dict:  # noqa: F821 (a Bank; not imported: torch stays unloaded)
     return {"bank": str(folder), "bank_hash": bank.bank_hash, "kind": bank.kind, "n_adapters": bank.n,
             "rank": bank.rank, "sites": len(bank.sites), "model": bank.plm.ref,
             "model_sha256": bank.plm.fingerprint, "generator": bank.generator}
@@ -78,6 +73,14 @@ def create(
     --from-profiles runs data-parallel with --devices N (or under accelerate launch): the
     profiles are dealt to the processes; an mtl bank's shared head sums its gradients over them.
     """
+    from ..bank import Bank
+    from ..bank import MANIFEST
+    from ..bank import SiteConfig
+    from ..bank_build import from_peft as from_peft_folders
+    from ..bank_build import from_profiles as build_from_profiles
+    from ..data import Columns
+    from ..data import load_examples
+    from ..distributed import is_main_process
     if devices != 1 and from_profiles is None:
         raise UsageError("--devices is for training a bank (--from-profiles)")
     devices_launch(devices, device)
@@ -130,6 +133,7 @@ def create(
 def info(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
          json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Show a bank's manifest (fast: does not regenerate or hash the tensors)."""
+    from ..bank import read_manifest
     m = read_manifest(bank_dir)
     if json_out:
         output.emit_json(m)
@@ -159,6 +163,7 @@ def verify(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", he
            model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", help="Where to find the PLM."),
            json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Regenerate or read the tensors and check them against the recorded bank hash (exit 4 if not)."""
+    from ..bank import Bank
     t0 = time.perf_counter()
     bank = Bank.load(bank_dir, model=model)
     res = _summary(bank, bank_dir) | {"ok": True, "seconds": round(time.perf_counter() - t0, 2)}
@@ -172,6 +177,7 @@ def verify(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", he
 def hash_(bank_dir: Path = typer.Argument(Path("bank"), envvar="XPEFT_BANK", help="Bank folder."),
           json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Print the recorded bank hash (for scripts); --quiet only checks the manifest reads."""
+    from ..bank import read_manifest
     h = read_manifest(bank_dir)["bank_hash"]
     if json_out:
         output.emit_json({"bank": str(bank_dir), "bank_hash": h})

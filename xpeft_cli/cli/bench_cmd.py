@@ -9,11 +9,10 @@ from typing import List, Optional
 import typer
 
 from ..atomic import atomic_write_text
-from ..baselines import METHODS
-from ..bench import plan, run_grid, table
+from ..config import METHODS
 from ..errors import UsageError
-from ..masks import STORED_KINDS
-from ..train import FitConfig
+from ..config import STORED_KINDS
+from ..config import FitConfig
 from . import output
 from .common import JsonOpt, OptStr, QuietOpt, BATCH_MAX, EPOCHS_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX
 
@@ -44,6 +43,9 @@ def glue(
     quiet: bool = QuietOpt,
 ) -> None:
     """Run tasks × methods (× N × mask) and write a Table-2-style table (Markdown and JSON); resumable."""
+    from ..bench import plan
+    from ..bench import run_grid
+    from ..bench import table
     bad = [m for m in methods if m not in METHODS] + [m for m in mask if m not in STORED_KINDS]
     if bad:
         raise UsageError(f"unknown method or mask: {', '.join(bad)}")

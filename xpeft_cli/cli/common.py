@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..bank import ENV_BANK
+from ..config import ENV_BANK
 from ..errors import UsageError
 
 # Every numeric option has a range (ints and finite floats; NaN and ±inf fail a bounded range), so no

@@ -6,7 +6,6 @@ from typing import List
 
 import typer
 
-from ..convert import news_category
 from . import output
 from .common import JsonOpt, QuietOpt, ROWS_MAX, SEED_MAX
 
@@ -27,6 +26,7 @@ def news(
 ) -> None:
     """LaMP-2-style data: profile = authors, label = category, text = headline + short description,
     deduplicated by link, split 70/30 per author."""
+    from ..convert import news_category
     rep = news_category(list(sources), out_dir, min_rows, test_fraction, seed)
     if json_out:
         output.emit_json(rep)

@@ -8,11 +8,7 @@ import typer
 from rich.table import Table
 
 from ..atomic import atomic_write_text
-from ..bank import Bank
-from ..data import Columns, encode_labels, load_examples
 from ..errors import UsageError
-from ..tasks import load_split, official_metrics, preset
-from ..evaluate import evaluate_profile, read_profile, with_bank_head
 from . import output
 from .common import BankOpt, JsonOpt, QuietOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol, BATCH_MAX, TOKENS_MAX
 
@@ -47,6 +43,16 @@ def evaluate(
 
     With --profiles: per-profile accuracy and macro-F1 and their averages over profiles.
     """
+    from ..bank import Bank
+    from ..data import Columns
+    from ..data import encode_labels
+    from ..data import load_examples
+    from ..evaluate import evaluate_profile
+    from ..evaluate import read_profile
+    from ..evaluate import with_bank_head
+    from ..tasks import load_split
+    from ..tasks import official_metrics
+    from ..tasks import preset
     if (profile is None) == (profiles is None):
         raise UsageError("give one profile with --profile FILE, or many with --profiles DIR|STORE")
     if profiles is not None:
@@ -90,6 +96,9 @@ def evaluate(
 
 def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column, text_pair_column,
                label_column, device, model, json_out, quiet) -> None:
+    from ..bank import Bank
+    from ..data import Columns
+    from ..data import load_examples
     from ..serve import ProfileSource, evaluate_many
 
     if data is None:

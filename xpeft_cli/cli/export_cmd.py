@@ -5,10 +5,7 @@ from pathlib import Path
 
 import typer
 
-from ..bank import Bank
 from ..errors import IntegrityError, UsageError
-from ..export import export_peft
-from ..xpm import read_xpm
 from . import output
 from .common import BankOpt, JsonOpt, QuietOpt, ModelOpt, OptStr
 
@@ -23,6 +20,9 @@ def export(
     quiet: bool = QuietOpt,
 ) -> None:
     """Write a profile as a peft LoRA adapter that PeftModel.from_pretrained loads on the bank's PLM."""
+    from ..bank import Bank
+    from ..export import export_peft
+    from ..xpm import read_xpm
     if to != "peft":
         raise UsageError("--to: only 'peft' is supported")
     bank = Bank.load(bank_dir, model=model)

@@ -5,17 +5,12 @@ from pathlib import Path
 
 import typer
 
-from ..bank import Bank
-from ..data import Columns, load_examples
-from ..baselines import METHODS, write_adapter
-from ..masks import STORED_KINDS
+from ..config import METHODS
+from ..config import STORED_KINDS
 from ..names import check_name, profile_filename
 from ..errors import UsageError
-from ..tasks import load_split, preset
-from ..train import FitConfig, fit_profile
-from ..xpm import read_xpm_full, write_xpm
+from ..config import FitConfig
 from . import output
-from ..distributed import is_main_process
 from .common import BankOpt, DevicesOpt, JsonOpt, PrecisionOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, QuietOpt, TextCol, devices_launch, BATCH_MAX, EPOCHS_MAX, LR_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX
 
 D = FitConfig()
@@ -94,6 +89,17 @@ def fit(
     multi-profile fit deals the profiles to the processes, a single profile's batches are split
     and the gradients summed.
     """
+    opts = dict(locals())  # the options as given, before the imports below add names
+    from ..bank import Bank
+    from ..baselines import write_adapter
+    from ..data import Columns
+    from ..data import load_examples
+    from ..distributed import is_main_process
+    from ..tasks import load_split
+    from ..tasks import preset
+    from ..train import fit_profile
+    from ..xpm import read_xpm_full
+    from ..xpm import write_xpm
     devices_launch(devices, device)
     main = is_main_process()  # in a data-parallel run only rank 0 prints and writes
     quiet = quiet or not main
@@ -103,10 +109,9 @@ def fit(
                              "--task, --checkpoint-every or --resume")
         if gradient_checkpointing or cuda_graphs:
             raise UsageError("--gradient-checkpointing and --cuda-graphs are for single-profile fits")
-        return _fit_many(**{k: v for k, v in locals().items() if k not in ("profile", "task_preset", "resume",
-                                                                          "checkpoint_every", "data_dir",
-                                                                          "gradient_checkpointing", "devices",
-                                                                          "cuda_graphs")})
+        return _fit_many(**{k: v for k, v in (opts | {"quiet": quiet, "main": main}).items()
+                            if k not in ("profile", "task_preset", "resume", "checkpoint_every", "data_dir",
+                                         "gradient_checkpointing", "devices", "cuda_graphs")})
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
     if mask not in STORED_KINDS:
@@ -188,6 +193,11 @@ def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, b
               lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
               label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main,
               precision, param_dtype) -> None:
+    from ..bank import Bank
+    from ..baselines import write_adapter
+    from ..data import Columns
+    from ..data import load_examples
+    from ..xpm import write_xpm
     from ..multifit import fit_profiles
     from ..store import write_store
 

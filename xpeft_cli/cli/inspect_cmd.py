@@ -6,15 +6,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..bank import read_manifest
 from ..errors import IntegrityError
-from ..describe import describe_file
 from . import output
 from .common import JsonOpt, QuietOpt, OptPath
 
 
 def recorded_bank_hash(bank_dir: Path) -> str:
     """The hash in a bank's manifest (`xpeft bank verify` checks the tensors behind it)."""
+    from ..bank import read_manifest
     return read_manifest(bank_dir)["bank_hash"]
 
 
@@ -25,6 +24,7 @@ def inspect(
     quiet: bool = QuietOpt,
 ) -> None:
     """Show an .xpm profile: header, sections and their sizes, checksum, selected adapters."""
+    from ..describe import describe_file
     info = describe_file(file)
     if bank is not None:
         recorded = recorded_bank_hash(bank)

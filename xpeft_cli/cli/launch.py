@@ -14,7 +14,6 @@ import sys
 import tempfile
 import time
 
-from ..distributed import check_process_device, launched_size
 from ..errors import UsageError
 
 
@@ -38,6 +37,8 @@ def _without_devices(argv: list[str]) -> list[str]:
 
 def relaunch(argv: list[str], devices: int, device: str) -> int:
     """Run `xpeft argv` (minus --devices) as `devices` processes; return the run's exit code."""
+    from ..distributed import check_process_device
+    from ..distributed import launched_size
     import torch
 
     if launched_size() > 1:

@@ -11,9 +11,6 @@ import typer
 from ..atomic import atomic_write_text, atomic_write_with
 from ..names import profile_filename
 from ..errors import DataError, IntegrityError, UsageError, XpeftError
-from ..profile import Profile, harden, profile_to_json, strip_to_masks
-from ..store import Store, is_store, write_store
-from ..xpm import read_xpm, read_xpm_full, write_xpm
 from . import output
 from .common import JsonOpt, QuietOpt, OptPath, OptStr
 from .inspect_cmd import recorded_bank_hash
@@ -31,7 +28,10 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _profiles(path: Path, k: int | None = None) -> list[Profile]:
+def _profiles(path: Path, k: int | None = None) -> list:
+    from ..store import Store
+    from ..store import is_store
+    from ..xpm import read_xpm
     if path.name.endswith(".safetensors"):  # a fit checkpoint (xpeft fit --checkpoint-every)
         from ..checkpoint import profile_from_checkpoint
 
@@ -52,6 +52,10 @@ def pack(
     quiet: bool = QuietOpt,
 ) -> None:
     """Convert profiles (soft → hard with --k, a fit checkpoint → .xpm, masks-only) or pack many into a store (.xps)."""
+    from ..profile import harden
+    from ..profile import strip_to_masks
+    from ..store import write_store
+    from ..xpm import write_xpm
     profiles = [p for path in _expand(inputs) for p in _profiles(path, k)]
     if not profiles:
         raise DataError("no profiles found in the inputs")
@@ -96,6 +100,10 @@ def unpack(
     quiet: bool = QuietOpt,
 ) -> None:
     """Decode profiles to JSON (lossless) or to NumPy .npy arrays plus a JSON summary."""
+    from ..profile import profile_to_json
+    from ..store import Store
+    from ..store import is_store
+    from ..xpm import read_xpm
     if is_store(file):
         with Store(file) as s:
             profiles = [s.get(name)] if name else list(s)
@@ -140,6 +148,9 @@ def verify(
     quiet: bool = QuietOpt,
 ) -> None:
     """Check many profiles: readable, checksums intact, and (with --bank) of that bank. Exit 4 if any fails."""
+    from ..store import Store
+    from ..store import is_store
+    from ..xpm import read_xpm_full
     expected = recorded_bank_hash(bank) if bank else None
     results = []
     for path in _expand(files):

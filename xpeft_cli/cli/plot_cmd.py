@@ -6,10 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from .. import plots
 from ..errors import DataError
-from ..store import Store, is_store
-from ..xpm import read_xpm
 from . import output
 from .common import JsonOpt, QuietOpt, SEED_MAX
 
@@ -17,6 +14,9 @@ app = typer.Typer(help="PNG figures: mask t-SNE, mask heatmaps, loss curves.", n
 
 
 def _profiles(paths: list[Path]) -> list:
+    from ..store import Store
+    from ..store import is_store
+    from ..xpm import read_xpm
     out = []
     for p in paths:
         if p.is_dir():
@@ -46,6 +46,7 @@ def masks(sources: List[Path] = typer.Argument(..., help="Profiles: folders of .
           perplexity: float = typer.Option(30.0, "--perplexity", min=1, max=10_000),
           json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """t-SNE of the profiles' masks, coloured by each profile's majority training label (paper Fig. 3)."""
+    from .. import plots
     _done(plots.plot_masks(_profiles(sources), out, seed, perplexity), json_out, quiet)
 
 
@@ -54,6 +55,7 @@ def heatmap(files: List[Path] = typer.Argument(..., help=".xpm files."),
             out: Path = typer.Option(Path("heatmap.png"), "--output", "-o"),
             json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """M_A and M_B of each profile as site × adapter images (paper Fig. 6)."""
+    from .. import plots
     _done(plots.plot_heatmap(_profiles(files), out), json_out, quiet)
 
 
@@ -64,6 +66,7 @@ def curves(logs: List[Path] = typer.Argument(..., help="Fit logs (JSONL written 
            label: Optional[List[str]] = typer.Option(None, "--label", help="A legend name per log, in order."),
            json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
     """Training loss against step, one line per log (paper Fig. 5)."""
+    from .. import plots
     for p in logs:
         if not p.is_file():
             raise DataError(f"{p}: no such log file")

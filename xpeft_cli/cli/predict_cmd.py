@@ -9,10 +9,9 @@ from pathlib import Path
 import typer
 
 from ..atomic import atomic_write_text
-from ..bank import Bank
 from ..errors import DataError, UsageError
 from . import output
-from ..serve import DEFAULT_CACHE_GB, ProfileSource, stream_predict
+from ..config import DEFAULT_CACHE_GB
 from .common import BankOpt, ModelOpt, OptStr, QuietOpt, BATCH_MAX, GB_MAX, TOKENS_MAX
 
 
@@ -42,6 +41,9 @@ def predict(
     streamed as each batch is done: {"profile", "prediction", "score", "scores"} ("id" when given;
     regression: "prediction" only). A line that cannot be answered gets {"line", "error"} and the rest
     go on; the exit status is then 3."""
+    from ..bank import Bank
+    from ..serve import ProfileSource
+    from ..serve import stream_predict
     if json_out and not out:
         raise UsageError("--json needs --output: without it stdout carries the answers")
     t0 = time.perf_counter()

@@ -7,10 +7,6 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from ..bank import Bank
-from ..baselines import read_adapter
-from ..memory import measured_sizes, table1
-from ..xpm import read_xpm_full
 from . import output
 from .common import JsonOpt, QuietOpt, ModelOpt, OptPath, OptStr
 
@@ -30,6 +26,11 @@ def memory(
     quiet: bool = QuietOpt,
 ) -> None:
     """Trainable parameters and bytes per profile (Table 1); with --bank/--profile, real sizes too."""
+    from ..bank import Bank
+    from ..baselines import read_adapter
+    from ..memory import measured_sizes
+    from ..memory import table1
+    from ..xpm import read_xpm_full
     res = {"table1": table1(tuple(n or (100, 200, 400)), rank, dim, layers)}
     if profile:
         if bank is None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ..serve import DEFAULT_CACHE_GB
-from ..service import MAX_TEXT_CHARS
+from ..config import DEFAULT_CACHE_GB
+from ..config import MAX_TEXT_CHARS
 from . import output
 from .common import BankOpt, ModelOpt, OptStr, QuietOpt, GB_MAX, ROWS_MAX
 

@@ -1,0 +1,47 @@
+"""Settings and constants the command line needs before any model code: importing this module
+(or `xpeft_cli.cli.app`) must not import torch, so that `xpeft --help` and shell completion answer
+at once. train.py, masks.py, baselines.py, serve.py and service.py re-export what they define here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("hard", "soft", "sign", "linear")            # mask kinds a fit can train
+STORED_KINDS = ("sign", "hard", "soft")               # the kinds an .xpm holds (linear masks were measured, not kept)
+METHODS = ("x-peft", "single-adapter", "head-only")   # what `fit --method` trains
+ENV_BANK = "XPEFT_BANK"
+MANIFEST = "bank.json"
+DEFAULT_CACHE_GB = 4.0  # bert-base, N=400: ~1.8 MB a profile in bf16, so ~2,300 profiles; MiniLM ~9,000 (fp32)
+MAX_TEXT_CHARS = 20_000  # serve: text + text_pair per request row; the model reads at most max_length tokens anyway
+
+
+@dataclass
+class FitConfig:
+    method: str = "x-peft"    # x-peft | single-adapter | head-only
+    mask: str = "sign"        # measured best at a few KB per profile (benchmarks/README.md); hard is the paper's
+    k: int = 50
+    epochs: int = 10
+    batch_size: int = 16
+    lr_masks: float = 5e-2
+    lr_ln: float = 1e-2
+    lr_head: float = 3e-3
+    lr_adapter: float = 1e-3  # single-adapter: the LoRA matrices
+    nu: float = 0.3          # measured: benchmarks/results/lr_sweep*.md
+    tau: float = 1.0
+    seed: int = 0
+    max_length: int = 128
+    val_fraction: float = 0.1
+    task: str = "auto"        # auto | classification | regression
+    device: str = "auto"
+    labels: list[str] | None = None  # the class names, in order (default: those in the data, sorted)
+    head: str = "auto"        # auto: reuse the bank's shared head if it has one (not stored) | own
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more time
+    precision: str = "auto"   # auto (bf16 autocast on a GPU, fp32 on CPU) | bf16 | fp32
+    param_dtype: str = "float16"  # how the .xpm stores LN and head: float16 halves them at no measured cost
+    cuda_graphs: bool = False  # capture each step as a CUDA graph (graphs.GraphedTrainStep)
+    # Design knobs measured on the accuracy frontier (benchmarks/frontier.py); defaults keep the paper's site.
+    ln_init: float = 1.0       # the bottleneck LN's γ at start (0: each site starts as the PLM's own)
+    soft_warmup: float = 0.0   # hard masks: share of the steps over which the forward goes from soft to hard
+    out_vector: bool = False   # a per-site output scaling vector (VeRA's b), zero at start, d_out floats per site
+    lr_out: float = 1e-2       # its learning rate
+    peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only
