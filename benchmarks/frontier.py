@@ -122,6 +122,15 @@ def plan(name: str) -> list[dict]:
             + peer("lora", "lora:r=1", [1e-2]) + peer("vera", "vera:r=256", [3e-2]) + peer("ia3", "ia3", [1e-2]) \
             + [xp("xp-hard-n100", n=100), xp("xp-soft-n100", n=100, mask="soft", family="x-peft soft"),
                xp("xp-sign-r4", rank=4, **sg)] + peer("lora", "lora:r=48", [3e-4]) + peer("lora", "lora:r=4", [3e-3])
+    if name == "design4":  # next: warm-up and clipping for every method (LoRA collapsed on STS-B at LR ≥ 1e-3 on
+        # mpnet without them), and X-PEFT's LR search with them
+        wc = {"warmup": 0.06, "clip_norm": 1.0}
+        sg = {"mask": "sign", "family": "x-peft sign"}
+        tune = {"tune": "x-peft sign, warm-up + clipping"}
+        wcp = [c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
+               for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])]
+        return [xp("s-wc", **wc, **sg, **tune), xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
+                xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune)] + wcp
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
                 xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
@@ -191,7 +200,8 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     if cfg["method"] == "peft":
         lr = cfg["lr"]
         fc = replace(base, method="peft", peer=cfg["peer"], lr_adapter=lr, seed=cfg.get("seed", base.seed),
-                     lr_head=lr if cfg["peer"] == "head" else base.lr_head)
+                     lr_head=lr if cfg["peer"] == "head" else base.lr_head,
+                     **{k: over[k] for k in ("warmup", "clip_norm") if k in over})
     else:
         fc = replace(base, **over)
     bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"),

@@ -1,6 +1,8 @@
 """The accuracy design knobs (soft→hard annealing, zero-start sites, output vectors) and the peft peers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -198,3 +200,19 @@ def test_ia3_has_targets_on_architectures_peft_has_no_default_for():
     names = [n for n, p in PeerModel(enc, "ia3", [], 2).named_parameters() if p.requires_grad]
     assert sum("ia3_l" in n for n in names) == 6  # 3 per block
     assert any(n.endswith("attn.k.ia3_l.default") for n in names) and any("output.dense.ia3" in n for n in names)
+
+
+def test_warmup_and_clipping_are_knobs_recorded_only_when_used(bank, sentiment_files):
+    """Off by default (the schedule is the paper's linear decay, bit for bit); when set, a fit runs
+    with them and its metadata says so."""
+    from xpeft_cli.train import schedule
+
+    assert [schedule(s, 10) for s in range(10)] == [max(0.0, 1.0 - s / 10) for s in range(10)]
+    assert [round(schedule(s, 10, 0.2), 3) for s in range(4)] == [0.5, 1.0, 1.0, 0.875]
+    train = load_examples(sentiment_files[0])
+    plain = fit_profile(bank, train, "p", FitConfig(epochs=1, device="cpu", mask="hard", k=4, val_fraction=0))
+    assert "warmup" not in plain.profile.meta["fit"] and "clip_norm" not in plain.profile.meta["fit"]
+    tuned = fit_profile(bank, train, "q", FitConfig(epochs=1, device="cpu", mask="hard", k=4, val_fraction=0,
+                                                    warmup=0.1, clip_norm=0.5))
+    assert tuned.profile.meta["fit"]["warmup"] == 0.1 and tuned.profile.meta["fit"]["clip_norm"] == 0.5
+    assert all(math.isfinite(h["loss"]) for h in tuned.history if "loss" in h)

@@ -44,4 +44,6 @@ class FitConfig:
     soft_warmup: float = 0.0   # hard masks: share of the steps over which the forward goes from soft to hard
     out_vector: bool = False   # a per-site output scaling vector (VeRA's b), zero at start, d_out floats per site
     lr_out: float = 1e-2       # its learning rate
+    warmup: float = 0.0        # share of the steps over which the LR rises linearly from 0 (then decays linearly)
+    clip_norm: float = 0.0     # clip the gradients' global norm to this (0: off); eager fits only
     peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only

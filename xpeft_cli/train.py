@@ -115,7 +115,16 @@ def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str
     return task, names
 
 
-_KNOBS = ("ln_init", "soft_warmup", "out_vector", "lr_out", "peer")
+_KNOBS = ("ln_init", "soft_warmup", "out_vector", "lr_out", "peer", "warmup", "clip_norm")
+
+
+def schedule(step: int, total: int, warmup: float = 0.0) -> float:
+    """The LR factor at `step` of `total`: linear warm-up over the first `warmup` share of the steps,
+    then linear decay to 0 (without warm-up: 1 - step/total, the paper's schedule)."""
+    w = warmup * total
+    if step < w:
+        return (step + 1) / w
+    return max(0.0, 1.0 - (step - w) / (total - w)) if total > w else 0.0
 
 
 def _settings(cfg: FitConfig) -> dict:
@@ -142,8 +151,10 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         raise UsageError("--param-dtype must be float16 or float32")
     if not 0.0 <= cfg.soft_warmup <= 1.0:
         raise UsageError("soft_warmup must be between 0 and 1")
-    if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0):
-        raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector or ln_init")
+    if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.clip_norm):
+        raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector, ln_init or clip_norm")
+    if not (0.0 <= cfg.warmup < 1.0 and 0.0 <= cfg.clip_norm < float("inf")):
+        raise UsageError("warmup must be in [0, 1) and clip_norm a finite number ≥ 0")
     if cfg.mask not in MASK_KINDS:
         raise UsageError(f"--mask must be one of {', '.join(MASK_KINDS)}")
     if resume and not checkpoint_path:
@@ -252,7 +263,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                 if cfg.soft_warmup and cfg.method == "x-peft" and cfg.mask == "hard":  # soft → hard
                     model.spec.alpha = min(1.0, step / (cfg.soft_warmup * total))
                 for g, base in zip(opt.param_groups, base_lrs):  # linear decay, stateless so resume is exact
-                    lr = base * max(0.0, 1.0 - step / total)
+                    lr = base * schedule(step, total, cfg.warmup)
                     if graphed is None:
                         g["lr"] = lr
                     else:
@@ -269,6 +280,8 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     loss.backward()
                     if w.size > 1:
                         loss = w.sum_grads_(trainable, loss.detach())
+                    if cfg.clip_norm:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)
                     opt.step()
                 step += 1
                 loss_value = loss.item()
