@@ -278,3 +278,35 @@ def test_the_command_line_starts_without_torch():
     out = subprocess.run([sys.executable, "-c", "from xpeft_cli import Bank, FitConfig, read_xpm; print(Bank.__name__)"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "Bank"
+
+
+def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
+    """Every code README.md documents is what a case of it exits with."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("### Exit codes"):readme.index("### Library")]
+    documented = [int(c) for c in re.findall(r"^\| (\d) \|", table, re.M)]
+    assert documented == [0, 1, 2, 3, 4, 5]
+    (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
+    cases = {
+        0: ("inspect", "alice.xpm"),
+        2: ("fit", "-p", "x", "-d", "alice.jsonl", "--epochs", "0"),
+        3: ("fit", "-p", "x", "-d", "missing.jsonl"),
+        4: ("inspect", "cut.xpm"),
+        5: ("bank", "create", "--random", "-n", "4", "-o", "b5", "--model", str(fitted / "no-such-model")),
+    }
+    for code, args in cases.items():
+        got, _, err = cli(*args)
+        assert got == code, (code, args, err)
+        if code:
+            _one_line_error(err)
+    import xpeft_cli.describe
+
+    def bug(path):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(xpeft_cli.describe, "describe_file", bug)
+    got, _, err = cli("inspect", "alice.xpm")
+    assert got == 1 and err.startswith("xpeft: internal error: RuntimeError: a bug") and "Traceback" not in err
