@@ -180,7 +180,8 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
     assert code == 0 and json.loads(out) | {"seconds": 0} == {"output": "a2.jsonl", "answers": 2, "profiles": 1,
                                                                 "seconds": 0}
     code, out, err = cli("predict", "-P", ".", "--data", "req.jsonl", "--json")
-    assert code == 2 and out == "" and "--json needs --output" in err
+    assert code == 2 and "--json needs --output" in err
+    assert json.loads(out) == {"error": "--json needs --output: without it stdout carries the answers", "exit_code": 2}
     code, out, _ = cli("bank", "hash", "--json")
     assert code == 0 and len(json.loads(out)["bank_hash"]) == 64
     # failures still say why, on one line, with their exit code
@@ -310,3 +311,15 @@ def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
     monkeypatch.setattr(xpeft_cli.describe, "describe_file", bug)
     got, _, err = cli("inspect", "alice.xpm")
     assert got == 1 and err.startswith("xpeft: internal error: RuntimeError: a bug") and "Traceback" not in err
+
+
+def test_json_errors_are_one_json_object_on_stdout(cli, fitted):
+    (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
+    for args, code in ((("inspect", "cut.xpm", "--json"), 4), (("fit", "-p", "x", "-d", "nope.jsonl", "--json"), 3),
+                       (("fit", "-p", "x", "-d", "alice.jsonl", "--epochs", "0", "--json"), 2)):
+        got, out, err = cli(*args)
+        assert got == code
+        obj = json.loads(out)
+        assert obj["exit_code"] == code and obj["error"] and err.startswith("xpeft: error:")
+    got, out, _ = cli("inspect", "cut.xpm")  # without --json stdout stays empty
+    assert got == 4 and out == ""

@@ -80,6 +80,15 @@ def _one_line(msg: str) -> str:
 ARGV: list[str] = []  # this run's arguments, for `--devices` to start the same command again
 
 
+def _json_error(message: str, code: int) -> None:
+    """Under --json, a failure is also one JSON object on stdout, so a script reading stdout sees it."""
+    if "--json" in ARGV:
+        import json
+
+        sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
+        sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; never lets a traceback reach the user unless XPEFT_DEBUG=1."""
     command = typer.main.get_command(app)
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     except XpeftError as exc:
         print(f"xpeft: error: {_one_line(exc)}", file=sys.stderr)
         code = exc.exit_code
+        _json_error(_one_line(exc), code)
     except _EXIT as exc:
         code = exc.exit_code
     except _ABORT:
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             hint = f" (see '{ctx.command_path} --help')"
         print(f"xpeft: error: {_one_line(exc.format_message())}{hint}", file=sys.stderr)
         code = exc.exit_code if exc.exit_code else EXIT_USAGE
+        _json_error(_one_line(exc.format_message()), code)
     except KeyboardInterrupt:
         print("xpeft: interrupted", file=sys.stderr)
         code = 130
