@@ -323,3 +323,10 @@ def test_json_errors_are_one_json_object_on_stdout(cli, fitted):
         assert obj["exit_code"] == code and obj["error"] and err.startswith("xpeft: error:")
     got, out, _ = cli("inspect", "cut.xpm")  # without --json stdout stays empty
     assert got == 4 and out == ""
+
+
+def test_verify_json_failure_is_its_own_single_object(cli, fitted):
+    """verify --json reports failures in its object; the failure adds no second one."""
+    (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
+    code, out, _ = cli("verify", "alice.xpm", "cut.xpm", "--json")
+    assert code == 4 and json.loads(out)["failed"] == 1

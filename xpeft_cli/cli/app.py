@@ -82,7 +82,9 @@ ARGV: list[str] = []  # this run's arguments, for `--devices` to start the same 
 
 def _json_error(message: str, code: int) -> None:
     """Under --json, a failure is also one JSON object on stdout, so a script reading stdout sees it."""
-    if "--json" in ARGV:
+    from . import output
+
+    if "--json" in ARGV and not output.EMITTED:  # verify --json reports its failures in its own object
         import json
 
         sys.stdout.write(json.dumps({"error": message, "exit_code": code}) + "\n")
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; never lets a traceback reach the user unless XPEFT_DEBUG=1."""
     command = typer.main.get_command(app)
     ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    from . import output
+
+    output.EMITTED.clear()
     try:
         rv = command.main(args=argv, prog_name="xpeft", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0

@@ -22,9 +22,13 @@ def plain(value) -> Text:
     return Text("".join(repr(c)[1:-1] if unicodedata.category(c).startswith("C") else c for c in s))
 
 
+EMITTED = []  # set once a command has written its JSON object: a failure after it adds no second one
+
+
 def emit_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    EMITTED.append(True)
 
 
 def note(msg: str, quiet: bool = False) -> None:
