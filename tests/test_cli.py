@@ -143,22 +143,30 @@ def test_subprocess_console_script_no_traceback(tmp_path, tiny_bert):
     _one_line_error(p.stderr)
 
 
-def test_every_command_has_json_and_quiet():
+def _commands():
+    """(path, click command) of every leaf command of the CLI, e.g. (["bank", "create"], …)."""
     import typer
 
     from xpeft_cli.cli.app import app
 
-    missing = []
+    found = []
 
     def walk(cmd, path):
         if hasattr(cmd, "commands"):
             for name, sub in cmd.commands.items():
                 walk(sub, path + [name])
             return
-        opts = {o for p in cmd.params for o in p.opts}
-        missing.extend(" ".join(path) + f" {flag}" for flag in ("--json", "--quiet") if flag not in opts)
+        found.append((path, cmd))
 
     walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_has_json_and_quiet():
+    missing = []
+    for path, cmd in _commands():
+        opts = {o for p in cmd.params for o in p.opts}
+        missing.extend(" ".join(path) + f" {flag}" for flag in ("--json", "--quiet") if flag not in opts)
     assert missing == []
 
 
@@ -225,25 +233,14 @@ def _numeric_options():
     """(command path, option flag, int or float, min, max) of every numeric option of every command."""
     import typing
 
-    import typer
-
-    from xpeft_cli.cli.app import app
-
     found = []
-
-    def walk(cmd, path):
-        if hasattr(cmd, "commands"):
-            for name, sub in cmd.commands.items():
-                walk(sub, path + [name])
-            return
+    for path, cmd in _commands():
         for p in cmd.params:
             td = getattr(p, "type_descriptor", None)
             ann = getattr(td, "annotation", None)
             base = [t for t in (typing.get_args(ann) or (ann,)) if t in (int, float)]
             if base:
                 found.append((path, p.opts[0], base[0], p.min, p.max))
-
-    walk(typer.main.get_command(app), [])
     return found
 
 

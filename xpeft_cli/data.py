@@ -90,25 +90,6 @@ def _first_bad_json_line(path: Path) -> str:
     return "rows have inconsistent types (e.g. a label that is a number in one row and text in another)"
 
 
-def _first_bad_line_quick(path: Path) -> str | None:
-    """Invalid UTF-8 or JSON nested past Python's recursion limit, which pyarrow may accept but
-    Python cannot read back; None when every line decodes (other faults are the loader's to find)."""
-    with open(path, "rb") as fh:
-        for no, raw in enumerate(fh, 1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return f"line {no}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
-            if raw.count(b"[") + raw.count(b"{") > 500:  # cheap pre-check; parse only suspicious lines
-                try:
-                    json.loads(raw)
-                except RecursionError:
-                    return f"line {no}: JSON nested too deeply"
-                except ValueError:
-                    pass
-    return None
-
-
 def _load_table(path: Path) -> dict[str, list]:
     import datasets
     from datasets import load_dataset
@@ -123,10 +104,6 @@ def _load_table(path: Path) -> dict[str, list]:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    if builder == "json":  # what the loader would choke on (or, for bad UTF-8, read wrongly): found here, by line
-        bad = _first_bad_line_quick(path)
-        if bad:
-            raise DataError(f"{path}: {bad}")
     try:
         ds = load_dataset(builder, data_files=str(path), split="train", keep_in_memory=True, **kwargs)
         if ds.num_rows == 0:
@@ -134,9 +111,11 @@ def _load_table(path: Path) -> dict[str, list]:
         return ds.to_dict()
     except DataError:
         raise
-    except UnicodeDecodeError as exc:
+    except UnicodeDecodeError as exc:  # pyarrow reads bad UTF-8; Python's view of the rows does not
+        if builder == "json":
+            raise DataError(f"{path}: {_first_bad_json_line(path)}") from None
         raise DataError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})") from None
-    except Exception as exc:  # datasets/pyarrow raise many types; find the line ourselves
+    except Exception as exc:  # datasets/pyarrow raise many types (RecursionError too); find the line ourselves
         if builder == "json":
             raise DataError(f"{path}: {_first_bad_json_line(path)}") from None
         raise DataError(f"{path}: cannot parse ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None

@@ -39,6 +39,10 @@ class IntegrityError(XpeftError):
     exit_code = EXIT_INTEGRITY
 
 
+class WrongBankError(IntegrityError):
+    """A profile fitted on another bank (or of another shape than the bank's)."""
+
+
 class ModelNotFoundError(XpeftError):
     """The PLM named by a bank or by --model cannot be loaded offline."""
 

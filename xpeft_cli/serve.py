@@ -9,17 +9,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 import torch
 
 from .bank import Bank
-from .config import DEFAULT_CACHE_GB  # noqa: F401
-from .data import Examples, json_lines
-from .errors import DataError, IntegrityError, UsageError
+from .config import DEFAULT_CACHE_GB
+from .data import Examples
+from .errors import DataError, IntegrityError, UsageError, WrongBankError
 from .evaluate import default_max_length, with_bank_head
 from .model import TASK_REGRESSION
-from .multifit import profile_filename
+from .names import profile_filename
 from .plm import load_encoder
 from .profile import Profile
 from .store import Store, is_store
@@ -36,16 +35,20 @@ class Request:
     text_pair: str | None
     id: object = None
 
-
-def read_requests(stream: TextIO, source: str) -> list[Request]:
-    out = []
-    for no, obj in json_lines(stream, source):
+    @classmethod
+    def from_json(cls, obj: object, index: int, where: str) -> "Request":
+        """A request from its JSON object (a line of `predict`'s input or a row of serve's body);
+        DataError naming `where` when it is not one."""
         if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str) or not isinstance(obj.get("text"), str):
-            raise DataError(f"{source}: line {no}: needs string fields 'profile' and 'text'")
-        out.append(Request(len(out), obj["profile"], obj["text"], obj.get("text_pair"), obj.get("id")))
-    if not out:
-        raise DataError(f"{source}: no requests")
-    return out
+            raise DataError(f"{where}: needs string fields 'profile' and 'text'")
+        pair = obj.get("text_pair")
+        if pair is not None and not isinstance(pair, str):
+            raise DataError(f"{where}: 'text_pair' must be a string")
+        return cls(index, obj["profile"], obj["text"], pair, obj.get("id"))
+
+    def answered(self, answer: dict) -> dict:
+        """The answer record: "id" (when the request had one), "profile", then the answer."""
+        return ({"id": self.id} if self.id is not None else {}) | {"profile": self.profile, **answer}
 
 
 class ProfileSource:
@@ -270,13 +273,10 @@ def parse_line(no: int, line: str, source: str) -> Request | Failed | None:
         return Failed(no, f"{source}: line {no}: JSON nested too deeply")
     except ValueError as exc:
         return Failed(no, f"{source}: line {no}: not valid JSON ({exc.msg})")
-    if not isinstance(obj, dict) or not isinstance(obj.get("profile"), str) or not isinstance(obj.get("text"), str):
-        return Failed(no, f"{source}: line {no}: needs string fields 'profile' and 'text'",
-                      obj.get("id") if isinstance(obj, dict) else None)
-    pair = obj.get("text_pair")
-    if pair is not None and not isinstance(pair, str):
-        return Failed(no, f"{source}: line {no}: 'text_pair' must be a string", obj.get("id"))
-    return Request(no, obj["profile"], obj["text"], pair, obj.get("id"))
+    try:
+        return Request.from_json(obj, no, f"{source}: line {no}")
+    except DataError as exc:
+        return Failed(no, str(exc), obj.get("id") if isinstance(obj, dict) else None)
 
 
 def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, write, batch_size: int = 64,
@@ -352,7 +352,7 @@ def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, writ
                 continue
             o, i = out[id(r)]
             counts["answers"] += 1
-            emit(({"id": r.id} if r.id is not None else {}) | {"profile": r.profile, **server.answer(o, i)})
+            emit(r.answered(server.answer(o, i)))
 
     done = False
     while not done:
@@ -377,28 +377,10 @@ def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, writ
 def check_profile(bank: Bank, p: Profile, force: bool = False) -> None:
     """Refuse a profile fitted on another bank (unless forced) or of another shape."""
     if p.bank_hash != bank.bank_hash and not force:
-        raise IntegrityError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
+        raise WrongBankError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
                              f"({bank.bank_hash[:16]}…)")
     if p.L != bank.L or p.n != bank.n:
-        raise IntegrityError(f"profile {p.name!r}: shape (L, N) does not match the bank")
-
-
-def predict_requests(bank: Bank, profiles: ProfileSource, requests: list[Request], batch_size: int = 64,
-                     max_length: int | None = None, device: str = "auto", cuda_graphs: bool = False,
-                     cache_gb: float = DEFAULT_CACHE_GB) -> list[dict]:
-    """Answers in request order, rows of any profiles batched together. `max_length` None: each
-    profile's own, as it was fitted (as `eval` does)."""
-    names = list(dict.fromkeys(r.profile for r in requests))
-    server = ProfileServer(bank, [profiles.get(n) for n in names], device, cuda_graphs=cuda_graphs,
-                           cache_gb=cache_gb)
-    pidx = [server.index[r.profile] for r in requests]
-    pairs = [r.text_pair or "" for r in requests] if any(r.text_pair for r in requests) else None
-    out = server.outputs([r.text for r in requests], pairs, pidx, batch_size, max_length)
-    answers = []
-    for r, o, i in zip(requests, out, pidx):
-        ans = server.answer(o, i)
-        answers.append({"id": r.id, "profile": r.profile, **ans} if r.id is not None else {"profile": r.profile, **ans})
-    return answers
+        raise WrongBankError(f"profile {p.name!r}: shape (L, N) does not match the bank")
 
 
 def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_size: int = 64,

@@ -19,14 +19,14 @@ import math
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from .config import MAX_TEXT_CHARS
-from .errors import DataError, IntegrityError, UsageError, XpeftError
+from .config import DEFAULT_CACHE_GB, MAX_TEXT_CHARS
+from .errors import DataError, UsageError, WrongBankError, XpeftError
 from .serve import ProfileServer, ProfileSource, Request
 
 MAX_ROWS = 10_000          # rows in one POST /v1/classify
@@ -45,7 +45,7 @@ class ServiceError(Exception):
 def status_of(exc: XpeftError) -> int:
     """The HTTP status of a library error: a file for another bank conflicts (409); damaged or
     unusable input is unprocessable (422)."""
-    return 409 if isinstance(exc, IntegrityError) and "bank" in str(exc) else 422
+    return 409 if isinstance(exc, WrongBankError) else 422
 
 
 def parse_rows(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[Request], bool]:
@@ -65,15 +65,14 @@ def parse_rows(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[Reque
     rows = []
     for i, it in enumerate(items):
         where = "request" if single else f"request {i}"
-        if not isinstance(it, dict) or not isinstance(it.get("profile"), str) or not isinstance(it.get("text"), str):
-            raise ServiceError(422, f"{where}: needs string fields 'profile' and 'text'")
-        pair = it.get("text_pair")
-        if pair is not None and not isinstance(pair, str):
-            raise ServiceError(422, f"{where}: 'text_pair' must be a string")
-        size = len(it["text"]) + len(pair or "")
+        try:
+            row = Request.from_json(it, i, where)
+        except DataError as exc:
+            raise ServiceError(422, str(exc)) from None
+        size = len(row.text) + len(row.text_pair or "")
         if size > max_chars:
             raise ServiceError(413, f"{where}: text is {size:,} characters, over the limit of {max_chars:,}")
-        rows.append(Request(i, it["profile"], it["text"], pair, it.get("id")))
+        rows.append(row)
     return rows, not single
 
 
@@ -81,7 +80,6 @@ def parse_rows(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> tuple[list[Reque
 class _Job:
     rows: list[Request]
     future: asyncio.Future
-    queued: float = field(default_factory=time.perf_counter)
 
 
 class Metrics:
@@ -180,10 +178,7 @@ class Batcher:
             pidx = [server.index[r.profile] for r in rows]
             pairs = [r.text_pair or "" for r in rows] if any(r.text_pair for r in rows) else None
             out = server.outputs([r.text for r in rows], pairs, pidx, self.max_batch)
-            answers = []
-            for r, o, i in zip(rows, out, pidx):
-                a = server.answer(o, i)
-                answers.append({"id": r.id, "profile": r.profile, **a} if r.id is not None else {"profile": r.profile, **a})
+            answers = [r.answered(server.answer(o, i)) for r, o, i in zip(rows, out, pidx)]
         if self.metrics is not None:
             self.metrics.rows.inc(len(rows))
             for s in range(0, len(rows), self.max_batch):
@@ -314,11 +309,10 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
 
 
 def build_service(profiles: str, bank_dir: str, *, model: str | None = None, device: str = "auto",
-                  cuda_graphs: bool = False, cache_gb: float | None = None, max_batch: int = 64,
+                  cuda_graphs: bool = False, cache_gb: float = DEFAULT_CACHE_GB, max_batch: int = 64,
                   max_wait_ms: float = 5.0, max_text_chars: int = MAX_TEXT_CHARS):
     """Load the bank and every profile of a folder or store; returns the app (and its server)."""
     from .bank import Bank
-    from .serve import DEFAULT_CACHE_GB
 
     if max_batch < 1:
         raise UsageError("--max-batch must be at least 1")
@@ -327,8 +321,7 @@ def build_service(profiles: str, bank_dir: str, *, model: str | None = None, dev
     source = ProfileSource(profiles)
     bank = Bank.load(bank_dir, model=model)
     found = source.all()
-    server = ProfileServer(bank, found, device, cuda_graphs=cuda_graphs,
-                           cache_gb=DEFAULT_CACHE_GB if cache_gb is None else cache_gb)
+    server = ProfileServer(bank, found, device, cuda_graphs=cuda_graphs, cache_gb=cache_gb)
     app = create_app(server, source, max_batch=max_batch, max_wait_ms=max_wait_ms, max_text_chars=max_text_chars,
                      originals={p.name: p for p in found})
     return app, server

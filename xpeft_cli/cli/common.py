@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..config import ENV_BANK
+from ..config import DEFAULT_CACHE_GB, ENV_BANK
 from ..errors import UsageError
 
 # Every numeric option has a range (ints and finite floats; NaN and ±inf fail a bounded range), so no
@@ -19,6 +19,9 @@ EPOCHS_MAX = 10_000
 BATCH_MAX = 65_536
 GB_MAX = 1e6
 
+CacheGbOpt = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", min=0, max=GB_MAX, metavar="GIB",
+                          help="Mix every served profile's Â, B̂ once at start-up when they fit in this many GiB "
+                          "(batches then gather them instead of mixing from the bank); 0 mixes per batch.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no notes, progress or summary; "
                         "data a command writes to stdout still goes there); the exit status tells how it went.")

@@ -11,8 +11,7 @@ import typer
 from ..atomic import atomic_write_text
 from ..errors import DataError, UsageError
 from . import output
-from ..config import DEFAULT_CACHE_GB
-from .common import BankOpt, ModelOpt, OptStr, QuietOpt, BATCH_MAX, GB_MAX, TOKENS_MAX
+from .common import CacheGbOpt, BankOpt, ModelOpt, OptStr, QuietOpt, BATCH_MAX, TOKENS_MAX
 
 
 def predict(
@@ -29,9 +28,7 @@ def predict(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each padded batch shape as a captured "
                                      "CUDA graph (GPU only): removes kernel-launch time, pads rows to --batch-size "
                                      "and lengths to a multiple of 32."),
-    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", max=GB_MAX, min=0, metavar="GIB", help="Mix every requested profile's "
-                                   "Â, B̂ once at start-up when they fit in this many GiB (batches then gather "
-                                   "them instead of mixing from the bank); 0 mixes per batch."),
+    cache_gb: float = CacheGbOpt,
     model: OptStr = ModelOpt,
     json_out: bool = typer.Option(False, "--json", help="With --output: print one JSON object saying what was "
                                   "written (without it stdout carries the answers)."),

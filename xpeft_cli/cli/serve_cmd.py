@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..config import DEFAULT_CACHE_GB
 from ..config import MAX_TEXT_CHARS
 from . import output
-from .common import BankOpt, ModelOpt, OptStr, QuietOpt, GB_MAX, ROWS_MAX
+from .common import CacheGbOpt, BankOpt, ModelOpt, OptStr, QuietOpt, ROWS_MAX
 
 
 def serve(
@@ -21,8 +20,7 @@ def serve(
     device: str = typer.Option("auto", "--device"),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each batch as a captured CUDA graph "
                                      "(GPU only)."),
-    cache_gb: float = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", max=GB_MAX, min=0, metavar="GIB", help="Mix every "
-                                   "profile's Â, B̂ once at start-up when they fit in this many GiB; 0 mixes per batch."),
+    cache_gb: float = CacheGbOpt,
     max_batch: int = typer.Option(64, "--max-batch", min=1, max=4096, help="Rows per model batch at most."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, max=10_000, help="How long the first row of a "
                                       "batch waits for others to join it."),
