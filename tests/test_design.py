@@ -216,3 +216,24 @@ def test_warmup_and_clipping_are_knobs_recorded_only_when_used(bank, sentiment_f
                                                     warmup=0.1, clip_norm=0.5))
     assert tuned.profile.meta["fit"]["warmup"] == 0.1 and tuned.profile.meta["fit"]["clip_norm"] == 0.5
     assert all(math.isfinite(h["loss"]) for h in tuned.history if "loss" in h)
+
+
+def test_mask_clip_keeps_sign_logits_in_range(bank, sentiment_files, tmp_path):
+    """BinaryConnect's clipping: after every step the latent logits lie in [-c, c], so the signs stay
+    flippable (read from the checkpoint the fit writes at its last step); the knob is recorded."""
+    from safetensors.torch import load_file
+
+    train = load_examples(sentiment_files[0])
+
+    def latent(name: str, **over) -> tuple[float, dict]:
+        cfg = FitConfig(epochs=2, device="cpu", mask="sign", val_fraction=0, lr_masks=0.5, **over)
+        steps = 2 * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
+        fit = fit_profile(bank, train, name, cfg, checkpoint_path=tmp_path / f"{name}.ckpt", checkpoint_every=steps)
+        t = load_file(str(tmp_path / f"{name}.ckpt"))
+        return max(float(v.abs().max()) for k, v in t.items() if k.startswith("param.") and ".logits_" in k), \
+            fit.profile.meta["fit"]
+
+    free, free_meta = latent("p")
+    clipped, meta = latent("q", mask_clip=0.05)
+    assert free > 0.5 and clipped <= 0.05 + 1e-7
+    assert meta["mask_clip"] == 0.05 and "mask_clip" not in free_meta

@@ -46,4 +46,5 @@ class FitConfig:
     lr_out: float = 1e-2       # its learning rate
     warmup: float = 0.0        # share of the steps over which the LR rises linearly from 0 (then decays linearly)
     clip_norm: float = 0.0     # clip the gradients' global norm to this (0: off); eager fits only
+    mask_clip: float = 0.0     # sign/linear masks: keep the latent logits in [-c, c] (BinaryConnect), so a sign can still flip late
     peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only

@@ -83,9 +83,10 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         raise DataError(f"{train.source}: training data needs labels")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
-    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.warmup or cfg.clip_norm:
+    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.warmup or cfg.clip_norm \
+            or cfg.mask_clip:
         raise UsageError("fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, "
-                         "warmup, clip_norm or peers")
+                         "warmup, clip_norm, mask_clip or peers")
     groups = train.by_profile()  # checks every name (names.py); files use profile_filename
     bank_head = bank.head
     use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"

@@ -115,7 +115,7 @@ def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str
     return task, names
 
 
-_KNOBS = ("ln_init", "soft_warmup", "out_vector", "lr_out", "peer", "warmup", "clip_norm")
+_KNOBS = ("ln_init", "soft_warmup", "out_vector", "lr_out", "peer", "warmup", "clip_norm", "mask_clip")
 
 
 def schedule(step: int, total: int, warmup: float = 0.0) -> float:
@@ -151,10 +151,10 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
         raise UsageError("--param-dtype must be float16 or float32")
     if not 0.0 <= cfg.soft_warmup <= 1.0:
         raise UsageError("soft_warmup must be between 0 and 1")
-    if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.clip_norm):
-        raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector, ln_init or clip_norm")
-    if not (0.0 <= cfg.warmup < 1.0 and 0.0 <= cfg.clip_norm < float("inf")):
-        raise UsageError("warmup must be in [0, 1) and clip_norm a finite number ≥ 0")
+    if cfg.cuda_graphs and (cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.clip_norm or cfg.mask_clip):
+        raise UsageError("--cuda-graphs does not yet capture soft_warmup, out_vector, ln_init, clip_norm or mask_clip")
+    if not (0.0 <= cfg.warmup < 1.0 and 0.0 <= cfg.clip_norm < float("inf") and 0.0 <= cfg.mask_clip < float("inf")):
+        raise UsageError("warmup must be in [0, 1), clip_norm and mask_clip finite numbers ≥ 0")
     if cfg.mask not in MASK_KINDS:
         raise UsageError(f"--mask must be one of {', '.join(MASK_KINDS)}")
     if resume and not checkpoint_path:
@@ -229,6 +229,7 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     else:
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
     trainable = [p for g in opt.param_groups for p in g["params"]]
+    clipped = list(model.mask_parameters()) if cfg.mask_clip and cfg.method == "x-peft" else []
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     total = n_batches * cfg.epochs
     loss_fn = torch.nn.MSELoss() if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss()
@@ -283,6 +284,10 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
                     if cfg.clip_norm:
                         torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_norm)
                     opt.step()
+                    if clipped:
+                        with torch.no_grad():
+                            torch._foreach_clamp_min_(clipped, -cfg.mask_clip)
+                            torch._foreach_clamp_max_(clipped, cfg.mask_clip)
                 step += 1
                 loss_value = loss.item()
                 rec = {"epoch": epoch, "step": step, "loss": round(loss_value, 6)}
