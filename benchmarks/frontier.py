@@ -122,6 +122,21 @@ def plan(name: str) -> list[dict]:
             + peer("lora", "lora:r=1", [1e-2]) + peer("vera", "vera:r=256", [3e-2]) + peer("ia3", "ia3", [1e-2]) \
             + [xp("xp-hard-n100", n=100), xp("xp-soft-n100", n=100, mask="soft", family="x-peft soft"),
                xp("xp-sign-r4", rank=4, **sg)] + peer("lora", "lora:r=48", [3e-4]) + peer("lora", "lora:r=4", [3e-3])
+    if name == "mpnet2":  # the mpnet grid's holes: IA3 (its MPNet targets now given) and LoRA r=1/r=4 LR grids
+        return peer("ia3", "ia3", [3e-3, 1e-2, 3e-2]) + peer("lora", "lora:r=1", [3e-3, 3e-2]) \
+            + peer("lora", "lora:r=4", [1e-3, 1e-2])
+    if name == "mpnet3":  # after mpnet2: LoRA r=1/r=4 collapse on STS-B at every LR ≥ 1e-3; lower LRs, and
+        # warm-up + clipping, for them and for X-PEFT's default
+        wc = {"warmup": 0.06, "clip_norm": 1.0}
+        wcp = [c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
+               for c in peer("lora", "lora:r=1", [3e-3]) + peer("lora", "lora:r=4", [1e-3])]
+        return [xp("xp-sign-wc", mask="sign", family="x-peft sign (warm-up + clipping)", **wc)] + wcp \
+            + peer("lora", "lora:r=1", [3e-4]) + peer("lora", "lora:r=4", [3e-4])
+    if name == "long":  # run with --epochs 10 (xpeft fit's default): does the gap to LoRA shrink with a longer fit?
+        one = {"targets": "attention.output.dense"}  # LoRA's tuned runs were on the paper's one site
+        tune = {"mask": "sign", "family": "x-peft sign", "tune": "x-peft sign, 10 epochs"}
+        return [xp("xp-sign", **tune), xp("s-lrm2e-2", lr_masks=2e-2, **tune), xp("s-ln3e-3", lr_ln=3e-3, **tune)] \
+            + [c | one for c in peer("lora", "lora:r=24", [1e-3, 3e-3]) + peer("lora", "lora:r=1", [1e-2])]
     if name == "design4":  # next: warm-up and clipping for every method (LoRA collapsed on STS-B at LR ≥ 1e-3 on
         # mpnet without them), and X-PEFT's LR search with them
         wc = {"warmup": 0.06, "clip_norm": 1.0}
@@ -131,6 +146,24 @@ def plan(name: str) -> list[dict]:
                for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])]
         return [xp("s-wc", **wc, **sg, **tune), xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
                 xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune)] + wcp
+    if name == "design5":  # after design3: the sign estimator (BinaryConnect's latent clipping), banks in the PLM's
+        # own singular subspaces, design4's warm-up + clipping, and more seeds of the default and of LoRA
+        sg = {"mask": "sign", "family": "x-peft sign"}
+        wc = {"warmup": 0.06, "clip_norm": 1.0}
+        tune = {"tune": "x-peft sign, warm-up + clipping"}
+        two = {"targets": TWO_SITES}  # the peers on X-PEFT's default sites (the default bank's)
+        wcp = [c | wc | two | {"label": c["label"] + "-wc-2sites", "family": c["family"] + " (two sites, warm-up + clipping)"}
+               for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])]
+        seeds = [c | two | {"label": c["label"] + f"-2sites-s{s}", "family": c["family"] + f" (two sites, seed {s})",
+                            "seed": s}
+                 for s in (1, 2) for c in peer("lora", "lora:r=1", [1e-2])] \
+            + [c | two | {"label": c["label"] + "-2sites-s2", "family": c["family"] + " (two sites, seed 2)", "seed": 2}
+               for c in peer("lora", "lora:r=24", [3e-3])]
+        return [xp("s-clip1", mask_clip=1.0, **sg), xp("s-clip0.2", mask_clip=0.2, **sg),
+                xp("s-svdtop", subspace="top", **sg), xp("s-svdbottom", subspace="bottom", **sg),
+                xp("s-s2", seed=2, **sg),
+                xp("s-wc", **wc, **sg, **tune), xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
+                xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune)] + seeds + wcp
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
                 xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
@@ -162,12 +195,35 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
     return _CACHE[key]
 
 
+def subspace_bank(bank, encoder, which: str, share: float = 0.25):
+    """A design probe: the random bank with every adapter projected onto the `top` (or `bottom`) singular
+    subspace of its site's PLM weight, `share` of its dimensions, rescaled to keep each adapter's norm, so
+    that a mix spends its few bits in the directions the PLM already uses (top) or does not (bottom)."""
+    import torch
+
+    with torch.no_grad():
+        for l, site in enumerate(bank.sites):
+            w = encoder.get_submodule(site.name).weight.float()  # (d_out, d_in)
+            u, _, vh = torch.linalg.svd(w, full_matrices=False)
+            m = u.shape[1]
+            s = max(1, int(m * share))
+            keep = slice(0, s) if which == "top" else slice(m - s, m)
+            v, u = vh[keep].T, u[:, keep]  # (d_in, s), (d_out, s)
+            a, b = bank.A[l], bank.B[l]     # (N, d_in, r), (N, r, d_out)
+            bank.A[l] = (v @ (v.T @ a)) * math.sqrt(site.d_in / s)
+            bank.B[l] = ((b @ u) @ u.T) * math.sqrt(site.d_out / s)
+    bank.kind, bank.generator = "trained", None
+    bank.origin = {"method": f"random, projected on the {which} {share:g} of each site's singular subspace"}
+    bank.bank_hash = bank.compute_hash()
+    return bank
+
+
 def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None, targets: str | None = None,
-          ln: bool = True, init_scale: float = 1.0):
+          ln: bool = True, init_scale: float = 1.0, subspace: str | None = None):
     from xpeft_cli.bank import Bank, SiteConfig
     from xpeft_cli.plm import load_encoder, resolve_model
 
-    key = ("bank", n, rank, folder, targets, ln, init_scale)
+    key = ("bank", n, rank, folder, targets, ln, init_scale, subspace)
     if folder and key not in _CACHE:  # a trained bank (benchmarks/task_bank.py), perhaps still being built
         t0 = time.time()
         while not Path(folder, "bank.json").is_file() and time.time() - t0 < 900:
@@ -178,6 +234,8 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
         enc, _ = load_encoder(plm)
         _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0, targets=targets, init_scale=init_scale,
                                          config=SiteConfig(ln=ln))
+        if subspace:
+            _CACHE[key] = subspace_bank(_CACHE[key], enc, subspace)
     return _CACHE[key]
 
 
@@ -205,7 +263,7 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     else:
         fc = replace(base, **over)
     bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"),
-                 cfg.get("targets"), cfg.get("ln", True), cfg.get("init_scale", 1.0))
+                 cfg.get("targets"), cfg.get("ln", True), cfg.get("init_scale", 1.0), cfg.get("subspace"))
     t0 = time.perf_counter()
     fit = fit_profile(bank, train, task, fc)
     device = pick_device(fc.device)
