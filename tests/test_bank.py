@@ -18,7 +18,7 @@ from xpeft_cli.masks import MaskSpec
 from xpeft_cli.model import XPeftModel
 from xpeft_cli.plm import load_encoder, resolve_model
 
-from conftest import make_bank, save_tiny
+from helpers import make_bank, save_tiny
 
 
 def _spec_value(seed, site, tensor, adapter, e, bound):

@@ -13,7 +13,7 @@ from xpeft_cli.bundled import MPNET, SplitZipModel, model_folder
 from xpeft_cli.errors import IntegrityError, ModelNotFoundError
 from xpeft_cli.plm import load_encoder, resolve_model, sha256_file
 
-from conftest import _one_line_error, save_tiny
+from helpers import one_line_error, save_tiny
 
 
 def _split_zip(model_dir: Path, out: Path, parts: int = 3) -> list[Path]:
@@ -88,7 +88,7 @@ def test_mpnet_without_its_packages_is_exit_5_with_the_install_command(cli, tmp_
         resolve_model("mpnet-base")
     code, _, err = cli("bank", "create", "--random", "-n", "8", "--model", "mpnet-base")
     assert code == 5 and 'pip install "xpeft[mpnet]"' in err
-    _one_line_error(err)
+    one_line_error(err)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
 
-from conftest import _one_line_error, sentiment_rows, write_jsonl
+from helpers import one_line_error, sentiment_rows, write_jsonl
 
 
 def test_card_commands_work_as_written(fitted, cli):
@@ -69,7 +69,7 @@ def test_bad_data_rows(fitted, cli):
     for args, needle in cases:
         code, out, err = cli(*args)
         assert code == EXIT_DATA, (args, err)
-        _one_line_error(err)
+        one_line_error(err)
         assert needle in err, err
     assert not (fitted / "x.xpm").exists()
 
@@ -80,7 +80,7 @@ def test_wrong_bank_and_damaged_files(fitted, cli):
                  ("inspect", "alice.xpm", "--bank", "bank2")):
         code, _, err = cli(*args)
         assert code == EXIT_INTEGRITY
-        _one_line_error(err)
+        one_line_error(err)
     data = (fitted / "alice.xpm").read_bytes()
     (fitted / "cut.xpm").write_bytes(data[: len(data) // 2])
     (fitted / "text.xpm").write_bytes(b"hello, I am not a profile\n")
@@ -88,7 +88,7 @@ def test_wrong_bank_and_damaged_files(fitted, cli):
         for args in (("inspect", f), ("eval", "-p", f, "-d", "alice_test.jsonl")):
             code, _, err = cli(*args)
             assert code == EXIT_INTEGRITY, (args, err)
-            _one_line_error(err)
+            one_line_error(err)
 
 
 def test_existing_bank_is_not_overwritten(fitted, cli):
@@ -102,14 +102,14 @@ def test_usage_errors(cli):
     for args in (("fit", "-p", "x", "-d", "a.jsonl", "--mask", "medium"), ("fit", "--nope"), ("bank", "create")):
         code, _, err = cli(*args)
         assert code == EXIT_USAGE, (args, err)
-        _one_line_error(err)
+        one_line_error(err)
 
 
 def test_missing_model(cli, monkeypatch):
     monkeypatch.setenv("XPEFT_MODEL", "/no/such/model")
     code, _, err = cli("bank", "create", "--random", "-n", "4")
     assert code == EXIT_MODEL
-    _one_line_error(err)
+    one_line_error(err)
 
 
 def test_missing_bank(cli):
@@ -140,7 +140,7 @@ def test_subprocess_console_script_no_traceback(tmp_path, tiny_bert):
     p = subprocess.run([sys.executable, "-m", "xpeft_cli", "inspect", str(tmp_path / "broken.xpm")],
                        capture_output=True, text=True, env=env)
     assert p.returncode == EXIT_INTEGRITY and p.stdout == ""
-    _one_line_error(p.stderr)
+    one_line_error(p.stderr)
 
 
 def _commands():
@@ -196,7 +196,7 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
     cli("bank", "create", "--random", "-n", "4", "-o", "bank2", "--seed", "9", "-q")
     code, out, err = cli("inspect", "alice.xpm", "--bank", "bank2", "-q")
     assert code == 4 and out == ""
-    _one_line_error(err)
+    one_line_error(err)
 
 
 @pytest.mark.parametrize("opt", [["--rank", "0"], ["--init-scale", "nan"], ["--init-scale", "inf"],
@@ -204,7 +204,7 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
 def test_bank_create_refuses_a_zero_rank_and_non_finite_scales(cli, opt):
     code, _, err = cli("bank", "create", "--random", "-n", "8", *opt)
     assert code == 2
-    _one_line_error(err)
+    one_line_error(err)
 
 
 def test_version_and_device_validation(cli, fitted):
@@ -213,7 +213,7 @@ def test_version_and_device_validation(cli, fitted):
     for dev in ("gpu", "cuda:7" if not __import__("torch").cuda.is_available() else "tpu"):
         code, _, err = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--device", dev)
         assert code == 2 and "--device" in err
-        _one_line_error(err)
+        one_line_error(err)
 
 
 def test_inspect_shows_hostile_names_escaped(cli, fitted):
@@ -259,7 +259,7 @@ def test_every_numeric_option_refuses_nan_inf_negative_and_huge(cli):
             code, out, err = cli(*path, flag, v)
             assert code == 2, (path, flag, v, code, err)
             assert flag in err and out == "", (path, flag, v, err)
-            _one_line_error(err)
+            one_line_error(err)
 
 
 def test_the_command_line_starts_without_torch():
@@ -299,7 +299,7 @@ def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
         got, _, err = cli(*args)
         assert got == code, (code, args, err)
         if code:
-            _one_line_error(err)
+            one_line_error(err)
     import xpeft_cli.describe
 
     def bug(path):

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import sentiment_rows, write_jsonl
+from helpers import sentiment_rows, write_jsonl
 
 WRITER = r"""
 import sys

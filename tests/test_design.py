@@ -11,7 +11,7 @@ from xpeft_cli.masks import MaskSpec, khot, mask_choice, straight_through
 from xpeft_cli.model import XPeftModel
 from xpeft_cli.plm import load_encoder
 
-from conftest import make_bank
+from helpers import make_bank
 
 
 @pytest.fixture()
@@ -144,7 +144,7 @@ def test_sign_profiles_through_the_cli(cli, tmp_path):
     """fit (sign is the default) → .xpm 1.1 with one bit per adapter → inspect, eval, unpack, pack; --k refused."""
     import json
 
-    from conftest import _one_line_error, sentiment_rows, write_jsonl
+    from helpers import one_line_error, sentiment_rows, write_jsonl
     from xpeft_cli.xpm import read_xpm_full
 
     write_jsonl(tmp_path / "a.jsonl", sentiment_rows(40, 0))
@@ -166,7 +166,7 @@ def test_sign_profiles_through_the_cli(cli, tmp_path):
     assert code == 0 and (doc["profiles"][0] if "profiles" in doc else doc)["mask"] == "sign"
     code, _, err = cli("pack", "sia.xpm", "--k", "4", "-o", "x.xpm")
     assert code == 2
-    _one_line_error(err)
+    one_line_error(err)
 
 
 ARCHS = ["bert", "roberta", "xlm-roberta", "camembert", "electra", "deberta", "deberta-v2", "mpnet", "distilbert"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import sentiment_rows, write_jsonl
+from helpers import sentiment_rows, write_jsonl
 from xpeft_cli.distributed import World, deal, share
 from xpeft_cli.errors import UsageError
 from xpeft_cli.xpm import read_xpm

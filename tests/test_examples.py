@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sentiment_rows, write_jsonl
+from helpers import sentiment_rows, write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 pytestmark = pytest.mark.skipif(shutil.which("xpeft") is None or shutil.which("jq") is None,

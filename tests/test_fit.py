@@ -8,7 +8,7 @@ from xpeft_cli import Bank, FitConfig, evaluate_profile, fit_profile, load_examp
 from xpeft_cli.evaluate import model_for_profile
 from xpeft_cli.train import predict_outputs
 
-from conftest import make_bank
+from helpers import make_bank
 
 
 @pytest.fixture()
@@ -61,7 +61,7 @@ def test_learns_the_tiny_task_and_masks_move(bank, sentiment_files):
 
 
 def test_regression_task(bank, tmp_path):
-    from conftest import sentiment_rows, write_jsonl
+    from helpers import sentiment_rows, write_jsonl
 
     rows = [{"text": r["text"], "label": 4.5 if r["label"] == "pos" else 0.5} for r in sentiment_rows(40)]
     rows[0]["label"] = 4.25

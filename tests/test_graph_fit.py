@@ -6,7 +6,7 @@ import torch
 
 from xpeft_cli import Bank, FitConfig, fit_profile, load_examples
 
-from conftest import _one_line_error, make_bank, sentiment_rows, write_jsonl
+from helpers import one_line_error, make_bank, sentiment_rows, write_jsonl
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -16,7 +16,7 @@ def test_without_a_gpu_it_is_a_usage_error(cli, tmp_path):
     assert cli("bank", "create", "--random", "-n", "8")[0] == 0
     code, _, err = cli("fit", "--profile", "a", "--data", "a.jsonl", "--device", "cpu", "--cuda-graphs", "-q")
     assert code == 2 and "CUDA" in err
-    _one_line_error(err)
+    one_line_error(err)
     code, _, err = cli("fit", "--profile-column", "label", "--data", "a.jsonl", "--cuda-graphs")
     assert code == 2 and "single-profile" in err
 

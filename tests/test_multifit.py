@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_bank, sentiment_rows
+from helpers import make_bank, sentiment_rows
 from xpeft_cli.data import Examples
 from xpeft_cli.multifit import fit_profiles, profile_filename
 from xpeft_cli.train import FitConfig, fit_profile

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import _one_line_error, sentiment_rows, write_jsonl
+from helpers import one_line_error, sentiment_rows, write_jsonl
 from xpeft_cli.errors import DataError
 from xpeft_cli.names import check_name, profile_filename
 
@@ -35,7 +35,7 @@ def test_fit_refuses_bad_names_and_never_writes_outside(cli, tmp_path):
     for bad in ("x" * 300, "a\tb"):
         code, _, err = cli("fit", "--profile", bad, "--data", "d.jsonl", "--epochs", "1", "-q")
         assert code == 3
-        _one_line_error(err)
+        one_line_error(err)
     for name in ("a/b", "../up", "/tmp/abs-xpeft-test"):
         code, _, err = cli("fit", "--profile", name, "--data", "d.jsonl", "--epochs", "1", "-q")
         assert code == 0, err
@@ -53,7 +53,7 @@ def test_fit_refuses_bad_names_and_never_writes_outside(cli, tmp_path):
     write_jsonl(work / "bad.jsonl", [dict(r, author="a\x07") for r in sentiment_rows(12, 1)])
     code, _, err = cli("fit", "--data", "bad.jsonl", "--profile-column", "author", "-o", "profs2", "--epochs", "1")
     assert code == 3 and "control character" in err
-    _one_line_error(err)
+    one_line_error(err)
 
 
 def test_unpack_npy_names_files_safely(cli, fitted):
@@ -82,7 +82,7 @@ def test_predict_never_turns_a_requested_name_into_a_path(cli, fitted, monkeypat
         code, out, err = cli("predict", "--profiles", "profs")
         assert code == 3 and why in err, err
         assert why in json.loads(out)["error"] and json.loads(out)["line"] == 1  # the line's error record
-        _one_line_error(err)
+        one_line_error(err)
 
 
 def test_bank_manifest_tensors_must_stay_in_the_folder(cli, fitted):
@@ -93,7 +93,7 @@ def test_bank_manifest_tensors_must_stay_in_the_folder(cli, fitted):
     (fitted / "bank" / "bank.json").write_text(json.dumps(m))
     code, _, err = cli("bank", "verify")
     assert code == 4 and "inside the bank folder" in err
-    _one_line_error(err)
+    one_line_error(err)
 
 
 def test_non_finite_scores_are_null_not_nan(cli, fitted, monkeypatch):
@@ -130,11 +130,11 @@ def test_hostile_data_files_exit_3_with_the_line(cli, fitted, content, why, monk
     (fitted / "bad.jsonl").write_bytes(content)
     code, _, err = cli("fit", "-p", "x", "-d", "bad.jsonl", "--epochs", "1")
     assert code == 3 and "bad.jsonl: line 1" in err and why in err
-    _one_line_error(err)
+    one_line_error(err)
     if b"[" in content:  # the same through predict's request stream
         (fitted / "profs").mkdir()
         (fitted / "profs" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes())
         monkeypatch.setattr("sys.stdin", io.StringIO(content.decode()))
         code, _, err = cli("predict", "--profiles", "profs")
         assert code == 3 and "nested too deeply" in err
-        _one_line_error(err)
+        one_line_error(err)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import sentiment_rows, write_jsonl
+from helpers import sentiment_rows, write_jsonl
 
 
 def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):

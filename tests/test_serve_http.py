@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import sentiment_rows, write_jsonl
+from helpers import sentiment_rows, write_jsonl
 from xpeft_cli.service import BackgroundServer, build_service
 from xpeft_cli.store import Store
 

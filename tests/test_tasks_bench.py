@@ -154,7 +154,7 @@ def test_bench_glue_end_to_end_and_resume(cli, fitted):
 
 
 def test_damaged_adapter_file_is_refused(cli, fitted):
-    from conftest import _one_line_error
+    from helpers import one_line_error
 
     assert cli("fit", "-p", "ho", "-d", "alice.jsonl", "--method", "head-only", "--epochs", "1", "--quiet")[0] == 0
     data = (fitted / "ho.safetensors").read_bytes()
@@ -162,4 +162,4 @@ def test_damaged_adapter_file_is_refused(cli, fitted):
     for args in (("inspect", "cut.safetensors"), ("eval", "-p", "cut.safetensors", "-d", "alice_test.jsonl")):
         code, _, err = cli(*args)
         assert code == 4, err
-        _one_line_error(err)
+        one_line_error(err)

@@ -10,7 +10,7 @@ import torch
 
 from types import SimpleNamespace
 
-from conftest import make_bank, sentiment_rows
+from helpers import make_bank, sentiment_rows
 from xpeft_cli.bank import Bank
 from xpeft_cli.bank_build import from_peft, from_profiles, pick_profiles
 from xpeft_cli.data import Examples
