@@ -6,7 +6,7 @@ import torch
 
 from xpeft_cli import Bank, FitConfig, evaluate_profile, fit_profile, load_examples, read_xpm, write_xpm
 from xpeft_cli.evaluate import model_for_profile
-from xpeft_cli.train import predict_outputs
+from xpeft_cli.batches import predict_outputs
 
 from helpers import make_bank
 

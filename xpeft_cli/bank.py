@@ -263,6 +263,18 @@ class Bank:
         return bank
 
 
+def stack_by_shape(bank_a: list[torch.Tensor], bank_b: list[torch.Tensor],
+                   dtype: torch.dtype | None = None) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """The sites' bank tensors stacked per shape group: [(site numbers, (G, N, d_in, b), (G, N, b, d_out))],
+    groups in order of their first site. One stacked pair lets one batched matmul mix a whole group;
+    training (XPeftModel.cast_bank) and serving (routing's tables) stack the bank here alike."""
+    groups: dict[tuple, list[int]] = {}
+    for l, (a, b) in enumerate(zip(bank_a, bank_b)):
+        groups.setdefault((tuple(a.shape), tuple(b.shape)), []).append(l)
+    return [(sites, torch.stack([bank_a[l].to(dtype) if dtype else bank_a[l] for l in sites]),
+             torch.stack([bank_b[l].to(dtype) if dtype else bank_b[l] for l in sites])) for sites in groups.values()]
+
+
 def read_manifest(folder: str | Path) -> dict:
     """A bank's manifest as JSON, fast (no tensors). Missing: DataError; damaged: IntegrityError."""
     path = Path(folder) / MANIFEST

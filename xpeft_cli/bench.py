@@ -18,7 +18,8 @@ from .data import Examples
 from .plm import load_encoder, resolve_model
 from .tasks import load_split, official_metrics, preset
 from .distributed import pick_device
-from .train import FitConfig, fit_profile, score
+from .batches import score
+from .train import FitConfig, fit_profile
 
 METRIC_NAMES = {"mcc": "MCC", "acc": "Acc", "acc_f1": "Comb", "pearson_spearman": "Comb", "acc_gps": "Acc"}
 

@@ -9,6 +9,7 @@ against the pinned SHA-256 (plm.resolve_model).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -74,11 +75,17 @@ def model_folder(m: SplitZipModel, pieces: list[Path] | None = None, cache: Path
     return assemble(m, pieces if pieces is not None else installed_pieces(m), dest)
 
 
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def assemble(m: SplitZipModel, pieces: list[Path], dest: Path) -> Path:
     """Concatenate the pieces into one zip, extract its model folder, check the weights' hash, and
     rename the complete folder into place (a crash leaves only a temporary folder, never half a model)."""
-    from .plm import sha256_file
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{m.folder}.", dir=dest.parent) as tmp:
         whole = Path(tmp) / "model.zip"

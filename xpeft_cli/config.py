@@ -48,3 +48,35 @@ class FitConfig:
     clip_norm: float = 0.0     # clip the gradients' global norm to this (0: off); eager fits only
     mask_clip: float = 0.0     # sign/linear masks: keep the latent logits in [-c, c] (BinaryConnect), so a sign can still flip late
     peer: str | None = None    # method "peft": a peft peer, e.g. "lora:r=4" (peers.py); library and benchmarks only
+
+    def validate(self) -> "FitConfig":
+        """Check the settings once, before any work (the CLI's option ranges catch most of this
+        first; the library gets the same refusals). Raises UsageError; returns self."""
+        import math
+
+        from .errors import UsageError
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UsageError(message)
+
+        need(self.method in METHODS or (self.method == "peft" and bool(self.peer)),
+             f"--method must be one of {', '.join(METHODS)}")
+        need(self.mask in KINDS, f"--mask must be one of {', '.join(KINDS)}")
+        need(self.param_dtype in ("float16", "float32"), "--param-dtype must be float16 or float32")
+        need(self.precision in ("auto", "bf16", "fp32"), "--precision must be one of auto, bf16, fp32")
+        need(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")
+        need(self.mask != "hard" or self.k >= 1, "--k must be at least 1")
+        need(0.0 <= self.soft_warmup <= 1.0, "soft_warmup must be between 0 and 1")
+        need(0.0 <= self.warmup < 1.0 and 0.0 <= self.clip_norm < math.inf and 0.0 <= self.mask_clip < math.inf,
+             "warmup must be in [0, 1), clip_norm and mask_clip finite numbers ≥ 0")
+        need(0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)")
+        need(all(math.isfinite(v) and v >= 0 for v in (self.lr_masks, self.lr_ln, self.lr_head, self.lr_adapter,
+                                                         self.lr_out, self.nu)) and self.tau > 0,
+             "learning rates and --nu must be finite and ≥ 0, --tau > 0")
+        need(not self.cuda_graphs or not (self.soft_warmup or self.out_vector or self.ln_init != 1.0
+                                          or self.clip_norm or self.mask_clip),
+             "--cuda-graphs does not yet capture soft_warmup, out_vector, ln_init, clip_norm or mask_clip")
+        need(not self.cuda_graphs or not self.gradient_checkpointing,
+             "--cuda-graphs runs single-process fits without --gradient-checkpointing")
+        return self

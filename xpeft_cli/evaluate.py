@@ -13,7 +13,7 @@ from .model import TASK_REGRESSION, XPeftModel
 from .plm import load_encoder
 from .profile import Profile, apply_profile
 from .distributed import pick_device
-from .train import predict_outputs, score
+from .batches import predict_outputs, score
 from .xpm import read_xpm
 
 AnyProfile = Profile | AdapterProfile

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused
-from .train import compute_context
+from .batches import compute_context
 
 
 class _BucketedGraphs:

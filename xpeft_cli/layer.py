@@ -33,8 +33,8 @@ class XPeftLinear(nn.Module):
         # (as a LoRA does with B = 0); a profile's d_out floats per site when used.
         self.out_scale = nn.Parameter(torch.zeros(base.out_features)) if out_vector else None
         self.spec = spec
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # mixed for all sites at once by the model
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (Â, B̂) at inference, masks frozen
+        self._given: tuple[torch.Tensor, torch.Tensor] | None = None  # (Â, B̂) handed in by the model (give_mixed)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (mask_weights(self.logits_a, self.spec, self.training),
@@ -44,10 +44,10 @@ class XPeftLinear(nn.Module):
         """(Â, B̂) mixed from the bank (mixing.mix). Cached at inference, when masks are frozen."""
         if not self.training and not torch.is_grad_enabled() and self._cache is not None:
             return self._cache
-        if self._step is not None:
+        if self._given is not None:
             if not self.training and not torch.is_grad_enabled():
-                self._cache = self._step
-            return self._step
+                self._cache = self._given
+            return self._given
         a_hat = self._mix(self.logits_a, self.bank_a)
         b_hat = self._mix(self.logits_b, self.bank_b)
         if not self.training and not torch.is_grad_enabled():
@@ -61,6 +61,17 @@ class XPeftLinear(nn.Module):
         out = mix(bank.reshape(1, n, -1), None if w is None else w.view(1, 1, n),
                   None if chosen is None else chosen.view(1, 1, -1))
         return out.view(bank.shape[1:])
+
+    # ---- the hand-off with XPeftModel, which may mix every site at once ----------------------------
+    def give_mixed(self, a_hat: torch.Tensor, b_hat: torch.Tensor) -> None:
+        """Use these (Â, B̂) in the forward passes to come, until take_back_mixed()."""
+        self._given = (a_hat, b_hat)
+
+    def take_back_mixed(self) -> None:
+        self._given = None
+
+    def has_cached_mix(self) -> bool:
+        return self._cache is not None
 
     def invalidate(self) -> None:
         self._cache = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .bank import Bank
+from .bank import Bank, stack_by_shape
 from .layer import XPeftLinear
 from .masks import MaskSpec, initial_logits, mask_choice
 from .mixing import mix
@@ -36,6 +36,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.task = task
+        self.checkpointing = False  # gradient_checkpointing(): activations recomputed in the backward pass
         for p in encoder.parameters():
             p.requires_grad_(False)
         hidden = int(encoder.config.hidden_size if hasattr(encoder.config, "hidden_size") else encoder.config.dim)
@@ -64,7 +65,7 @@ class EncoderClassifier(nn.Module):
             self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self._checkpointing = True
+        self.checkpointing = True
 
     def use_shared_head(self, shared) -> None:
         """Take a bank's shared head (bank.SharedHead), frozen: profiles then own no head."""
@@ -88,6 +89,8 @@ class XPeftModel(EncoderClassifier):
         if self.spec.kind == "hard" and not 1 <= self.spec.k <= bank.n:
             raise ValueError(f"k must be in 1..{bank.n}")
         self.sites: list[XPeftLinear] = []  # a plain list: the layers already live inside encoder
+        # cast_bank: every site's bank stacked as one (L, N, ·) tensor pair when the sites share a shape
+        self.stacked_bank: tuple[torch.Tensor, torch.Tensor] | None = None
         for site, a, b in zip(bank.sites, bank.A, bank.B):
             base = encoder.get_submodule(site.name)
             if not isinstance(base, nn.Linear):
@@ -129,12 +132,11 @@ class XPeftModel(EncoderClassifier):
         of it), so that one batched matmul mixes every site: a step then launches a handful of
         mixing kernels instead of a dozen per site, which is what the per-step cost was made of.
         """
-        shapes = {(tuple(s.bank_a.shape), tuple(s.bank_b.shape)) for s in self.sites}
-        if len(shapes) == 1:
-            self._stacked = (torch.stack([s.bank_a.to(dtype) for s in self.sites]),
-                             torch.stack([s.bank_b.to(dtype) for s in self.sites]))
+        if len({(tuple(s.bank_a.shape), tuple(s.bank_b.shape)) for s in self.sites}) == 1:
+            (_, a, b), = stack_by_shape([s.bank_a for s in self.sites], [s.bank_b for s in self.sites], dtype)
+            self.stacked_bank = (a, b)
             for l, s in enumerate(self.sites):
-                s.bank_a, s.bank_b = self._stacked[0][l], self._stacked[1][l]
+                s.bank_a, s.bank_b = self.stacked_bank[0][l], self.stacked_bank[1][l]
                 s.invalidate()
             return self
         for s in self.sites:
@@ -149,7 +151,7 @@ class XPeftModel(EncoderClassifier):
         The Gumbel noise is drawn as one (L, 2, N) tensor: site by site, A then B, the order in
         which the sites draw it one by one.
         """
-        bank_a, bank_b = self._stacked
+        bank_a, bank_b = self.stacked_bank
         both = torch.stack([t for s in self.sites for t in (s.logits_a, s.logits_b)])   # one copy, not L + 1
         both = both.view(len(self.sites), 2, -1)                                          # (L, 2, N)
         w, chosen = mask_choice(both, self.spec, self.training)
@@ -160,24 +162,24 @@ class XPeftModel(EncoderClassifier):
         a_hat = mix(bank_a.reshape(L, n, -1), half(w, 0), half(chosen, 0)).view(L, *bank_a.shape[2:])
         b_hat = mix(bank_b.reshape(L, n, -1), half(w, 1), half(chosen, 1)).view(L, *bank_b.shape[2:])
         for s, a, b in zip(self.sites, a_hat.unbind(0), b_hat.unbind(0)):
-            s._step = (a, b)
+            s.give_mixed(a, b)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        cached = not self.training and not torch.is_grad_enabled() and self.sites and self.sites[0]._cache is not None
-        keep = getattr(self, "_checkpointing", False)
+        cached = not self.training and not torch.is_grad_enabled() and self.sites and self.sites[0].has_cached_mix()
+        keep = self.checkpointing
         if not cached:
-            if getattr(self, "_stacked", None) is not None:
+            if self.stacked_bank is not None:
                 self._mix_all_sites()
             elif keep:  # the recomputation must see the same (Â, B̂), not a new Gumbel draw
                 for s in self.sites:
-                    s._step = None
-                    s._step = s.mixed()
+                    s.take_back_mixed()
+                    s.give_mixed(*s.mixed())
         try:
             return super().forward(input_ids, attention_mask, token_type_ids)
         finally:
             if not keep:  # with checkpointing the backward pass re-runs the sites and still needs them
                 for s in self.sites:
-                    s._step = None
+                    s.take_back_mixed()
 
     def mask_parameters(self) -> list[nn.Parameter]:
         return [p for s in self.sites for p in (s.logits_a, s.logits_b)]

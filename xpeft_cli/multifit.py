@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,16 +28,19 @@ import torch
 from .bank import Bank
 from .baselines import AdapterProfile, adapter_tensors
 from .distributed import deal, world
-from .data import Examples, encode_labels, label_key, split_holdout
+from .data import Examples, encode_labels, split_holdout
 from .errors import DataError, UsageError
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
 from .model import TASK_REGRESSION
-from .names import profile_filename  # noqa: F401  (re-exported)
+from .names import profile_filename
 from .plm import load_encoder, max_tokens
 from .profile import Profile, stored_masks, with_param_dtype
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .train import FitConfig, _settings, compute_context, collate, pretokenize, task_and_labels, uses_bf16
+from .batches import collate, compute_context, pretokenize, uses_bf16
+from .config import FitConfig
+from .loop import LossLog, Update, fit_metadata, make_optimizer, set_learning_rates
+from .train import task_and_labels
 
 
 @dataclass
@@ -77,33 +79,57 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     masks and LN only), "own" trains a head per profile, "train" trains one head shared by all
     (the mtl bank builder).
     """
+    cfg.validate()
     if train.profiles is None:
         raise UsageError("fitting many profiles needs a profile column (--profile-column)")
     if train.labels is None:
         raise DataError(f"{train.source}: training data needs labels")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
-    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.warmup or cfg.clip_norm \
-            or cfg.mask_clip:
+    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.clip_norm:
+        # clipping the global norm of all profiles' gradients would couple profiles that a lone fit keeps apart
         raise UsageError("fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, "
-                         "warmup, clip_norm, mask_clip or peers")
+                         "clip_norm or peers")
     groups = train.by_profile()  # checks every name (names.py); files use profile_filename
-    bank_head = bank.head
-    use_bank_head = shared_head == "auto" and bank_head is not None and cfg.method == "x-peft"
-    task, names = task_and_labels(train, cfg, bank_head if use_bank_head else None)  # from all rows, on every rank
+    use_bank_head = shared_head == "auto" and bank.head is not None and cfg.method == "x-peft"
+    task, names = task_and_labels(train, cfg, bank.head if use_bank_head else None)  # from all rows, on every rank
     all_names = list(groups)
     w = world(cfg.device)
     if w.size > 1:  # this rank's profiles; the rest of the run only sees their rows
         mine = deal({n: len(rows) for n, rows in groups.items()}, w.size)[w.rank]
         train = train.subset([r for n in mine for r in groups[n]])
         groups = train.by_profile()
-    y_all = encode_labels(train, task, names)
     k = min(cfg.k, bank.n)
-
-    device = w.device
     torch.manual_seed(cfg.seed)
     encoder, tokenizer = load_encoder(bank.plm)
     enc = pretokenize(tokenizer, train, min(cfg.max_length, max_tokens(encoder)))
+    plans = _plans(groups, encode_labels(train, task, names), task, cfg)
+    n_out = 1 if task == TASK_REGRESSION else len(names)
+    shared = shared_head == "train" or use_bank_head
+    model = _routed_model(bank, encoder, cfg, task, n_out, len(plans), k, shared, use_bank_head, w.device)
+    opt, synced, steps = _optimizer(model, plans, cfg, shared_head == "train", w)
+    clamped = [p for i in range(len(plans)) for p in model.profile_groups(i).get("masks", [])] if cfg.mask_clip else []
+    update = Update(opt, w, synced=synced, clamped=clamped, mask_clip=cfg.mask_clip)
+    t0 = time.perf_counter()
+    with LossLog(log_path, w.size == 1, on_step) as log:
+        raw = _train(model, tokenizer, enc, plans, opt, update, steps, cfg, task, w.device, max_batch_rows, log)
+    seconds, history = time.perf_counter() - t0, log.history
+    model.eval()
+    val = _validate(model, tokenizer, enc, plans, task, n_out, cfg, w.device)
+    profiles = {}
+    for i, p in enumerate(plans):
+        meta = fit_metadata(cfg, k, task, [train.labels[r] for r in p.rows], p.total, one_run_of=len(all_names))
+        prof = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
+        profiles[p.name] = with_param_dtype(prof, cfg.param_dtype) if isinstance(prof, Profile) else prof
+    if w.size > 1:
+        profiles, val, history, seconds, steps = _gather(w, all_names, profiles, val, raw, seconds, steps)
+        if log_path and w.is_main:
+            with open(log_path, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(rec) + "\n" for rec in history)
+    return MultiFitResult(all_names, profiles, val, history, seconds, steps, model, tokenizer)
+
+
+def _plans(groups: dict[str, list[int]], y_all: list, task: str, cfg: FitConfig) -> list[_Plan]:
+    """Each profile's rows split into training and holdout as its lone fit splits them, with its own
+    seeded data order and schedule length."""
     ttype = torch.float32 if task == TASK_REGRESSION else torch.long
     plans = []
     for name, rows in groups.items():
@@ -114,15 +140,18 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         plans.append(_Plan(name, tr_rows, torch.tensor([y_all[i] for i in tr_rows], dtype=ttype),
                            va_rows, [y_all[i] for i in va_rows], nb, nb * cfg.epochs,
                            torch.Generator().manual_seed(cfg.seed)))
-    count = len(plans)
-    n_out = 1 if task == TASK_REGRESSION else len(names)
+    return plans
+
+
+def _routed_model(bank: Bank, encoder, cfg: FitConfig, task: str, n_out: int, count: int, k: int, shared: bool,
+                  use_bank_head: bool, device: torch.device) -> RoutedModel:
+    """The PLM with a table of `count` profiles of `cfg.method` at every site, and their heads."""
     hidden = int(getattr(encoder.config, "hidden_size", getattr(encoder.config, "dim", 0)))
-    shared = shared_head == "train" or use_bank_head
     heads = HeadTable(hidden, n_out, count, seed=cfg.seed, shared=shared)
     if use_bank_head:
         with torch.no_grad():
-            heads.weight[0].copy_(bank_head.weight)
-            heads.bias[0].copy_(bank_head.bias)
+            heads.weight[0].copy_(bank.head.weight)
+            heads.bias[0].copy_(bank.head.bias)
         heads.requires_grad_(False)
     site_names = [s.name for s in bank.sites]
     if cfg.method == "x-peft":
@@ -140,9 +169,13 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         raise UsageError(f"unknown method {cfg.method!r}")
     if device.type == "cuda" and cfg.method == "x-peft" and uses_bf16(device, cfg.precision):
         model.table.cast_bank(torch.bfloat16)
+    return model
 
-    # One param group per (kind, schedule length): profiles whose lone fits share a linear
-    # schedule share a group, so AdamW runs a few multi-tensor updates, not a few per profile.
+
+def _optimizer(model: RoutedModel, plans: list[_Plan], cfg: FitConfig, train_shared_head: bool, w):
+    """(AdamW, parameters whose gradients every process sums, steps). One param group per (kind,
+    schedule length): profiles whose lone fits share a linear schedule share a group, so AdamW runs
+    a few multi-tensor updates, not a few per profile."""
     lr_of = {"masks": cfg.lr_masks, "ln": cfg.lr_ln, "head": cfg.lr_head, "adapter": cfg.lr_adapter}
     merged: dict[tuple[str, int], dict] = {}
     for i, p in enumerate(plans):
@@ -152,79 +185,82 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
     param_groups = list(merged.values())
     steps = max(p.total for p in plans)
     synced: list[torch.nn.Parameter] = []  # parameters every profile trains: gradients summed over processes
-    if shared_head == "train":
+    if train_shared_head:
         if w.size > 1:
             steps = w.max(steps)  # every rank takes part in every step's sum
-        synced = list(heads.parameters())
+        synced = list(model.heads.parameters())
         param_groups.append({"params": synced, "lr": cfg.lr_head, "total": steps})
-    opt = torch.optim.AdamW(param_groups, weight_decay=0.0)
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    return make_optimizer(param_groups, w.device), synced, steps
+
+
+def _train(model: RoutedModel, tokenizer, enc: dict, plans: list[_Plan], opt, update: Update, steps: int,
+           cfg: FitConfig, task: str, device: torch.device, max_batch_rows: int, log: LossLog) -> list[dict]:
+    """The loop: at step t every profile with work left takes the batch its lone fit takes at t; the
+    loss is the sum of their mean losses, in forward passes of at most max_batch_rows rows. Returns
+    each step's unrounded per-profile losses (for merging the logs of several processes)."""
     loss_fn = torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
-    log = open(log_path, "w", encoding="utf-8") if (log_path and w.size == 1) else None
-    history: list[dict] = []
-    raw: list[dict[str, float]] = []  # each step's unrounded per-profile losses, for merging ranks' logs
-    t0 = time.perf_counter()
-    try:
-        model.train()
-        for t in range(steps):
-            picked: list[tuple[int, list[int], torch.Tensor]] = []
-            for i, p in enumerate(plans):
-                if t >= p.total:
-                    continue
-                j = t % p.batches
-                if j == 0:
-                    p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
-                local = p.perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
-                picked.append((i, [p.rows[x] for x in local], p.targets[local]))
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * max(0.0, 1.0 - t / g["total"])
-            opt.zero_grad(set_to_none=True)
-            step_losses: dict[int, float] = {}
-            for chunk in _chunks(picked, max_batch_rows):
-                idx = [r for _, rows, _ in chunk for r in rows]
-                pid = torch.tensor([i for i, rows, _ in chunk for _ in rows])  # on the CPU: routing needs no sync
-                y = torch.cat([tg for _, _, tg in chunk]).to(device)
-                weight = torch.tensor([1.0 / len(rows) for _, rows, _ in chunk for _ in rows], device=device)
-                batch = collate(tokenizer, enc, idx, device)
-                with compute_context(device, cfg.precision):
-                    out = model(**batch, profile_ids=pid)
-                per_row = loss_fn(out.float(), y)
-                (per_row * weight).sum().backward()
-                with torch.no_grad():
-                    sums = torch.zeros(count, device=device).index_add_(0, pid.to(device), per_row.detach() * weight)
-                sums = sums.tolist()  # one sync per forward pass
-                for i, _, _ in chunk:
-                    step_losses[i] = sums[i]
-            if synced and w.size > 1:
-                w.sum_grads_(synced)
-            opt.step()
-            raw.append({plans[i].name: v for i, v in step_losses.items()})
-            rec = _step_record(t + 1, raw[-1])
-            history.append(rec)
-            if log:
-                log.write(json.dumps(rec) + "\n")
-            if on_step:
-                on_step(t + 1, steps, rec["loss"])
-    finally:
-        if log:
-            log.close()
-    seconds = time.perf_counter() - t0
-    model.eval()
-    val = _validate(model, tokenizer, enc, plans, task, n_out, cfg, device)
-    profiles = {}
-    for i, p in enumerate(plans):
-        counts = Counter(label_key(train.labels[r]) for r in p.rows)
-        meta = {"fit": {k2: v for k2, v in _settings(cfg).items() if k2 != "labels"}
-                | {"k": k, "task": task, "train_rows": len(p.rows), "steps": p.total, "one_run_of": len(all_names),
-                   "label_counts": {str(a): b for a, b in counts.most_common()}}}
-        prof = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
-        profiles[p.name] = with_param_dtype(prof, cfg.param_dtype) if isinstance(prof, Profile) else prof
-    if w.size > 1:
-        profiles, val, history, seconds, steps = _gather(w, all_names, profiles, val, raw, seconds, steps)
-        if log_path and w.is_main:
-            with open(log_path, "w", encoding="utf-8") as log:
-                log.writelines(json.dumps(rec) + "\n" for rec in history)
-    return MultiFitResult(all_names, profiles, val, history, seconds, steps, model, tokenizer)
+    raw: list[dict[str, float]] = []
+    model.train()
+    for t in range(steps):
+        picked: list[tuple[int, list[int], torch.Tensor]] = []
+        for i, p in enumerate(plans):
+            if t >= p.total:
+                continue
+            j = t % p.batches
+            if j == 0:
+                p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
+            local = p.perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
+            picked.append((i, [p.rows[x] for x in local], p.targets[local]))
+        set_learning_rates(opt, t, warmup=cfg.warmup)  # each group's own schedule length
+        opt.zero_grad(set_to_none=True)
+        step_losses: dict[int, float] = {}
+        for chunk in _chunks(picked, max_batch_rows):
+            idx = [r for _, rows, _ in chunk for r in rows]
+            pid = torch.tensor([i for i, rows, _ in chunk for _ in rows])  # on the CPU: routing needs no sync
+            y = torch.cat([tg for _, _, tg in chunk]).to(device)
+            weight = torch.tensor([1.0 / len(rows) for _, rows, _ in chunk for _ in rows], device=device)
+            batch = collate(tokenizer, enc, idx, device)
+            with compute_context(device, cfg.precision):
+                out = model(**batch, profile_ids=pid)
+            per_row = loss_fn(out.float(), y)
+            (per_row * weight).sum().backward()
+            with torch.no_grad():
+                sums = torch.zeros(len(plans), device=device).index_add_(0, pid.to(device), per_row.detach() * weight)
+            sums = sums.tolist()  # one sync per forward pass
+            for i, _, _ in chunk:
+                step_losses[i] = sums[i]
+        update()
+        raw.append({plans[i].name: v for i, v in step_losses.items()})
+        rec = _step_record(t + 1, raw[-1])
+        log.step(rec, steps, rec["loss"])
+    return raw
+
+
+def write_profiles(result: MultiFitResult, out: str | Path) -> tuple[dict[str, tuple[str, int]], int]:
+    """Write a multi-profile fit's profiles: into one .xps store (one atomic write), or as files in the
+    folder `out`, named by profile_filename (.xpm for X-PEFT, .safetensors for a baseline), each written
+    atomically. Returns ({profile: (file, bytes)} for a folder, total bytes)."""
+    from .baselines import write_adapter
+    from .store import write_store
+    from .xpm import write_xpm
+
+    out = Path(out)
+    if out.suffix == ".xps":
+        return {}, write_store([result.profiles[n] for n in result.names], out)
+    stems: dict[str, str] = {}
+    for name in result.names:  # two names whose files would collide stop the run before anything is written
+        stem = profile_filename(name)
+        if stem in stems:
+            raise UsageError(f"profiles {stems[stem]!r} and {name!r} map to the same file name")
+        stems[stem] = name
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for stem, name in stems.items():
+        prof = result.profiles[name]
+        path = out / (stem + (".xpm" if isinstance(prof, Profile) else ".safetensors"))
+        size = write_xpm(prof, path) if isinstance(prof, Profile) else write_adapter(prof, path)
+        files[name] = (str(path), size)
+    return files, sum(size for _, size in files.values())
 
 
 def _gather(w, names: list[str], profiles: dict, val: dict, raw: list[dict], seconds: float, steps: int):

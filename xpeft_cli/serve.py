@@ -23,7 +23,7 @@ from .plm import load_encoder
 from .profile import Profile
 from .store import Store, is_store
 from .distributed import pick_device
-from .train import predict_outputs
+from .batches import predict_outputs
 from .xpm import read_xpm
 
 
@@ -206,7 +206,7 @@ class ProfileServer:
                 max_length: int | None = None) -> torch.Tensor:
         """Raw head outputs (C_max wide; narrower heads padded with −inf), float32 on CPU, in order."""
         from .plm import max_tokens
-        from .train import compute_context, collate
+        from .batches import compute_context, collate
 
         limit = max_tokens(self.model.encoder)
         lengths = [min(limit, max_length or default_max_length(self.profiles[i])) for i in profile_idx]

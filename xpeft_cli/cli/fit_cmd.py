@@ -1,11 +1,11 @@
 """`xpeft fit`: fit one profile from a labelled file and write PROFILE.xpm."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
-from ..config import METHODS
 from ..config import STORED_KINDS
 from ..names import check_name, profile_filename
 from ..errors import UsageError
@@ -89,7 +89,17 @@ def fit(
     multi-profile fit deals the profiles to the processes, a single profile's batches are split
     and the gradients summed.
     """
-    opts = dict(locals())  # the options as given, before the imports below add names
+    # The fit's settings, built and checked once for a lone and a multi-profile fit alike.
+    cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size,
+                    lr_masks=lr_masks, lr_ln=lr_ln, lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
+                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
+                    head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing,
+                    precision=precision, cuda_graphs=cuda_graphs, param_dtype=param_dtype)
+    if mask not in STORED_KINDS:
+        raise UsageError(f"--mask must be one of {', '.join(STORED_KINDS)}")
+    if task not in ("auto", "classification", "regression"):
+        raise UsageError("--task-type must be auto, classification or regression")
+    cfg.validate()
     from ..bank import Bank
     from ..baselines import write_adapter
     from ..data import Columns
@@ -103,27 +113,19 @@ def fit(
     devices_launch(devices, device)
     main = is_main_process()  # in a data-parallel run only rank 0 prints and writes
     quiet = quiet or not main
+    cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
     if profile_column:
         if profile or task_preset or resume or checkpoint_every:
             raise UsageError("--profile-column fits every profile of --data; it does not combine with --profile, "
                              "--task, --checkpoint-every or --resume")
         if gradient_checkpointing or cuda_graphs:
             raise UsageError("--gradient-checkpointing and --cuda-graphs are for single-profile fits")
-        return _fit_many(**{k: v for k, v in (opts | {"quiet": quiet, "main": main}).items()
-                            if k not in ("profile", "task_preset", "resume", "checkpoint_every", "data_dir",
-                                         "gradient_checkpointing", "devices", "cuda_graphs")})
+        return _fit_many(cfg, data=data, cols=cols, bank_dir=bank_dir, model=model, out=out, log=log,
+                         eval_data=eval_data, max_batch_rows=max_batch_rows, json_out=json_out, quiet=quiet, main=main)
     if not profile:
         raise UsageError("give --profile NAME (or --profile-column COLUMN to fit every profile in the file)")
-    if mask not in STORED_KINDS:
-        raise UsageError(f"--mask must be one of {', '.join(STORED_KINDS)}")
-    if method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}")
     if (data is None) == (task_preset is None):
         raise UsageError("give the training data with --data FILE or --task PRESET (one of them)")
-    if task not in ("auto", "classification", "regression"):
-        raise UsageError("--task-type must be auto, classification or regression")
-    if not 0 <= val_fraction < 1:
-        raise UsageError("--val-fraction must be in [0, 1)")
     check_name(profile, "--profile")  # before any path is made from it (names.py)
     out = out or Path(profile_filename(profile) + (".xpm" if method == "x-peft" else ".safetensors"))
     if (method == "x-peft") != (out.suffix == ".xpm"):
@@ -133,21 +135,15 @@ def fit(
     ckpt_path = out.with_name(stem + ".ckpt.safetensors")
     if checkpoint_every < 0:
         raise UsageError("--checkpoint-every must be 0 (off) or positive")
-    cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column)
     if task_preset:
         p = preset(task_preset)
         train = load_split(p, "train", data_dir).examples
         valid = load_examples(eval_data, cols) if eval_data else (load_split(p, "dev", data_dir).examples if p.dev else None)
-        task = p.task_type
+        cfg = replace(cfg, task=p.task_type)
     else:
         train = load_examples(data, cols)
         valid = load_examples(eval_data, cols) if eval_data else None
     bank = Bank.load(bank_dir, model=model)
-    cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size, lr_masks=lr_masks, lr_ln=lr_ln,
-                    lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
-                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels),
-                    head="own" if own_head else "auto", gradient_checkpointing=gradient_checkpointing,
-                    precision=precision, cuda_graphs=cuda_graphs, param_dtype=param_dtype)
     what = (f"{mask} masks over N={bank.n}" + (f" (k={min(k, bank.n)})" if mask == "hard" else "")
             if method == "x-peft" else method)
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
@@ -189,67 +185,36 @@ def _labels(labels: str | None) -> list[str] | None:
     return names
 
 
-def _fit_many(*, profile_column, data, method, bank_dir, out, mask, k, epochs, batch_size, lr_masks, lr_ln, lr_head,
-              lr_adapter, nu, tau, seed, max_length, val_fraction, eval_data, task, text_column, text_pair_column,
-              label_column, device, log, model, json_out, quiet, labels, max_batch_rows, own_head, main,
-              precision, param_dtype) -> None:
+def _fit_many(cfg, *, data, cols, bank_dir, model, out, log, eval_data, max_batch_rows, json_out, quiet, main) -> None:
     from ..bank import Bank
-    from ..baselines import write_adapter
-    from ..data import Columns
     from ..data import load_examples
-    from ..xpm import write_xpm
-    from ..multifit import fit_profiles
-    from ..store import write_store
+    from ..multifit import fit_profiles, write_profiles
 
     if data is None:
         raise UsageError("--profile-column needs --data FILE")
     if eval_data is not None:
         raise UsageError("--eval-data does not combine with --profile-column (each profile holds out --val-fraction)")
-    if max_batch_rows < 1:
-        raise UsageError("--max-batch-rows must be at least 1")
     out = out or Path("profiles")
-    to_store = out.suffix == ".xps"
-    if to_store and method != "x-peft":
+    if out.suffix == ".xps" and cfg.method != "x-peft":
         raise UsageError("an .xps store holds x-peft profiles; baselines are written to a folder")
-    cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
     train = load_examples(data, cols)
     bank = Bank.load(bank_dir, model=model)
-    cfg = FitConfig(method=method, mask=mask, k=k, lr_adapter=lr_adapter, epochs=epochs, batch_size=batch_size,
-                    lr_masks=lr_masks, lr_ln=lr_ln, lr_head=lr_head, nu=nu, tau=tau, seed=seed, max_length=max_length,
-                    val_fraction=val_fraction, task=task, device=device, labels=_labels(labels), precision=precision,
-                    param_dtype=param_dtype)
     groups = train.by_profile()
-    output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {method}", quiet or json_out)
-    log = log or (out.with_suffix(".fit.jsonl") if to_store else out / "fit.jsonl")
-    if not to_store and main:
+    output.note(f"fitting {len(groups)} profiles in one run: {len(train)} rows, {cfg.method}", quiet or json_out)
+    log = log or (out.with_suffix(".fit.jsonl") if out.suffix == ".xps" else out / "fit.jsonl")
+    if out.suffix != ".xps" and main:
         out.mkdir(parents=True, exist_ok=True)
     with output.progress(f"fit {len(groups)} profiles", enabled=not (quiet or json_out)) as update:
-        result = fit_profiles(bank, train, cfg, shared_head="own" if own_head else "auto",
+        result = fit_profiles(bank, train, cfg, shared_head="own" if cfg.head == "own" else "auto",
                               max_batch_rows=max_batch_rows, on_step=update, log_path=log)
     if not main:
         return
-    files, sizes = {}, {}
-    if to_store:
-        total = write_store([result.profiles[n] for n in result.names], out)
-    else:
-        stems = {}
-        for name in result.names:
-            stem = profile_filename(name)
-            if stem in stems:
-                raise UsageError(f"profiles {stems[stem]!r} and {name!r} map to the same file name")
-            stems[stem] = name
-            prof = result.profiles[name]
-            if method == "x-peft":
-                path = out / f"{stem}.xpm"
-                write_xpm(prof, path)
-            else:
-                path = out / f"{stem}.safetensors"
-                write_adapter(prof, path)
-            files[name], sizes[name] = str(path), path.stat().st_size
-        total = sum(sizes.values())
+    files, total = write_profiles(result, out)
+    method, mask = cfg.method, cfg.mask
     accs = [m["accuracy"] for m in result.val_metrics.values() if "accuracy" in m]
     res = {"profiles": len(result.names), "method": method, "output": str(out), "bytes": total,
-           "mean_bytes": round(total / max(1, len(result.names)), 1), "files": files or None, "n": bank.n,
+           "mean_bytes": round(total / max(1, len(result.names)), 1),
+           "files": {n: f for n, (f, _) in files.items()} or None, "n": bank.n,
            "mask": mask if method == "x-peft" else None, "steps": result.steps, "seconds": round(result.seconds, 2),
            "val": result.val_metrics, "val_mean_accuracy": (sum(accs) / len(accs)) if accs else None,
            "log": str(log), "bank_hash": bank.bank_hash}
