@@ -13,6 +13,7 @@ peft's own saved state plus the head for a peer. Cells run in parallel worker pr
 MiniLM step is bound by kernel launches, so one GPU serves many), each written to OUT/cells/ as
 it finishes, so an interrupted run resumes and a later call adds to it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,14 +68,26 @@ def plan(name: str) -> list[dict]:
             xp("xp-r96-gamma0-lnlr", rank=96, ln_init=0.0, lr_ln=1e-2),
         ]
         task = {"bank": TASK_BANK, "n": 64}  # 64 LoRAs of QQP, MNLI, QNLI and BoolQ shards (task_bank.py)
-        trained = [xp("xp-taskbank-k8", k=8, **task), xp("xp-taskbank-k16", k=16, **task),
-                   xp("xp-taskbank-soft", mask="soft", **task), xp("xp-taskbank-k8-anneal", k=8, soft_warmup=0.5, **task)]
-        peers = (peer("lora", "lora:r=24", [3e-4, 1e-3, 3e-3]) + peer("lora", "lora:r=4", [3e-4, 1e-3, 3e-3])
-                 + peer("lora", "lora:r=1", [3e-4, 1e-3, 3e-3]) + peer("vera", "vera:r=256", [3e-3, 1e-2, 3e-2])
-                 + peer("vblora", "vblora", [3e-3, 1e-2, 3e-2]) + peer("ia3", "ia3", [3e-3, 1e-2, 3e-2])
-                 + peer("head", "head", [3e-3, 1e-2, 3e-2]) + peer("bitfit", "bitfit", [1e-3, 3e-3, 1e-2]))
+        trained = [
+            xp("xp-taskbank-k8", k=8, **task),
+            xp("xp-taskbank-k16", k=16, **task),
+            xp("xp-taskbank-soft", mask="soft", **task),
+            xp("xp-taskbank-k8-anneal", k=8, soft_warmup=0.5, **task),
+        ]
+        peers = (
+            peer("lora", "lora:r=24", [3e-4, 1e-3, 3e-3])
+            + peer("lora", "lora:r=4", [3e-4, 1e-3, 3e-3])
+            + peer("lora", "lora:r=1", [3e-4, 1e-3, 3e-3])
+            + peer("vera", "vera:r=256", [3e-3, 1e-2, 3e-2])
+            + peer("vblora", "vblora", [3e-3, 1e-2, 3e-2])
+            + peer("ia3", "ia3", [3e-3, 1e-2, 3e-2])
+            + peer("head", "head", [3e-3, 1e-2, 3e-2])
+            + peer("bitfit", "bitfit", [1e-3, 3e-3, 1e-2])
+        )
         return designs + peers + trained
-    if name == "sweep2":  # after sweep: sign and linear masks; the peers' LR grids extended where the best was at an edge
+    if (
+        name == "sweep2"
+    ):  # after sweep: sign and linear masks; the peers' LR grids extended where the best was at an edge
         designs = [
             xp("xp-sign", mask="sign", lr_ln=1e-2),
             xp("xp-linear", mask="linear", lr_ln=1e-2),
@@ -90,86 +103,159 @@ def plan(name: str) -> list[dict]:
             xp("xp-linear-2sites", mask="linear", lr_ln=1e-2, targets=TWO_SITES),
             xp("xp-sign-r48", mask="sign", rank=48, lr_ln=1e-2),
         ]
-        peers = (peer("lora", "lora:r=24", [1e-2]) + peer("lora", "lora:r=4", [1e-2]) + peer("lora", "lora:r=1", [1e-2, 3e-2])
-                 + peer("vera", "vera:r=256", [1e-1]) + peer("vblora", "vblora", [1e-1]) + peer("head", "head", [1e-1]))
-        seed1 = [c | {"label": c["label"] + "-s1", "family": "lora:r=24 (seed 1)", "seed": 1}
-                 for c in peer("lora", "lora:r=24", [3e-3])]
+        peers = (
+            peer("lora", "lora:r=24", [1e-2])
+            + peer("lora", "lora:r=4", [1e-2])
+            + peer("lora", "lora:r=1", [1e-2, 3e-2])
+            + peer("vera", "vera:r=256", [1e-1])
+            + peer("vblora", "vblora", [1e-1])
+            + peer("head", "head", [1e-1])
+        )
+        seed1 = [
+            c | {"label": c["label"] + "-s1", "family": "lora:r=24 (seed 1)", "seed": 1}
+            for c in peer("lora", "lora:r=24", [3e-3])
+        ]
         return designs + peers + seed1
     if name == "final":  # after sweep2: sign masks on two sites per block, checked with another seed and N,
         # against hard masks and LoRA on the same two sites
         two = {"targets": TWO_SITES}
-        return [xp("xp-sign-2sites-s1", mask="sign", lr_ln=1e-2, seed=1, **two),
-                xp("xp-sign-2sites-n800", mask="sign", n=800, lr_ln=1e-2, **two),
-                xp("xp-hard-2sites", **two)] \
-            + [c | two | {"label": c["label"] + "-2sites", "family": c["family"] + " (two sites)"}
-               for c in peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2])]
+        return [
+            xp("xp-sign-2sites-s1", mask="sign", lr_ln=1e-2, seed=1, **two),
+            xp("xp-sign-2sites-n800", mask="sign", n=800, lr_ln=1e-2, **two),
+            xp("xp-hard-2sites", **two),
+        ] + [
+            c | two | {"label": c["label"] + "-2sites", "family": c["family"] + " (two sites)"}
+            for c in peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2])
+        ]
     if name == "design3":  # after final: the default (sign, two sites, r=b) against low-rank banks, more sites,
         # and its own LR search (every peer has one)
         sg = {"mask": "sign", "family": "x-peft sign"}
         tune = {"tune": "x-peft sign, N=400, r=24, 2 sites"}
-        return [xp("s-r4", rank=4, **sg), xp("s-r8", rank=8, **sg), xp("s-r2", rank=2, **sg),
-                xp("s-r1-noln", rank=1, ln=False, **sg), xp("s-r4-n800", rank=4, n=800, **sg),
-                xp("s-lrm2e-2", lr_masks=2e-2, **sg, **tune), xp("s-lrm1e-1", lr_masks=1e-1, **sg, **tune),
-                xp("s-ln3e-3", lr_ln=3e-3, **sg, **tune), xp("s-ln3e-2", lr_ln=3e-2, **sg, **tune),
-                xp("s-head1e-2", lr_head=1e-2, **sg, **tune),
-                xp("s-4sites", targets="attention.self.query,attention.self.value," + TWO_SITES, **sg),
-                xp("s-6sites-r4", rank=4, targets=ALL_SIX, **sg),
-                xp("s-r4-s1", rank=4, seed=1, **sg), xp("s-r4-lrm1e-1", rank=4, lr_masks=1e-1, **sg)]
+        return [
+            xp("s-r4", rank=4, **sg),
+            xp("s-r8", rank=8, **sg),
+            xp("s-r2", rank=2, **sg),
+            xp("s-r1-noln", rank=1, ln=False, **sg),
+            xp("s-r4-n800", rank=4, n=800, **sg),
+            xp("s-lrm2e-2", lr_masks=2e-2, **sg, **tune),
+            xp("s-lrm1e-1", lr_masks=1e-1, **sg, **tune),
+            xp("s-ln3e-3", lr_ln=3e-3, **sg, **tune),
+            xp("s-ln3e-2", lr_ln=3e-2, **sg, **tune),
+            xp("s-head1e-2", lr_head=1e-2, **sg, **tune),
+            xp("s-4sites", targets="attention.self.query,attention.self.value," + TWO_SITES, **sg),
+            xp("s-6sites-r4", rank=4, targets=ALL_SIX, **sg),
+            xp("s-r4-s1", rank=4, seed=1, **sg),
+            xp("s-r4-lrm1e-1", rank=4, lr_masks=1e-1, **sg),
+        ]
     if name == "mpnet":  # the 12-layer PLM (issue 15): Table 2's rows plus the peers, fewest configs first
         sg = {"mask": "sign", "family": "x-peft sign"}
-        return [xp("xp-sign", **sg), xp("xp-hard"), xp("xp-soft", mask="soft", family="x-peft soft")] \
-            + peer("lora", "lora:r=48", [1e-3, 3e-3]) + peer("head", "head", [3e-2, 1e-1]) \
-            + peer("lora", "lora:r=1", [1e-2]) + peer("vera", "vera:r=256", [3e-2]) + peer("ia3", "ia3", [1e-2]) \
-            + [xp("xp-hard-n100", n=100), xp("xp-soft-n100", n=100, mask="soft", family="x-peft soft"),
-               xp("xp-sign-r4", rank=4, **sg)] + peer("lora", "lora:r=48", [3e-4]) + peer("lora", "lora:r=4", [3e-3])
+        return (
+            [xp("xp-sign", **sg), xp("xp-hard"), xp("xp-soft", mask="soft", family="x-peft soft")]
+            + peer("lora", "lora:r=48", [1e-3, 3e-3])
+            + peer("head", "head", [3e-2, 1e-1])
+            + peer("lora", "lora:r=1", [1e-2])
+            + peer("vera", "vera:r=256", [3e-2])
+            + peer("ia3", "ia3", [1e-2])
+            + [
+                xp("xp-hard-n100", n=100),
+                xp("xp-soft-n100", n=100, mask="soft", family="x-peft soft"),
+                xp("xp-sign-r4", rank=4, **sg),
+            ]
+            + peer("lora", "lora:r=48", [3e-4])
+            + peer("lora", "lora:r=4", [3e-3])
+        )
     if name == "mpnet2":  # the mpnet grid's holes: IA3 (its MPNet targets now given) and LoRA r=1/r=4 LR grids
-        return peer("ia3", "ia3", [3e-3, 1e-2, 3e-2]) + peer("lora", "lora:r=1", [3e-3, 3e-2]) \
+        return (
+            peer("ia3", "ia3", [3e-3, 1e-2, 3e-2])
+            + peer("lora", "lora:r=1", [3e-3, 3e-2])
             + peer("lora", "lora:r=4", [1e-3, 1e-2])
+        )
     if name == "mpnet3":  # after mpnet2: LoRA r=1/r=4 collapse on STS-B at every LR ≥ 1e-3; lower LRs, and
         # warm-up + clipping, for them and for X-PEFT's default
         wc = {"warmup": 0.06, "clip_norm": 1.0}
-        wcp = [c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
-               for c in peer("lora", "lora:r=1", [3e-3]) + peer("lora", "lora:r=4", [1e-3])]
-        return [xp("xp-sign-wc", mask="sign", family="x-peft sign (warm-up + clipping)", **wc)] + wcp \
-            + peer("lora", "lora:r=1", [3e-4]) + peer("lora", "lora:r=4", [3e-4])
+        wcp = [
+            c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
+            for c in peer("lora", "lora:r=1", [3e-3]) + peer("lora", "lora:r=4", [1e-3])
+        ]
+        return (
+            [xp("xp-sign-wc", mask="sign", family="x-peft sign (warm-up + clipping)", **wc)]
+            + wcp
+            + peer("lora", "lora:r=1", [3e-4])
+            + peer("lora", "lora:r=4", [3e-4])
+        )
     if name == "long":  # run with --epochs 10 (xpeft fit's default): does the gap to LoRA shrink with a longer fit?
         one = {"targets": "attention.output.dense"}  # LoRA's tuned runs were on the paper's one site
         tune = {"mask": "sign", "family": "x-peft sign", "tune": "x-peft sign, 10 epochs"}
-        return [xp("xp-sign", **tune), xp("s-lrm2e-2", lr_masks=2e-2, **tune), xp("s-ln3e-3", lr_ln=3e-3, **tune)] \
-            + [c | one for c in peer("lora", "lora:r=24", [1e-3, 3e-3]) + peer("lora", "lora:r=1", [1e-2])]
+        return [xp("xp-sign", **tune), xp("s-lrm2e-2", lr_masks=2e-2, **tune), xp("s-ln3e-3", lr_ln=3e-3, **tune)] + [
+            c | one for c in peer("lora", "lora:r=24", [1e-3, 3e-3]) + peer("lora", "lora:r=1", [1e-2])
+        ]
     if name == "design4":  # next: warm-up and clipping for every method (LoRA collapsed on STS-B at LR ≥ 1e-3 on
         # mpnet without them), and X-PEFT's LR search with them
         wc = {"warmup": 0.06, "clip_norm": 1.0}
         sg = {"mask": "sign", "family": "x-peft sign"}
         tune = {"tune": "x-peft sign, warm-up + clipping"}
-        wcp = [c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
-               for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])]
-        return [xp("s-wc", **wc, **sg, **tune), xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
-                xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune)] + wcp
+        wcp = [
+            c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
+            for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
+        ]
+        return [
+            xp("s-wc", **wc, **sg, **tune),
+            xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
+            xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune),
+        ] + wcp
     if name == "design5":  # after design3: the sign estimator (BinaryConnect's latent clipping), banks in the PLM's
         # own singular subspaces, design4's warm-up + clipping, and more seeds of the default and of LoRA
         sg = {"mask": "sign", "family": "x-peft sign"}
         wc = {"warmup": 0.06, "clip_norm": 1.0}
         tune = {"tune": "x-peft sign, warm-up + clipping"}
         two = {"targets": TWO_SITES}  # the peers on X-PEFT's default sites (the default bank's)
-        wcp = [c | wc | two | {"label": c["label"] + "-wc-2sites", "family": c["family"] + " (two sites, warm-up + clipping)"}
-               for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])]
-        seeds = [c | two | {"label": c["label"] + f"-2sites-s{s}", "family": c["family"] + f" (two sites, seed {s})",
-                            "seed": s}
-                 for s in (1, 2) for c in peer("lora", "lora:r=1", [1e-2])] \
-            + [c | two | {"label": c["label"] + "-2sites-s2", "family": c["family"] + " (two sites, seed 2)", "seed": 2}
-               for c in peer("lora", "lora:r=24", [3e-3])]
-        return [xp("s-clip1", mask_clip=1.0, **sg), xp("s-clip0.2", mask_clip=0.2, **sg),
-                xp("s-svdtop", subspace="top", **sg), xp("s-svdbottom", subspace="bottom", **sg),
+        wcp = [
+            c
+            | wc
+            | two
+            | {"label": c["label"] + "-wc-2sites", "family": c["family"] + " (two sites, warm-up + clipping)"}
+            for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
+        ]
+        seeds = [
+            c
+            | two
+            | {"label": c["label"] + f"-2sites-s{s}", "family": c["family"] + f" (two sites, seed {s})", "seed": s}
+            for s in (1, 2)
+            for c in peer("lora", "lora:r=1", [1e-2])
+        ] + [
+            c | two | {"label": c["label"] + "-2sites-s2", "family": c["family"] + " (two sites, seed 2)", "seed": 2}
+            for c in peer("lora", "lora:r=24", [3e-3])
+        ]
+        return (
+            [
+                xp("s-clip1", mask_clip=1.0, **sg),
+                xp("s-clip0.2", mask_clip=0.2, **sg),
+                xp("s-svdtop", subspace="top", **sg),
+                xp("s-svdbottom", subspace="bottom", **sg),
                 xp("s-s2", seed=2, **sg),
-                xp("s-wc", **wc, **sg, **tune), xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
-                xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune)] + seeds + wcp
+                xp("s-wc", **wc, **sg, **tune),
+                xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
+                xp("s-wc-ln3e-2", lr_ln=3e-2, **wc, **sg, **tune),
+            ]
+            + seeds
+            + wcp
+        )
     if name == "smoke":  # seconds on a CPU, with --tiny data
-        return [xp("xp-base", n=8, k=2), xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
-                xp("xp-soft", n=8, mask="soft"), xp("xp-sign", n=8, mask="sign"), xp("xp-linear", n=8, mask="linear")] + peer("lora", "lora:r=2", [1e-3]) \
-            + peer("vera", "vera:r=16", [1e-2]) + peer("ia3", "ia3", [1e-2]) \
-            + peer("vblora", "vblora:r=2,num_vectors=16,vector_length=16,topk=2", [1e-2]) \
-            + peer("head", "head", [1e-2]) + peer("bitfit", "bitfit", [1e-3])
+        return (
+            [
+                xp("xp-base", n=8, k=2),
+                xp("xp-anneal-outvec", n=8, k=2, soft_warmup=0.5, out_vector=True),
+                xp("xp-soft", n=8, mask="soft"),
+                xp("xp-sign", n=8, mask="sign"),
+                xp("xp-linear", n=8, mask="linear"),
+            ]
+            + peer("lora", "lora:r=2", [1e-3])
+            + peer("vera", "vera:r=16", [1e-2])
+            + peer("ia3", "ia3", [1e-2])
+            + peer("vblora", "vblora:r=2,num_vectors=16,vector_length=16,topk=2", [1e-2])
+            + peer("head", "head", [1e-2])
+            + peer("bitfit", "bitfit", [1e-3])
+        )
     raise SystemExit(f"unknown plan {name!r}")
 
 
@@ -187,7 +273,9 @@ def _data(src: str, task: str, which: str, max_rows: int | None):
     key = ("data", task, which)
     if key not in _CACHE:
         path = Path(src, f"{task}.{which}.json")
-        d = json.loads(gzip.decompress(path.with_suffix(".json.gz").read_bytes()) if not path.is_file() else path.read_text())
+        d = json.loads(
+            gzip.decompress(path.with_suffix(".json.gz").read_bytes()) if not path.is_file() else path.read_text()
+        )
         ex = Examples(d["texts"], d["pairs"], d["labels"], d["source"])
         if which == "train" and max_rows and len(ex) > max_rows:
             ex = ex.subset(sorted(random.Random(0).sample(range(len(ex)), max_rows)))
@@ -209,7 +297,7 @@ def subspace_bank(bank, encoder, which: str, share: float = 0.25):
             s = max(1, int(m * share))
             keep = slice(0, s) if which == "top" else slice(m - s, m)
             v, u = vh[keep].T, u[:, keep]  # (d_in, s), (d_out, s)
-            a, b = bank.A[l], bank.B[l]     # (N, d_in, r), (N, r, d_out)
+            a, b = bank.A[l], bank.B[l]  # (N, d_in, r), (N, r, d_out)
             bank.A[l] = (v @ (v.T @ a)) * math.sqrt(site.d_in / s)
             bank.B[l] = ((b @ u) @ u.T) * math.sqrt(site.d_out / s)
     bank.kind, bank.generator = "trained", None
@@ -218,8 +306,16 @@ def subspace_bank(bank, encoder, which: str, share: float = 0.25):
     return bank
 
 
-def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None, targets: str | None = None,
-          ln: bool = True, init_scale: float = 1.0, subspace: str | None = None):
+def _bank(
+    model: str | None,
+    n: int,
+    rank: int | None,
+    folder: str | None = None,
+    targets: str | None = None,
+    ln: bool = True,
+    init_scale: float = 1.0,
+    subspace: str | None = None,
+):
     from xpeft_cli.bank import Bank, SiteConfig
     from xpeft_cli.plm import load_encoder, resolve_model
 
@@ -232,8 +328,9 @@ def _bank(model: str | None, n: int, rank: int | None, folder: str | None = None
     if key not in _CACHE:
         plm = resolve_model(model)
         enc, _ = load_encoder(plm)
-        _CACHE[key] = Bank.create_random(plm, enc, n=n, rank=rank, seed=0, targets=targets, init_scale=init_scale,
-                                         config=SiteConfig(ln=ln))
+        _CACHE[key] = Bank.create_random(
+            plm, enc, n=n, rank=rank, seed=0, targets=targets, init_scale=init_scale, config=SiteConfig(ln=ln)
+        )
         if subspace:
             _CACHE[key] = subspace_bank(_CACHE[key], enc, subspace)
     return _CACHE[key]
@@ -243,31 +340,56 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     import torch
 
     from xpeft_cli import xpm
+    from xpeft_cli.batches import score
     from xpeft_cli.distributed import pick_device
-    from xpeft_cli.profile import apply_profile
     from xpeft_cli.peers import profile_bytes
+    from xpeft_cli.profile import apply_profile
     from xpeft_cli.tasks import official_metrics, preset
-    from xpeft_cli.train import FitConfig, fit_profile, score
+    from xpeft_cli.train import FitConfig, fit_profile
 
     p = preset(task)
     train, dev = _data(args.src, task, "train", args.max_train_rows), _data(args.src, task, "dev", None)
     fit_keys = set(FitConfig.__dataclass_fields__) - {"method"}
     over = {k: v for k, v in cfg.items() if k in fit_keys}
-    base = FitConfig(epochs=args.epochs, batch_size=args.batch_size, device=args.device, task=p.task_type,
-                     val_fraction=0.0, seed=args.seed)
+    base = FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        task=p.task_type,
+        val_fraction=0.0,
+        seed=args.seed,
+    )
     if cfg["method"] == "peft":
         lr = cfg["lr"]
-        fc = replace(base, method="peft", peer=cfg["peer"], lr_adapter=lr, seed=cfg.get("seed", base.seed),
-                     lr_head=lr if cfg["peer"] == "head" else base.lr_head,
-                     **{k: over[k] for k in ("warmup", "clip_norm") if k in over})
+        fc = replace(
+            base,
+            method="peft",
+            peer=cfg["peer"],
+            lr_adapter=lr,
+            seed=cfg.get("seed", base.seed),
+            lr_head=lr if cfg["peer"] == "head" else base.lr_head,
+            **{k: over[k] for k in ("warmup", "clip_norm") if k in over},
+        )
     else:
         fc = replace(base, **over)
-    bank = _bank(args.model, cfg.get("n", 400) if cfg["method"] == "x-peft" else 8, cfg.get("rank"), cfg.get("bank"),
-                 cfg.get("targets"), cfg.get("ln", True), cfg.get("init_scale", 1.0), cfg.get("subspace"))
+    bank = _bank(
+        args.model,
+        cfg.get("n", 400) if cfg["method"] == "x-peft" else 8,
+        cfg.get("rank"),
+        cfg.get("bank"),
+        cfg.get("targets"),
+        cfg.get("ln", True),
+        cfg.get("init_scale", 1.0),
+        cfg.get("subspace"),
+    )
     t0 = time.perf_counter()
     fit = fit_profile(bank, train, task, fc)
     device = pick_device(fc.device)
-    y_dev = [float(v) for v in dev.labels] if p.task_type == "regression" else [fit.profile.labels.index(v) for v in dev.labels]
+    y_dev = (
+        [float(v) for v in dev.labels]
+        if p.task_type == "regression"
+        else [fit.profile.labels.index(v) for v in dev.labels]
+    )
     n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
     # Every method is scored as kept on disk in float16 (x-peft: its .xpm read back; a peer: its
     # trained tensors rounded), and its bytes are those of that file; float32 bytes are recorded too.
@@ -298,10 +420,22 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
     _, preds = score(fit.model, fit.tokenizer, dev, y_dev, n_out, 128, fc.max_length, device, fc.precision)
     metrics = official_metrics(p, y_dev, preds)
-    return {"task": task, "config": cfg, "score": metrics["score"], "metrics": metrics, "bytes": size, "bytes_f32": size32,
-            "trainable": int(trainable), "steps": fit.steps, "train_rows": len(train), "dev_rows": len(dev),
-            "seconds": round(time.perf_counter() - t0, 1), "epochs": fc.epochs, "batch_size": fc.batch_size,
-            "seed": fc.seed}
+    return {
+        "task": task,
+        "config": cfg,
+        "score": metrics["score"],
+        "metrics": metrics,
+        "bytes": size,
+        "bytes_f32": size32,
+        "trainable": int(trainable),
+        "steps": fit.steps,
+        "train_rows": len(train),
+        "dev_rows": len(dev),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "epochs": fc.epochs,
+        "batch_size": fc.batch_size,
+        "seed": fc.seed,
+    }
 
 
 def _worker(queue, args, out: str, deadline: float, wid: int) -> None:
@@ -322,8 +456,11 @@ def _worker(queue, args, out: str, deadline: float, wid: int) -> None:
         except Exception as exc:  # one failing cell must not stop the sweep: record it
             res = {"task": task, "config": cfg, "error": f"{type(exc).__name__}: {exc}"}
         atomic_write_text(path, json.dumps(res, indent=1) + "\n")
-        print(f"[{wid}] {cell_id(task, cfg)} " + (res.get("error") or f"{res['score']:.4f} {res['bytes']}B {res['seconds']}s"),
-              flush=True)
+        print(
+            f"[{wid}] {cell_id(task, cfg)} "
+            + (res.get("error") or f"{res['score']:.4f} {res['bytes']}B {res['seconds']}s"),
+            flush=True,
+        )
 
 
 def run(args) -> None:
@@ -355,8 +492,12 @@ def run(args) -> None:
         import torch
         import transformers
 
-        env |= {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"}
+        env |= {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu",
+        }
     except Exception:
         pass
     Path(args.output, f"env-{args.plan}.json").write_text(json.dumps(env, indent=1) + "\n")
@@ -383,10 +524,18 @@ def summarise(cells: list[dict], tasks: list[str]) -> list[dict]:
         if not all(t in per for t in tasks):
             continue
         cfg = per[tasks[0]]["config"]
-        rows.append({"label": label, "family": cfg["family"], "kind": "config", "config": cfg,
-                     "scores": {t: per[t]["score"] for t in tasks}, "avg": sum(per[t]["score"] for t in tasks) / len(tasks),
-                     "bytes": sum(per[t]["bytes"] for t in tasks) / len(tasks),
-                     "trainable": sum(per[t]["trainable"] for t in tasks) / len(tasks)})
+        rows.append(
+            {
+                "label": label,
+                "family": cfg["family"],
+                "kind": "config",
+                "config": cfg,
+                "scores": {t: per[t]["score"] for t in tasks},
+                "avg": sum(per[t]["score"] for t in tasks) / len(tasks),
+                "bytes": sum(per[t]["bytes"] for t in tasks) / len(tasks),
+                "trainable": sum(per[t]["trainable"] for t in tasks) / len(tasks),
+            }
+        )
     fams: dict[str, list[dict]] = {}
     for r in rows:
         if r["config"]["method"] == "peft":
@@ -395,11 +544,19 @@ def summarise(cells: list[dict], tasks: list[str]) -> list[dict]:
             fams.setdefault(r["config"].get("tune") or TUNE_LABELS[r["label"]], []).append(r)
     for fam, rs in fams.items():
         best = {t: max(rs, key=lambda r: r["scores"][t]) for t in tasks}
-        rows.append({"label": f"{fam} (best LR per task)", "family": fam, "kind": "tuned", "method": rs[0]["config"]["method"],
-                     "scores": {t: best[t]["scores"][t] for t in tasks},
-                     "lrs": {t: best[t]["config"].get("lr", best[t]["label"]) for t in tasks},
-                     "avg": sum(best[t]["scores"][t] for t in tasks) / len(tasks),
-                     "bytes": sum(r["bytes"] for r in rs) / len(rs), "trainable": rs[0]["trainable"]})
+        rows.append(
+            {
+                "label": f"{fam} (best LR per task)",
+                "family": fam,
+                "kind": "tuned",
+                "method": rs[0]["config"]["method"],
+                "scores": {t: best[t]["scores"][t] for t in tasks},
+                "lrs": {t: best[t]["config"].get("lr", best[t]["label"]) for t in tasks},
+                "avg": sum(best[t]["scores"][t] for t in tasks) / len(tasks),
+                "bytes": sum(r["bytes"] for r in rs) / len(rs),
+                "trainable": rs[0]["trainable"],
+            }
+        )
     return rows
 
 
@@ -407,27 +564,41 @@ def report(args) -> None:
     cells = load_cells(args.output)
     tasks = [t for t in args.tasks if any(c["task"] == t for c in cells)]
     rows = summarise(cells, tasks)
-    rows.sort(key=lambda r: (-r["avg"]))
+    rows.sort(key=lambda r: -r["avg"])
     errors = [c for c in cells if "error" in c]
     envs = [json.loads(p.read_text()) for p in sorted(Path(args.output).glob("env-*.json"))]
-    lines = [f"# Accuracy against bytes per profile ({args.tag})", "",
-             "GLUE dev, official metric per task (MCC for cola, mean of accuracy and F1 for mrpc, mean of Pearson and "
-             "Spearman for stsb, accuracy otherwise); bytes: one profile on disk, mean over the tasks.", ""]
+    lines = [
+        f"# Accuracy against bytes per profile ({args.tag})",
+        "",
+        "GLUE dev, official metric per task (MCC for cola, mean of accuracy and F1 for mrpc, mean of Pearson and "
+        "Spearman for stsb, accuracy otherwise); bytes: one profile on disk, mean over the tasks.",
+        "",
+    ]
     for e in envs:
-        lines.append(f"Run: `{' '.join(e.get('argv', []))}` — {e.get('device')}, torch {e.get('torch')}, "
-                     f"transformers {e.get('transformers')}, peft {e.get('peft')}")
-    lines += ["", "| method | " + " | ".join(tasks) + " | avg | bytes/profile | trainable params |",
-              "|---|" + "---|" * (len(tasks) + 3)]
+        lines.append(
+            f"Run: `{' '.join(e.get('argv', []))}` — {e.get('device')}, torch {e.get('torch')}, "
+            f"transformers {e.get('transformers')}, peft {e.get('peft')}"
+        )
+    lines += [
+        "",
+        "| method | " + " | ".join(tasks) + " | avg | bytes/profile | trainable params |",
+        "|---|" + "---|" * (len(tasks) + 3),
+    ]
     for r in rows:
-        lines.append(f"| {r['label']} | " + " | ".join(f"{r['scores'][t]:.3f}" for t in tasks)
-                     + f" | **{r['avg']:.3f}** | {r['bytes']:,.0f} | {r['trainable']:,.0f} |")
+        lines.append(
+            f"| {r['label']} | "
+            + " | ".join(f"{r['scores'][t]:.3f}" for t in tasks)
+            + f" | **{r['avg']:.3f}** | {r['bytes']:,.0f} | {r['trainable']:,.0f} |"
+        )
     if errors:
         lines += ["", "Failed cells:"] + [f"- {c['task']} {c['config']['label']}: {c['error']}" for c in errors]
     md = "\n".join(lines) + "\n"
     Path(args.output, f"frontier-{args.tag}.md").write_text(md)
     cells.sort(key=lambda c: (c["config"]["label"], c["task"]))
     Path(args.output, "cells.json").write_text(json.dumps(cells, indent=0, sort_keys=True) + "\n")
-    Path(args.output, f"frontier-{args.tag}.json").write_text(json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n")
+    Path(args.output, f"frontier-{args.tag}.json").write_text(
+        json.dumps({"tasks": tasks, "rows": rows}, indent=1) + "\n"
+    )
     plot(rows, Path(args.output, f"frontier-{args.tag}.png"), args.tag)
     print(md)
 
@@ -451,15 +622,31 @@ def plot(rows: list[dict], path: Path, tag: str) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 6.5))
     peers = [r for r in rows if r["kind"] == "tuned" and r["method"] == "peft"]
-    designs = sorted((r for r in rows if (r["kind"] == "config" and r["config"]["method"] == "x-peft")
-                      or (r["kind"] == "tuned" and r["method"] == "x-peft")), key=lambda r: -r["avg"])[:16]
+    designs = sorted(
+        (
+            r
+            for r in rows
+            if (r["kind"] == "config" and r["config"]["method"] == "x-peft")
+            or (r["kind"] == "tuned" and r["method"] == "x-peft")
+        ),
+        key=lambda r: -r["avg"],
+    )[:16]
     for r in peers:
         ax.scatter(r["bytes"], r["avg"], marker="o", s=60, color="tab:gray", edgecolor="black", zorder=3)
         ax.annotate(r["family"], (r["bytes"], r["avg"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     cmap = plt.get_cmap("viridis")
     for i, r in enumerate(designs):
-        ax.scatter(r["bytes"], r["avg"], marker="*", s=150, color=cmap(i / max(1, len(designs) - 1)),
-                   edgecolor="black", linewidth=0.5, label=f"{r['label']} ({r['avg']:.3f})", zorder=4)
+        ax.scatter(
+            r["bytes"],
+            r["avg"],
+            marker="*",
+            s=150,
+            color=cmap(i / max(1, len(designs) - 1)),
+            edgecolor="black",
+            linewidth=0.5,
+            label=f"{r['label']} ({r['avg']:.3f})",
+            zorder=4,
+        )
     front = pareto([(r["bytes"], r["avg"]) for r in peers + designs])
     ax.plot(*zip(*front), "--", color="tab:red", linewidth=1, zorder=2, label="frontier")
     ax.set_xscale("log")

@@ -7,6 +7,7 @@ file) or an IntegrityError with a one-line message: anything else is a bug and i
 `--cli N` also runs N mutated files through `xpeft inspect` in-process and checks exit code 4
 and a single stderr line. Writes benchmarks/results/fuzz_xpm.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,20 +42,39 @@ def seeds() -> list[bytes]:
             r[rng.choice(n, k, replace=False)] = True
         return m
 
-    full = Profile(name="alice", mask_kind="hard", n=400, L=6, k=50, bank_hash="ab" * 32,
-                   mask_a=rows(6, 400, 50), mask_b=rows(6, 400, 50),
-                   ln_weight=rng.standard_normal((6, 24)).astype(np.float32),
-                   ln_bias=rng.standard_normal((6, 24)).astype(np.float32),
-                   head_weight=rng.standard_normal((3, 384)).astype(np.float32),
-                   head_bias=rng.standard_normal(3).astype(np.float32), labels=["food", "sports", "technology"],
-                   meta={"fit": {"seed": 0}})
-    small = Profile(name="x", mask_kind="hard", n=10, L=1, k=2, bank_hash="cd" * 32, mask_a=rows(1, 10, 2),
-                    mask_b=rows(1, 10, 2))
-    soft = Profile(name="s", mask_kind="soft", n=30, L=2, k=0, bank_hash="ef" * 32,
-                   mask_a=rng.standard_normal((2, 30)).astype(np.float32),
-                   mask_b=rng.standard_normal((2, 30)).astype(np.float32), soft_dtype="float16",
-                   head_weight=rng.standard_normal((1, 16)).astype(np.float32),
-                   head_bias=np.zeros(1, np.float32), task="regression")
+    full = Profile(
+        name="alice",
+        mask_kind="hard",
+        n=400,
+        L=6,
+        k=50,
+        bank_hash="ab" * 32,
+        mask_a=rows(6, 400, 50),
+        mask_b=rows(6, 400, 50),
+        ln_weight=rng.standard_normal((6, 24)).astype(np.float32),
+        ln_bias=rng.standard_normal((6, 24)).astype(np.float32),
+        head_weight=rng.standard_normal((3, 384)).astype(np.float32),
+        head_bias=rng.standard_normal(3).astype(np.float32),
+        labels=["food", "sports", "technology"],
+        meta={"fit": {"seed": 0}},
+    )
+    small = Profile(
+        name="x", mask_kind="hard", n=10, L=1, k=2, bank_hash="cd" * 32, mask_a=rows(1, 10, 2), mask_b=rows(1, 10, 2)
+    )
+    soft = Profile(
+        name="s",
+        mask_kind="soft",
+        n=30,
+        L=2,
+        k=0,
+        bank_hash="ef" * 32,
+        mask_a=rng.standard_normal((2, 30)).astype(np.float32),
+        mask_b=rng.standard_normal((2, 30)).astype(np.float32),
+        soft_dtype="float16",
+        head_weight=rng.standard_normal((1, 16)).astype(np.float32),
+        head_bias=np.zeros(1, np.float32),
+        task="regression",
+    )
     return [encode(full), encode(small), encode(soft)]
 
 
@@ -116,18 +136,34 @@ def main() -> None:
                     cli[f"BUG exit {code}, {len(lines)} stderr lines"] += 1
                     bugs.append(f"cli: exit {code}: {err.getvalue()[:200]}")
 
-    res = {"command": "python benchmarks/fuzz_xpm.py " + " ".join(sys.argv[1:]), "cases": args.cases,
-           "seconds": round(seconds, 1), "cases_per_second": round(args.cases / seconds),
-           "slowest_case_ms": round(slowest * 1000, 3), "peak_traced_memory_bytes": peak,
-           "largest_input_bytes": biggest_input, "outcomes": {k: dict(v) for k, v in outcomes.items()},
-           "cli_cases": dict(cli), "bugs": bugs[:50], "bug_count": len(bugs),
-           "python": platform.python_version(), "machine": platform.machine()}
+    res = {
+        "command": "python benchmarks/fuzz_xpm.py " + " ".join(sys.argv[1:]),
+        "cases": args.cases,
+        "seconds": round(seconds, 1),
+        "cases_per_second": round(args.cases / seconds),
+        "slowest_case_ms": round(slowest * 1000, 3),
+        "peak_traced_memory_bytes": peak,
+        "largest_input_bytes": biggest_input,
+        "outcomes": {k: dict(v) for k, v in outcomes.items()},
+        "cli_cases": dict(cli),
+        "bugs": bugs[:50],
+        "bug_count": len(bugs),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    md = [f"# .xpm reader fuzzing: {args.cases:,} mutated files", "", f"Command: `{res['command']}`", "",
-          f"{res['cases_per_second']:,} cases/s; slowest case {res['slowest_case_ms']} ms; peak traced memory "
-          f"{peak:,} bytes (largest input {biggest_input:,} bytes); bugs: {len(bugs)}.", "",
-          "| kind | read | refused | other exception |", "|---|---|---|---|"]
+    md = [
+        f"# .xpm reader fuzzing: {args.cases:,} mutated files",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"{res['cases_per_second']:,} cases/s; slowest case {res['slowest_case_ms']} ms; peak traced memory "
+        f"{peak:,} bytes (largest input {biggest_input:,} bytes); bugs: {len(bugs)}.",
+        "",
+        "| kind | read | refused | other exception |",
+        "|---|---|---|---|",
+    ]
     for k in KINDS:
         o = outcomes[k]
         md.append(f"| {k} | {o['read']} | {o['refused']} | {o['other_exception']} |")

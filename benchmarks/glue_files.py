@@ -2,6 +2,7 @@
 
 Only what the benchmarks need; full task presets with official metrics are a separate feature.
 """
+
 from __future__ import annotations
 
 import csv

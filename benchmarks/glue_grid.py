@@ -6,6 +6,7 @@
 `export` reads each preset's splits with xpeft's own loaders and writes them as plain JSON;
 `run` feeds them to the same grid runner that `xpeft bench glue` uses.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def export(data_dir: str, to: str, tasks: list[str]) -> None:
     for t in tasks:
         for which in ("train", "dev"):
             ex = load_split(preset(t), which, data_dir).examples
-            Path(to, f"{t}.{which}.json").write_text(json.dumps({"texts": ex.texts, "pairs": ex.pairs,
-                                                                 "labels": ex.labels, "source": ex.source}))
+            Path(to, f"{t}.{which}.json").write_text(
+                json.dumps({"texts": ex.texts, "pairs": ex.pairs, "labels": ex.labels, "source": ex.source})
+            )
             print(t, which, len(ex))
 
 
@@ -59,20 +61,46 @@ def main() -> None:
         d = json.loads(Path(args.src, f"{task}.{which}.json").read_text())
         return Examples(d["texts"], d["pairs"], d["labels"], d["source"])
 
-    base = FitConfig(k=args.k, epochs=args.epochs, batch_size=args.batch_size, device=args.device, lr_masks=args.lr_masks,
-                     nu=args.nu, tau=args.tau)
+    base = FitConfig(
+        k=args.k,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        lr_masks=args.lr_masks,
+        nu=args.nu,
+        tau=args.tau,
+    )
     cells = plan(args.tasks, args.methods, args.n, args.mask)
-    results = run_grid(cells, "", args.output, base, model=args.model, max_train_rows=args.max_train_rows,
-                       loader=loader, init_scale=args.init_scale, on_cell=lambda c, r, cached: print(("cached " if cached else "done   ") + c.id,
-                                                                         r["metric"], round(r["score"], 4),
-                                                                         f"{r['seconds']}s", flush=True))
-    command = ("python benchmarks/glue_grid.py run --tasks " + " ".join(args.tasks) + f" --n {' '.join(map(str, args.n))}"
-               f" --methods {' '.join(args.methods)} --mask {' '.join(args.mask)} --epochs {args.epochs}"
-               f" --batch-size {args.batch_size} --max-train-rows {args.max_train_rows} --lr-masks {args.lr_masks}"
-               f" --nu {args.nu} --tau {args.tau} --init-scale {args.init_scale} --k {args.k}")
+    results = run_grid(
+        cells,
+        "",
+        args.output,
+        base,
+        model=args.model,
+        max_train_rows=args.max_train_rows,
+        loader=loader,
+        init_scale=args.init_scale,
+        on_cell=lambda c, r, cached: print(
+            ("cached " if cached else "done   ") + c.id,
+            r["metric"],
+            round(r["score"], 4),
+            f"{r['seconds']}s",
+            flush=True,
+        ),
+    )
+    command = (
+        "python benchmarks/glue_grid.py run --tasks " + " ".join(args.tasks) + f" --n {' '.join(map(str, args.n))}"
+        f" --methods {' '.join(args.methods)} --mask {' '.join(args.mask)} --epochs {args.epochs}"
+        f" --batch-size {args.batch_size} --max-train-rows {args.max_train_rows} --lr-masks {args.lr_masks}"
+        f" --nu {args.nu} --tau {args.tau} --init-scale {args.init_scale} --k {args.k}"
+    )
     md, doc = table(results, command)
-    doc |= {"epochs": args.epochs, "batch_size": args.batch_size, "max_train_rows": args.max_train_rows,
-            "cells": results}
+    doc |= {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_train_rows": args.max_train_rows,
+        "cells": results,
+    }
     Path(args.output, "results.md").write_text(f"Command: `{command}`\n\n" + md)
     Path(args.output, "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(md)

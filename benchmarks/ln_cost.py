@@ -5,6 +5,7 @@
 
 Writes benchmarks/results/ln_cost.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,10 @@ from pathlib import Path
 import torch
 
 from xpeft_cli import Bank, FitConfig, SiteConfig, fit_profile
+from xpeft_cli.batches import score
+from xpeft_cli.distributed import pick_device
 from xpeft_cli.plm import load_encoder, resolve_model
 from xpeft_cli.tasks import load_split, official_metrics, preset
-from xpeft_cli.distributed import pick_device
-from xpeft_cli.train import score
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "ln_cost"
@@ -51,23 +52,39 @@ def main() -> None:
                 train = train.subset(sorted(random.Random(0).sample(range(len(train)), args.max_train_rows)))
             for ln in (True, False):
                 t0 = time.perf_counter()
-                cfg = FitConfig(epochs=args.epochs, batch_size=32, device=args.device, val_fraction=0.0,
-                                task=p.task_type)
+                cfg = FitConfig(
+                    epochs=args.epochs, batch_size=32, device=args.device, val_fraction=0.0, task=p.task_type
+                )
                 fit = fit_profile(banks[ln], train, task, cfg)
-                y = [fit.profile.labels.index(v) for v in dev.labels] if p.task_type != "regression" else \
-                    [float(v) for v in dev.labels]
+                y = (
+                    [fit.profile.labels.index(v) for v in dev.labels]
+                    if p.task_type != "regression"
+                    else [float(v) for v in dev.labels]
+                )
                 n_out = len(fit.profile.labels) if fit.profile.labels else 1
                 _, preds = score(fit.model, fit.tokenizer, dev, y, n_out, 128, 128, pick_device(args.device))
                 m = official_metrics(p, y, preds)
-                rows.append({"task": task, "ln": "layernorm" if ln else "none", "score": m["score"],
-                             "seconds": round(time.perf_counter() - t0, 1)})
+                rows.append(
+                    {
+                        "task": task,
+                        "ln": "layernorm" if ln else "none",
+                        "score": m["score"],
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     cmd = "python benchmarks/ln_cost.py " + " ".join(sys.argv[1:])
-    OUT.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows, "torch": torch.__version__},
-                                                   indent=2) + "\n")
-    md = [f"# Bottleneck LayerNorm vs none (hard N=400, k=50, {args.epochs} epochs, "
-          f"≤{args.max_train_rows} train rows)", "", f"Command: `{cmd}`", "", "| task | layernorm | none | cost of none |",
-          "|---|---|---|---|"]
+    OUT.with_suffix(".json").write_text(
+        json.dumps({"command": cmd, "rows": rows, "torch": torch.__version__}, indent=2) + "\n"
+    )
+    md = [
+        f"# Bottleneck LayerNorm vs none (hard N=400, k=50, {args.epochs} epochs, ≤{args.max_train_rows} train rows)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        "| task | layernorm | none | cost of none |",
+        "|---|---|---|---|",
+    ]
     for t in args.tasks:
         a = next(r["score"] for r in rows if r["task"] == t and r["ln"] == "layernorm")
         b = next(r["score"] for r in rows if r["task"] == t and r["ln"] == "none")

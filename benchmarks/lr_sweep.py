@@ -5,6 +5,7 @@
 Writes benchmarks/results/lr_sweep.{json,md}. Every run: random bank N=400 (seed 0), k=50,
 batch 32, same seed and data; only the named hyperparameters change.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from glue_files import sst2  # noqa: E402
 
 from xpeft_cli import Bank, FitConfig, fit_profile  # noqa: E402
+from xpeft_cli.batches import score  # noqa: E402
 from xpeft_cli.plm import load_encoder, resolve_model  # noqa: E402
-from xpeft_cli.train import score  # noqa: E402
 
 GRID = [
     ("masks frozen (lr 0)", dict(lr_masks=0.0)),
@@ -77,28 +78,73 @@ def main() -> None:
         if args.only and str(i) not in args.only:
             continue
         # every row is the baseline with one change; the baseline fixes nu=1.0, as in the recorded runs
-        cfg = FitConfig(**({"k": 50, "epochs": args.epochs, "batch_size": 32, "seed": 0, "device": args.device,
-                            "val_fraction": 0.0, "lr_masks": 5e-2, "lr_ln": 1e-3, "lr_head": 3e-3, "nu": 1.0} | over))
+        cfg = FitConfig(
+            **(
+                {
+                    "k": 50,
+                    "epochs": args.epochs,
+                    "batch_size": 32,
+                    "seed": 0,
+                    "device": args.device,
+                    "val_fraction": 0.0,
+                    "lr_masks": 5e-2,
+                    "lr_ln": 1e-3,
+                    "lr_head": 3e-3,
+                    "nu": 1.0,
+                }
+                | over
+            )
+        )
         t0 = time.perf_counter()
         res = fit_profile(bank, train, "sst2", cfg)
-        metrics, _ = score(res.model, res.tokenizer, dev, [int(v) for v in dev.labels], 2, 128, 128,
-                           next(res.model.parameters()).device)
-        rows.append({"run": name, "config": over, "dev_accuracy": metrics["accuracy"], "dev_macro_f1": metrics["macro_f1"],
-                     "masks_moved": masks_moved(res.profile), "seconds": round(time.perf_counter() - t0, 1)})
+        metrics, _ = score(
+            res.model,
+            res.tokenizer,
+            dev,
+            [int(v) for v in dev.labels],
+            2,
+            128,
+            128,
+            next(res.model.parameters()).device,
+        )
+        rows.append(
+            {
+                "run": name,
+                "config": over,
+                "dev_accuracy": metrics["accuracy"],
+                "dev_macro_f1": metrics["macro_f1"],
+                "masks_moved": masks_moved(res.profile),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         with open(args.out + ".partial.jsonl", "a") as fh:  # survives a time limit
             fh.write(json.dumps(rows[-1]) + "\n")
-    meta = {"command": " ".join(["python", "benchmarks/lr_sweep.py"] + sys.argv[1:]), "model": plm.ref,
-            "model_sha256": plm.fingerprint, "train_rows": len(train),
-            "dev_rows": len(dev), "epochs": args.epochs, "device": str(args.device), "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    meta = {
+        "command": " ".join(["python", "benchmarks/lr_sweep.py"] + sys.argv[1:]),
+        "model": plm.ref,
+        "model_sha256": plm.fingerprint,
+        "train_rows": len(train),
+        "dev_rows": len(dev),
+        "epochs": args.epochs,
+        "device": str(args.device),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    md = [f"# LR sweep on SST-2 (default PLM, N=400, k=50, {len(train)} train rows, {args.epochs} epochs)", "",
-          f"Command: `{meta['command']}`; device: {meta['cuda'] or meta['machine']}; torch {meta['torch']}.", "",
-          "| run | dev acc | dev macro-F1 | masks moved | s |", "|---|---|---|---|---|"]
-    md += [f"| {r['run']} | {r['dev_accuracy']:.4f} | {r['dev_macro_f1']:.4f} | {r['masks_moved']:.3f} | {r['seconds']} |"
-           for r in rows]
+    md = [
+        f"# LR sweep on SST-2 (default PLM, N=400, k=50, {len(train)} train rows, {args.epochs} epochs)",
+        "",
+        f"Command: `{meta['command']}`; device: {meta['cuda'] or meta['machine']}; torch {meta['torch']}.",
+        "",
+        "| run | dev acc | dev macro-F1 | masks moved | s |",
+        "|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['run']} | {r['dev_accuracy']:.4f} | {r['dev_macro_f1']:.4f} | {r['masks_moved']:.3f} | {r['seconds']} |"
+        for r in rows
+    ]
     Path(args.out + ".md").write_text("\n".join(md) + "\n")
 
 

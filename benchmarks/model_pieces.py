@@ -13,6 +13,7 @@ it is warm, 30 s after each call); each call carries `.devpieces/mpnet/piece-K` 
 `receive` copies the pieces it finds out of the work tree, and once all of them are there it joins
 them, checks the SHA-256 and prints the model folder, ready for `--model /root/mpnet-fp16`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ def split(model: str, out: Path, piece: int = PIECE) -> dict:
             shutil.copy(f, small / f.name)
     half = out / WEIGHTS
     tensors = load_file(plm.path / WEIGHTS)
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()}, half,
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items()},
+        half,
+        metadata={"format": "pt"},
+    )
     digest, names = sha256(half), []
     with open(half, "rb") as fh:
         k = 0
@@ -61,8 +65,13 @@ def split(model: str, out: Path, piece: int = PIECE) -> dict:
             names.append(name)
             k += 1
     half.unlink()
-    manifest = {"source": plm.ref, "source_sha256": plm.fingerprint, "weights": WEIGHTS, "sha256": digest,
-                "pieces": names}
+    manifest = {
+        "source": plm.ref,
+        "source_sha256": plm.fingerprint,
+        "weights": WEIGHTS,
+        "sha256": digest,
+        "pieces": names,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

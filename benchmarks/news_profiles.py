@@ -10,6 +10,7 @@ the remaining authors are the new profiles: fitted on their train rows, scored o
 test rows. Every fit uses the same label set (all 29 categories). Reads JSONL with the json
 module (no `datasets`), so it runs on the GPU box as is. Writes results/news-<tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def read_jsonl(path: Path) -> Examples:
     rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    return Examples([r["text"] for r in rows], None, [r["label"] for r in rows], str(path), [r["profile"] for r in rows])
+    return Examples(
+        [r["text"] for r in rows], None, [r["label"] for r in rows], str(path), [r["profile"] for r in rows]
+    )
 
 
 def only(ex: Examples, names: set[str]) -> Examples:
@@ -53,10 +56,16 @@ def save_and_score(bank, res, test: Examples, folder: Path) -> dict:
         else:
             sizes.append(write_adapter(prof, folder / f"{profile_filename(name)}.safetensors"))
     ev = evaluate_many(bank, ProfileSource(folder), test, batch_size=256)
-    return {"mean_accuracy": round(ev["mean"]["accuracy"], 4), "mean_macro_f1": round(ev["mean"]["macro_f1"], 4),
-            "row_weighted_accuracy": round(ev["row_weighted"]["accuracy"], 4), "profiles": ev["count"],
-            "bytes_per_profile": round(sum(sizes) / len(sizes), 1), "fit_s": round(res.seconds, 2),
-            "steps": res.steps, "per_profile": {n: round(m["accuracy"], 4) for n, m in ev["profiles"].items()}}
+    return {
+        "mean_accuracy": round(ev["mean"]["accuracy"], 4),
+        "mean_macro_f1": round(ev["mean"]["macro_f1"], 4),
+        "row_weighted_accuracy": round(ev["row_weighted"]["accuracy"], 4),
+        "profiles": ev["count"],
+        "bytes_per_profile": round(sum(sizes) / len(sizes), 1),
+        "fit_s": round(res.seconds, 2),
+        "steps": res.steps,
+        "per_profile": {n: round(m["accuracy"], 4) for n, m in ev["profiles"].items()},
+    }
 
 
 def main() -> None:
@@ -78,15 +87,26 @@ def main() -> None:
     bank_names = pick_profiles(train, args.bank_profiles)
     new = [p for p in dict.fromkeys(train.profiles) if p not in set(bank_names)]
     if args.limit_new:
-        new = new[:args.limit_new]
+        new = new[: args.limit_new]
     new_train, new_test = only(train, set(new)), only(test, set(new))
     plm = resolve_model(args.model)
     cfg = FitConfig(epochs=args.epochs, labels=labels, val_fraction=0.0)
-    out = {"meta": {"command": "python benchmarks/news_profiles.py " + " ".join(sys.argv[1:]),
-                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.machine(),
-                    "torch": torch.__version__, "model": plm.ref, "bank_profiles": len(bank_names),
-                    "new_profiles": len(new), "new_train_rows": len(new_train), "new_test_rows": len(new_test),
-                    "labels": len(labels), "epochs": args.epochs}, "banks": {}, "results": {}}
+    out = {
+        "meta": {
+            "command": "python benchmarks/news_profiles.py " + " ".join(sys.argv[1:]),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.machine(),
+            "torch": torch.__version__,
+            "model": plm.ref,
+            "bank_profiles": len(bank_names),
+            "new_profiles": len(new),
+            "new_train_rows": len(new_train),
+            "new_test_rows": len(new_test),
+            "labels": len(labels),
+            "epochs": args.epochs,
+        },
+        "banks": {},
+        "results": {},
+    }
     print(json.dumps(out["meta"]), flush=True)
     banks = {}
     for method in [b for b in ("sa", "mtl") if b in args.banks]:
@@ -94,10 +114,15 @@ def main() -> None:
         t0 = time.perf_counter()
         bank, rep = from_profiles(plm, enc, only(train, set(bank_names)), len(bank_names), method, cfg)
         banks[method] = bank
-        out["banks"][method] = {"seconds": round(time.perf_counter() - t0, 2), "steps": rep["steps"],
-                                "rows": rep["rows"], "bank_hash": bank.bank_hash}
+        out["banks"][method] = {
+            "seconds": round(time.perf_counter() - t0, 2),
+            "steps": rep["steps"],
+            "rows": rep["rows"],
+            "bank_hash": bank.bank_hash,
+        }
         print(method, json.dumps(out["banks"][method]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+
         def record(key, bank, res):
             out["results"][key] = save_and_score(bank, res, new_test, Path(tmp) / key)
             print(key, json.dumps({k: v for k, v in out["results"][key].items() if k != "per_profile"}), flush=True)
@@ -113,7 +138,7 @@ def main() -> None:
             for mask in args.masks:
                 if mask == "sign" and bank.kind == "trained":
                     continue  # ±1/N over a few trained LoRAs is not what sign masks are for
-                for k in ((args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]):
+                for k in (args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]:
                     c = FitConfig(**{**cfg.__dict__, "mask": mask, "k": k or 50})
                     key = f"x-peft {mask}{f' k={k}' if k else ''} on {bname} bank"
                     record(key, bank, fit_profiles(bank, new_train, c))
@@ -127,26 +152,39 @@ def main() -> None:
             for name in new:
                 fit_profile(banks["mtl"], only(new_train, {name}), name, c)  # loads the PLM each time, as a CLI run
             per_author = time.perf_counter() - t0
-            out["one_run_vs_per_profile"] = {"one_run_s": round(one_run, 2), "per_profile_runs_s": round(per_author, 2),
-                                             "speedup": round(per_author / one_run, 1), "profiles": len(new),
-                                             "note": "in-process: per-author runs exclude Python/CUDA start-up"}
+            out["one_run_vs_per_profile"] = {
+                "one_run_s": round(one_run, 2),
+                "per_profile_runs_s": round(per_author, 2),
+                "speedup": round(per_author / one_run, 1),
+                "profiles": len(new),
+                "note": "in-process: per-author runs exclude Python/CUDA start-up",
+            }
             print(json.dumps(out["one_run_vs_per_profile"]), flush=True)
     results = args.results
     results.mkdir(parents=True, exist_ok=True)
     tag = args.tag or ("cuda" if torch.cuda.is_available() else "cpu")
     (results / f"news-{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
-    md = [f"# News Category (LaMP-2 source): {len(new)} new authors over banks of {len(bank_names)} authors",
-          "", f"`{out['meta']['command']}` on {out['meta']['device']}, torch {out['meta']['torch']}, "
-          f"{args.epochs} epochs, {len(labels)} labels, {len(new_test)} test rows.", "",
-          "| mode | mean accuracy | mean macro-F1 | row-weighted acc | bytes/profile | fit s (one run) |",
-          "|---|---|---|---|---|---|"]
+    md = [
+        f"# News Category (LaMP-2 source): {len(new)} new authors over banks of {len(bank_names)} authors",
+        "",
+        f"`{out['meta']['command']}` on {out['meta']['device']}, torch {out['meta']['torch']}, "
+        f"{args.epochs} epochs, {len(labels)} labels, {len(new_test)} test rows.",
+        "",
+        "| mode | mean accuracy | mean macro-F1 | row-weighted acc | bytes/profile | fit s (one run) |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, r in out["results"].items():
-        md.append(f"| {key} | {r['mean_accuracy']} | {r['mean_macro_f1']} | {r['row_weighted_accuracy']} | "
-                  f"{r['bytes_per_profile']} | {r['fit_s']} |")
+        md.append(
+            f"| {key} | {r['mean_accuracy']} | {r['mean_macro_f1']} | {r['row_weighted_accuracy']} | "
+            f"{r['bytes_per_profile']} | {r['fit_s']} |"
+        )
     if "one_run_vs_per_profile" in out:
         o = out["one_run_vs_per_profile"]
-        md += ["", f"All {o['profiles']} new authors in one run: {o['one_run_s']} s; one run per author: "
-               f"{o['per_profile_runs_s']} s; **{o['speedup']}×**."]
+        md += [
+            "",
+            f"All {o['profiles']} new authors in one run: {o['one_run_s']} s; one run per author: "
+            f"{o['per_profile_runs_s']} s; **{o['speedup']}×**.",
+        ]
     (results / f"news-{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

@@ -7,6 +7,7 @@ default PLM, a random N=400 bank and 300 random hard profiles, one per request a
 ProfileServer.outputs (tokenising and padding included) in four set-ups, best of three, and
 whether the answers equal those of the eager, per-batch-mixing server. Prints JSON lines.
 """
+
 import argparse
 import json
 import sys
@@ -17,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import random_profiles  # noqa: E402
+
 from xpeft_cli.bank import Bank  # noqa: E402
 from xpeft_cli.plm import load_encoder, resolve_model  # noqa: E402
 from xpeft_cli.serve import ProfileServer  # noqa: E402
@@ -48,7 +50,18 @@ for graphs, cache in ((False, 0.0), (True, 0.0), (False, 4.0), (True, 4.0)):
     del srv
 base, tb = res[(False, 0.0)][:2]
 for key, (out, t, ng, cached) in res.items():
-    print(json.dumps({"cuda_graphs": key[0], "cache_gb": key[1], "precomputed": cached, "requests": len(texts),
-                      "seconds": round(t, 3), "speedup_vs_eager_uncached": round(tb / t, 2), "graphs_captured": ng,
-                      "argmax_equal": round(float((out.argmax(-1) == base.argmax(-1)).float().mean()), 4),
-                      "max_abs_diff": round(float((out - base).abs().max()), 4)}))
+    print(
+        json.dumps(
+            {
+                "cuda_graphs": key[0],
+                "cache_gb": key[1],
+                "precomputed": cached,
+                "requests": len(texts),
+                "seconds": round(t, 3),
+                "speedup_vs_eager_uncached": round(tb / t, 2),
+                "graphs_captured": ng,
+                "argmax_equal": round(float((out.argmax(-1) == base.argmax(-1)).float().mean()), 4),
+                "max_abs_diff": round(float((out - base).abs().max()), 4),
+            }
+        )
+    )

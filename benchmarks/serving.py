@@ -13,15 +13,16 @@ Loading: writing and reading 10,000 .xpm files, building the table; switching: l
 profile into an XPeftModel and its first batch vs. the routed model (nothing to switch).
 Writes benchmarks/results/serving-<tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
 import sys
 import tempfile
-import itertools
 import time
 import types
 from pathlib import Path
@@ -32,34 +33,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import random_bank, random_batch  # noqa: E402
 
+from xpeft_cli.batches import compute_context  # noqa: E402
 from xpeft_cli.graphs import GraphedForward, capture  # noqa: E402
 from xpeft_cli.masks import MaskSpec  # noqa: E402
 from xpeft_cli.model import XPeftModel  # noqa: E402
 from xpeft_cli.profile import Profile, apply_profile  # noqa: E402
 from xpeft_cli.routing import Route  # noqa: E402
 from xpeft_cli.serve import ProfileServer  # noqa: E402
-from xpeft_cli.train import compute_context  # noqa: E402
 from xpeft_cli.xpm import read_xpm, write_xpm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def random_profiles(count: int, L: int, n: int, k: int, rank: int, hidden: int, classes: int, bank_hash: str,
-                    seed: int = 0) -> list[Profile]:
+def random_profiles(
+    count: int, L: int, n: int, k: int, rank: int, hidden: int, classes: int, bank_hash: str, seed: int = 0
+) -> list[Profile]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
+
         def bits():
             m = np.zeros((L, n), dtype=bool)
             for row in m:
                 row[rng.choice(n, k, replace=False)] = True
             return m
-        out.append(Profile(name=f"user{i:05d}", mask_kind="hard", n=n, L=L, k=k, bank_hash=bank_hash,
-                           mask_a=bits(), mask_b=bits(),
-                           ln_weight=(1 + 0.1 * rng.standard_normal((L, rank))).astype(np.float32),
-                           ln_bias=(0.1 * rng.standard_normal((L, rank))).astype(np.float32),
-                           head_weight=(0.02 * rng.standard_normal((classes, hidden))).astype(np.float32),
-                           head_bias=np.zeros(classes, np.float32), labels=[f"c{j}" for j in range(classes)]))
+
+        out.append(
+            Profile(
+                name=f"user{i:05d}",
+                mask_kind="hard",
+                n=n,
+                L=L,
+                k=k,
+                bank_hash=bank_hash,
+                mask_a=bits(),
+                mask_b=bits(),
+                ln_weight=(1 + 0.1 * rng.standard_normal((L, rank))).astype(np.float32),
+                ln_bias=(0.1 * rng.standard_normal((L, rank))).astype(np.float32),
+                head_weight=(0.02 * rng.standard_normal((classes, hidden))).astype(np.float32),
+                head_bias=np.zeros(classes, np.float32),
+                labels=[f"c{j}" for j in range(classes)],
+            )
+        )
     return out
 
 
@@ -74,8 +89,11 @@ def legacy_routes(table, present, rows):
         bank_a, bank_b = table.bank(l)
         a_hat = torch.einsum("un,nib->uib", w[:, l, 0].to(bank_a.dtype), bank_a)
         b_hat = torch.einsum("un,nbo->ubo", w[:, l, 1].to(bank_b.dtype), bank_b)
-        out.append(Route(a_hat, b_hat, ln_w[:, l] if ln_w is not None else None,
-                         ln_b[:, l] if ln_b is not None else None, rows))
+        out.append(
+            Route(
+                a_hat, b_hat, ln_w[:, l] if ln_w is not None else None, ln_b[:, l] if ln_b is not None else None, rows
+            )
+        )
     return out
 
 
@@ -84,7 +102,7 @@ def graphed_configs(model, xm, batch, same, draws, device) -> dict:
     (what `xpeft predict --cuda-graphs` runs), and the cached XPeftModel captured the same way."""
     b, t = batch["input_ids"].shape
     gf = GraphedForward(model, b, t, device)
-    model.table.cached = True   # captured with the precomputed Â, B̂ (the graph keeps the path it saw)
+    model.table.cached = True  # captured with the precomputed Â, B̂ (the graph keeps the path it saw)
     gf_pre = GraphedForward(model, b, t, device)
     gf_pre(batch, same.to(device))
     model.table.cached = False
@@ -105,8 +123,12 @@ def graphed_configs(model, xm, batch, same, draws, device) -> dict:
         graph.replay()
         return out.clone()
 
-    return {"graph_one": lambda: gf(batch, same.to(device)), "graph_mixed": lambda: gf(batch, next(draws).to(device)),
-            "graph_cached": cached, "graph_mixed_pre": lambda: gf_pre(batch, next(draws).to(device))}
+    return {
+        "graph_one": lambda: gf(batch, same.to(device)),
+        "graph_mixed": lambda: gf(batch, next(draws).to(device)),
+        "graph_cached": cached,
+        "graph_mixed_pre": lambda: gf_pre(batch, next(draws).to(device)),
+    }
 
 
 def check_graph(model, batch, device) -> dict:
@@ -124,8 +146,11 @@ def check_graph(model, batch, device) -> dict:
         got = gf(part, ids.to(device)).float()
         with compute_context(device):
             want = model(**part, profile_ids=ids).float()
-    return {"rows": n, "max_abs_diff": round(float((got - want).abs().max()), 5),
-            "argmax_equal": round(float((got.argmax(-1) == want.argmax(-1)).float().mean()), 4)}
+    return {
+        "rows": n,
+        "max_abs_diff": round(float((got - want).abs().max()), 5),
+        "argmax_equal": round(float((got.argmax(-1) == want.argmax(-1)).float().mean()), 4),
+    }
 
 
 def timed(fn, device, warmup: int, reps: int) -> float:
@@ -145,15 +170,17 @@ def timed(fn, device, warmup: int, reps: int) -> float:
 def throughput(args, device) -> dict:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig() if not args.tiny else BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                                        intermediate_size=128)
+    cfg = (
+        BertConfig()
+        if not args.tiny
+        else BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+    )
     torch.manual_seed(0)
     enc = BertModel(cfg)
     rank = cfg.hidden_size // 16
     bank = random_bank(enc, args.n, rank, "cpu")
     t0 = time.perf_counter()
-    profiles = random_profiles(args.profiles, len(bank.sites), args.n, args.k, rank, cfg.hidden_size, 2,
-                               bank.bank_hash)
+    profiles = random_profiles(args.profiles, len(bank.sites), args.n, args.k, rank, cfg.hidden_size, 2, bank.bank_hash)
     make_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -173,6 +200,7 @@ def throughput(args, device) -> dict:
     g = torch.Generator().manual_seed(0)
     b, t = args.batch, args.seq
     batch = random_batch(b, t, device, g)
+
     def auto():  # what predict and eval run under: bf16 autocast on a GPU, no cuDNN attention
         return compute_context(device)
 
@@ -221,8 +249,13 @@ def throughput(args, device) -> dict:
         finally:
             table.cached = False
 
-    configs = {"one": lambda: run(same), "mixed": lambda: run(next(it)), "cached": run_x, "legacy": run_legacy,
-               "mixed_pre": run_pre}
+    configs = {
+        "one": lambda: run(same),
+        "mixed": lambda: run(next(it)),
+        "cached": run_x,
+        "legacy": run_legacy,
+        "mixed_pre": run_pre,
+    }
     graph_check = None
     if device.type == "cuda" and not args.no_graphs:
         configs.update(graphed_configs(model, xm, batch, same, it, device))
@@ -233,7 +266,7 @@ def throughput(args, device) -> dict:
     per_round = []
     names = list(configs)
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         per_round.append({k: timed(configs[k], device, 0, args.reps) for k in order})
     med = {k: statistics.median(rd[k] for rd in per_round) for k in names}
 
@@ -245,21 +278,35 @@ def throughput(args, device) -> dict:
     one_ms, mixed_ms, cached_ms, legacy_ms = med["one"], med["mixed"], med["cached"], med["legacy"]
     graphs = {}
     if "graph_mixed" in med:
-        graphs = {"check": graph_check,
-                  "rows": [{"config": f"CUDA graph, routed, {b} distinct profiles per batch",
-                            "ms_per_batch": round(med["graph_mixed"], 2), "seqs_per_s": round(b / med["graph_mixed"] * 1000)},
-                           {"config": "CUDA graph, routed, one profile per batch",
-                            "ms_per_batch": round(med["graph_one"], 2), "seqs_per_s": round(b / med["graph_one"] * 1000)},
-                           {"config": f"CUDA graph, routed, {b} distinct profiles, precomputed Â/B̂",
-                            "ms_per_batch": round(med["graph_mixed_pre"], 2),
-                            "seqs_per_s": round(b / med["graph_mixed_pre"] * 1000)},
-                           {"config": "CUDA graph, XPeftModel, one profile, cached Â/B̂",
-                            "ms_per_batch": round(med["graph_cached"], 2),
-                            "seqs_per_s": round(b / med["graph_cached"] * 1000)}],
-                  "mixed_vs_one_profile": ratio("graph_mixed", "graph_one"),
-                  "mixed_vs_cached_xpeft": ratio("graph_mixed", "graph_cached"),
-                  "mixed_precomputed_vs_cached_xpeft": ratio("graph_mixed_pre", "graph_cached"),
-                  "mixed_vs_eager_cached_xpeft": ratio("graph_mixed", "cached")}
+        graphs = {
+            "check": graph_check,
+            "rows": [
+                {
+                    "config": f"CUDA graph, routed, {b} distinct profiles per batch",
+                    "ms_per_batch": round(med["graph_mixed"], 2),
+                    "seqs_per_s": round(b / med["graph_mixed"] * 1000),
+                },
+                {
+                    "config": "CUDA graph, routed, one profile per batch",
+                    "ms_per_batch": round(med["graph_one"], 2),
+                    "seqs_per_s": round(b / med["graph_one"] * 1000),
+                },
+                {
+                    "config": f"CUDA graph, routed, {b} distinct profiles, precomputed Â/B̂",
+                    "ms_per_batch": round(med["graph_mixed_pre"], 2),
+                    "seqs_per_s": round(b / med["graph_mixed_pre"] * 1000),
+                },
+                {
+                    "config": "CUDA graph, XPeftModel, one profile, cached Â/B̂",
+                    "ms_per_batch": round(med["graph_cached"], 2),
+                    "seqs_per_s": round(b / med["graph_cached"] * 1000),
+                },
+            ],
+            "mixed_vs_one_profile": ratio("graph_mixed", "graph_one"),
+            "mixed_vs_cached_xpeft": ratio("graph_mixed", "graph_cached"),
+            "mixed_precomputed_vs_cached_xpeft": ratio("graph_mixed_pre", "graph_cached"),
+            "mixed_vs_eager_cached_xpeft": ratio("graph_mixed", "cached"),
+        }
 
     def switch():
         apply_profile(xm, loaded[int(torch.randint(args.profiles, (1,), generator=g))])
@@ -267,27 +314,56 @@ def throughput(args, device) -> dict:
             xm(**{k: v[:1] for k, v in batch.items()})
 
     switch_ms = timed(switch, device, 3, 20)
-    rows = [{"config": "routed, one profile per batch", "ms_per_batch": round(one_ms, 2),
-             "seqs_per_s": round(b / one_ms * 1000)},
-            {"config": f"routed, {b} distinct profiles per batch (of {args.profiles})",
-             "ms_per_batch": round(mixed_ms, 2), "seqs_per_s": round(b / mixed_ms * 1000)},
-            {"config": f"routed, {b} distinct profiles, previous route (per-site mixing and gathers)",
-             "ms_per_batch": round(legacy_ms, 2), "seqs_per_s": round(b / legacy_ms * 1000)},
-            {"config": f"routed, {b} distinct profiles, precomputed Â/B̂", "ms_per_batch": round(med["mixed_pre"], 2),
-             "seqs_per_s": round(b / med["mixed_pre"] * 1000)},
-            {"config": "XPeftModel, one profile, cached Â/B̂", "ms_per_batch": round(cached_ms, 2),
-             "seqs_per_s": round(b / cached_ms * 1000)}]
-    return {"throughput": rows, "rounds": args.rounds, "reps_per_round": args.reps,
-            "mixed_vs_one_profile": ratio("mixed", "one"), "mixed_vs_cached_xpeft": ratio("mixed", "cached"),
-            "legacy_mixed_vs_cached_xpeft": ratio("legacy", "cached"),
-            "precomputed_mixed_vs_cached_xpeft": ratio("mixed_pre", "cached"), "cuda_graphs": graphs,
-            "load": {"profiles": args.profiles, "xpm_bytes_total": size, "write_s": round(write_s, 2),
-                     "read_s": round(read_s, 2), "read_ms_per_profile": round(read_s / args.profiles * 1000, 3),
-                     "build_table_s": round(build_s, 2), "make_s": round(make_s, 2),
-                     "precompute_s": round(precompute_s, 2), "precomputed_gib": round(table.mixed_bytes() / 2**30, 2)},
-            "switch": {"xpeft_model_apply_and_first_row_ms": round(switch_ms, 2), "routed_ms": 0.0},
-            "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, N={args.n}, k={args.k}, "
-                     f"batch {b}x{t}"}
+    rows = [
+        {
+            "config": "routed, one profile per batch",
+            "ms_per_batch": round(one_ms, 2),
+            "seqs_per_s": round(b / one_ms * 1000),
+        },
+        {
+            "config": f"routed, {b} distinct profiles per batch (of {args.profiles})",
+            "ms_per_batch": round(mixed_ms, 2),
+            "seqs_per_s": round(b / mixed_ms * 1000),
+        },
+        {
+            "config": f"routed, {b} distinct profiles, previous route (per-site mixing and gathers)",
+            "ms_per_batch": round(legacy_ms, 2),
+            "seqs_per_s": round(b / legacy_ms * 1000),
+        },
+        {
+            "config": f"routed, {b} distinct profiles, precomputed Â/B̂",
+            "ms_per_batch": round(med["mixed_pre"], 2),
+            "seqs_per_s": round(b / med["mixed_pre"] * 1000),
+        },
+        {
+            "config": "XPeftModel, one profile, cached Â/B̂",
+            "ms_per_batch": round(cached_ms, 2),
+            "seqs_per_s": round(b / cached_ms * 1000),
+        },
+    ]
+    return {
+        "throughput": rows,
+        "rounds": args.rounds,
+        "reps_per_round": args.reps,
+        "mixed_vs_one_profile": ratio("mixed", "one"),
+        "mixed_vs_cached_xpeft": ratio("mixed", "cached"),
+        "legacy_mixed_vs_cached_xpeft": ratio("legacy", "cached"),
+        "precomputed_mixed_vs_cached_xpeft": ratio("mixed_pre", "cached"),
+        "cuda_graphs": graphs,
+        "load": {
+            "profiles": args.profiles,
+            "xpm_bytes_total": size,
+            "write_s": round(write_s, 2),
+            "read_s": round(read_s, 2),
+            "read_ms_per_profile": round(read_s / args.profiles * 1000, 3),
+            "build_table_s": round(build_s, 2),
+            "make_s": round(make_s, 2),
+            "precompute_s": round(precompute_s, 2),
+            "precomputed_gib": round(table.mixed_bytes() / 2**30, 2),
+        },
+        "switch": {"xpeft_model_apply_and_first_row_ms": round(switch_ms, 2), "routed_ms": 0.0},
+        "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, N={args.n}, k={args.k}, batch {b}x{t}",
+    }
 
 
 def cpu_latency(args) -> dict:
@@ -304,43 +380,69 @@ def cpu_latency(args) -> dict:
     server = ProfileServer(bank, profiles, "cpu", encoder=enc, tokenizer=tok, cache_gb=args.cache_gb)
     text = "The council approved the new budget for public transport after a long debate on Tuesday."
     g = torch.Generator().manual_seed(0)
-    ms = timed(lambda: server.outputs([text], None, [int(torch.randint(100, (1,), generator=g))]), torch.device("cpu"),
-               5, args.reps)
-    return {"cpu_latency_ms_median": round(ms, 2), "precomputed": server.cached, "threads": torch.get_num_threads(),
-            "model": plm.ref,
-            "tokens": len(tok(text)["input_ids"]), "reps": args.reps, "profiles_loaded": 100}
+    ms = timed(
+        lambda: server.outputs([text], None, [int(torch.randint(100, (1,), generator=g))]),
+        torch.device("cpu"),
+        5,
+        args.reps,
+    )
+    return {
+        "cpu_latency_ms_median": round(ms, 2),
+        "precomputed": server.cached,
+        "threads": torch.get_num_threads(),
+        "model": plm.ref,
+        "tokens": len(tok(text)["input_ids"]),
+        "reps": args.reps,
+        "profiles_loaded": 100,
+    }
 
 
 def markdown(res: dict) -> str:
     """The throughput results as a Markdown table, with the ratios the issue's target reads."""
     meta = res["meta"]
     rows = res["throughput"] + res.get("cuda_graphs", {}).get("rows", [])
-    md = [f"# Serving throughput ({meta['device']}, {res['shape']})", "",
-          f"Command: `{meta['command']}`; torch {meta['torch']}; {res['rounds']} interleaved rounds of "
-          f"{res['reps_per_round']} batches, median.", "", "| config | ms/batch | sequences/s |", "|---|---|---|"]
+    md = [
+        f"# Serving throughput ({meta['device']}, {res['shape']})",
+        "",
+        f"Command: `{meta['command']}`; torch {meta['torch']}; {res['rounds']} interleaved rounds of "
+        f"{res['reps_per_round']} batches, median.",
+        "",
+        "| config | ms/batch | sequences/s |",
+        "|---|---|---|",
+    ]
     md += [f"| {r['config']} | {r['ms_per_batch']} | {r['seqs_per_s']} |" for r in rows]
 
     def line(name: str, r: dict) -> str:
         return f"| {name} | {r['median']} | {r['min']}–{r['max']} |"
 
-    md += ["", "| throughput ratio | median | range over rounds |", "|---|---|---|",
-           line("eager: mixed / one profile (routed)", res["mixed_vs_one_profile"]),
-           line("eager: mixed / cached XPeftModel", res["mixed_vs_cached_xpeft"]),
-           line("eager: mixed, precomputed Â/B̂ / cached XPeftModel", res["precomputed_mixed_vs_cached_xpeft"]),
-           line("eager: mixed, previous route / cached XPeftModel", res["legacy_mixed_vs_cached_xpeft"])]
+    md += [
+        "",
+        "| throughput ratio | median | range over rounds |",
+        "|---|---|---|",
+        line("eager: mixed / one profile (routed)", res["mixed_vs_one_profile"]),
+        line("eager: mixed / cached XPeftModel", res["mixed_vs_cached_xpeft"]),
+        line("eager: mixed, precomputed Â/B̂ / cached XPeftModel", res["precomputed_mixed_vs_cached_xpeft"]),
+        line("eager: mixed, previous route / cached XPeftModel", res["legacy_mixed_vs_cached_xpeft"]),
+    ]
     g = res.get("cuda_graphs")
     if g:
-        md += [line("graphs: mixed / one profile (routed)", g["mixed_vs_one_profile"]),
-               line("graphs: mixed / cached XPeftModel", g["mixed_vs_cached_xpeft"]),
-               line("graphs: mixed, precomputed Â/B̂ / cached XPeftModel", g["mixed_precomputed_vs_cached_xpeft"]),
-               line("graphs: mixed / eager cached XPeftModel", g["mixed_vs_eager_cached_xpeft"]), "",
-               f"Graph replay vs eager routed forward on a ragged batch of {g['check']['rows']} rows: largest output "
-               f"difference {g['check']['max_abs_diff']}, argmax equal {g['check']['argmax_equal']}."]
+        md += [
+            line("graphs: mixed / one profile (routed)", g["mixed_vs_one_profile"]),
+            line("graphs: mixed / cached XPeftModel", g["mixed_vs_cached_xpeft"]),
+            line("graphs: mixed, precomputed Â/B̂ / cached XPeftModel", g["mixed_precomputed_vs_cached_xpeft"]),
+            line("graphs: mixed / eager cached XPeftModel", g["mixed_vs_eager_cached_xpeft"]),
+            "",
+            f"Graph replay vs eager routed forward on a ragged batch of {g['check']['rows']} rows: largest output "
+            f"difference {g['check']['max_abs_diff']}, argmax equal {g['check']['argmax_equal']}.",
+        ]
     ld = res["load"]
-    md += ["", f"Loading {ld['profiles']} profiles: write {ld['write_s']} s, read {ld['read_s']} s "
-           f"({ld['read_ms_per_profile']} ms each), table {ld['build_table_s']} s; precomputing every Â/B̂ "
-           f"{ld.get('precompute_s', '–')} s, {ld.get('precomputed_gib', '–')} GiB. Switching profile in an "
-           f"XPeftModel (load + first row): {res['switch']['xpeft_model_apply_and_first_row_ms']} ms."]
+    md += [
+        "",
+        f"Loading {ld['profiles']} profiles: write {ld['write_s']} s, read {ld['read_s']} s "
+        f"({ld['read_ms_per_profile']} ms each), table {ld['build_table_s']} s; precomputing every Â/B̂ "
+        f"{ld.get('precompute_s', '–')} s, {ld.get('precomputed_gib', '–')} GiB. Switching profile in an "
+        f"XPeftModel (load + first row): {res['switch']['xpeft_model_apply_and_first_row_ms']} ms.",
+    ]
     return "\n".join(md) + "\n"
 
 
@@ -359,11 +461,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput configurations")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA graph rows")
-    ap.add_argument("--cache-gb", type=float, default=4.0, help="--cpu-latency: the server's --cache-gb (0: mix per request)")
+    ap.add_argument(
+        "--cache-gb", type=float, default=4.0, help="--cpu-latency: the server's --cache-gb (0: mix per request)"
+    )
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    meta = {"command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
-            "python": platform.python_version()}
+    meta = {
+        "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     if args.cpu_latency:
         res = cpu_latency(args)
         meta["device"] = platform.processor() or platform.machine()

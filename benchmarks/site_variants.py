@@ -7,6 +7,7 @@ replayed, so the numbers are the GPU's own time per site, not the host's launch 
 how the formulations in layer.py and mixing.py were chosen. Writes
 benchmarks/results/site-variants-<tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,8 @@ def site_variants(tokens: int, d: int, b: int, sites: int, host: bool = False) -
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(tokens, d, device=dev, dtype=torch.bfloat16, generator=g).requires_grad_()
     gout = torch.randn(tokens, d, device=dev, dtype=torch.bfloat16, generator=g)
-    a = (torch.randn(d, b, device=dev, generator=g) / d ** 0.5).to(torch.bfloat16).requires_grad_()
-    bh = (torch.randn(b, d, device=dev, generator=g) / b ** 0.5).to(torch.bfloat16).requires_grad_()
+    a = (torch.randn(d, b, device=dev, generator=g) / d**0.5).to(torch.bfloat16).requires_grad_()
+    bh = (torch.randn(b, d, device=dev, generator=g) / b**0.5).to(torch.bfloat16).requires_grad_()
     gamma = torch.ones(b, device=dev, requires_grad=True)
     beta = torch.zeros(b, device=dev, requires_grad=True)
     lora_a = torch.randn(d, b, device=dev, generator=g, requires_grad=True)
@@ -63,26 +64,26 @@ def site_variants(tokens: int, d: int, b: int, sites: int, host: bool = False) -
         with autocast():
             return 1.0 * ((x @ lora_a.to(x.dtype)) @ lora_b.to(x.dtype)), (x, lora_a, lora_b)
 
-    def current():   # layer.py before: LN with affine under autocast (float32), matmuls cast
+    def current():  # layer.py before: LN with affine under autocast (float32), matmuls cast
         with autocast():
             h = F.layer_norm(x @ a, (b,), gamma, beta, eps)
             return h @ bh, (x, a, bh, gamma, beta)
 
-    def bf16_ln():   # LN on the bf16 h, outside autocast: no casts around it
+    def bf16_ln():  # LN on the bf16 h, outside autocast: no casts around it
         with autocast():
             h = x @ a
         with torch.autocast("cuda", enabled=False):
             hn = F.layer_norm(h, (b,), gamma.to(h.dtype), beta.to(h.dtype), eps)
             return hn @ bh, (x, a, bh, gamma, beta)
 
-    def bf16_ln_mixed():   # the same with float32 γ, β (mixed-type LayerNorm)
+    def bf16_ln_mixed():  # the same with float32 γ, β (mixed-type LayerNorm)
         with autocast():
             h = x @ a
         with torch.autocast("cuda", enabled=False):
             hn = F.layer_norm(h, (b,), gamma, beta, eps)
             return hn @ bh, (x, a, bh, gamma, beta)
 
-    def folded():    # LN without affine; γ, β folded into B̂ and a bias: LN(h)·diag(γ)B̂ + βB̂
+    def folded():  # LN without affine; γ, β folded into B̂ and a bias: LN(h)·diag(γ)B̂ + βB̂
         with autocast():
             h = x @ a
         with torch.autocast("cuda", enabled=False):
@@ -134,12 +135,17 @@ def site_variants(tokens: int, d: int, b: int, sites: int, host: bool = False) -
             for _ in range(sites):
                 out, inputs = variant()
                 torch.autograd.grad(out, inputs, gout)
+
         return step
 
     if host:  # eager wall time: what a launch-bound host pays per site, GPU work overlapped
         out = {}
-        for name, v in [("lora", lora), ("current", current), ("compiled_ln", compiled_ln),
-                        ("compiled_ln_dynamic", compiled_ln_dynamic)]:
+        for name, v in [
+            ("lora", lora),
+            ("current", current),
+            ("compiled_ln", compiled_ln),
+            ("compiled_ln_dynamic", compiled_ln_dynamic),
+        ]:
             step = run(v)
             for _ in range(3):
                 step()
@@ -153,10 +159,18 @@ def site_variants(tokens: int, d: int, b: int, sites: int, host: bool = False) -
         return out
 
     rows = {}
-    for name, v in [("lora", lora), ("current", current), ("bf16_ln", bf16_ln), ("bf16_ln_mixed", bf16_ln_mixed),
-                    ("folded", folded), ("folded_nobias", folded_nobias), ("addcmul_affine", addcmul_affine),
-                    ("compiled_ln", compiled_ln), ("compiled_ln_dynamic", compiled_ln_dynamic),
-                    ("compiled_site", compiled_site)]:
+    for name, v in [
+        ("lora", lora),
+        ("current", current),
+        ("bf16_ln", bf16_ln),
+        ("bf16_ln_mixed", bf16_ln_mixed),
+        ("folded", folded),
+        ("folded_nobias", folded_nobias),
+        ("addcmul_affine", addcmul_affine),
+        ("compiled_ln", compiled_ln),
+        ("compiled_ln_dynamic", compiled_ln_dynamic),
+        ("compiled_site", compiled_site),
+    ]:
         try:
             rows[name] = round(timed_graph(run(v)) / sites, 2)
         except Exception as exc:  # a formulation this torch cannot run
@@ -175,9 +189,12 @@ def mixing_variants(n: int, k: int, sites: int, d: int, b: int) -> dict[str, flo
     chosen = torch.argsort(torch.randn(sites, 1, n, device=dev, generator=g), -1)[..., :k]
     flat = (chosen + torch.arange(0, sites * n, n, device=dev).view(sites, 1, 1)).reshape(sites, k)
     ones = torch.full((sites, 1, k), 1.0 / k, device=dev, dtype=torch.bfloat16)
-    csr = torch.sparse_csr_tensor(torch.arange(0, sites * k + 1, k, device=dev), flat.view(-1),
-                                  torch.full((sites * k,), 1.0 / k, device=dev, dtype=torch.bfloat16),
-                                  size=(sites, sites * n))
+    csr = torch.sparse_csr_tensor(
+        torch.arange(0, sites * k + 1, k, device=dev),
+        flat.view(-1),
+        torch.full((sites * k,), 1.0 / k, device=dev, dtype=torch.bfloat16),
+        size=(sites, sites * n),
+    )
     per_site = [bank[i] for i in range(sites)]
     dot_c = torch.compile(lambda bank, g: (bank.float() * g.float()).sum(-1), dynamic=False)
     c = 8
@@ -191,11 +208,16 @@ def mixing_variants(n: int, k: int, sites: int, d: int, b: int) -> dict[str, flo
         "dense bwd (bank*g).sum": lambda: (bank * gr).sum(-1, dtype=torch.float32),
         "dense bwd F.linear per site": lambda: [F.linear(gr[i], per_site[i]) for i in range(sites)],
         "dense bwd compiled (bank*g).sum": lambda: dot_c(bank, gr),
-        "dense bwd chunked bmm + diagonal": lambda: torch.bmm(chunked, gr.view(sites, c, D // c).transpose(1, 2))
-        .view(sites, n, c, c).diagonal(dim1=2, dim2=3).sum(-1),
+        "dense bwd chunked bmm + diagonal": lambda: (
+            torch.bmm(chunked, gr.view(sites, c, D // c).transpose(1, 2))
+            .view(sites, n, c, c)
+            .diagonal(dim1=2, dim2=3)
+            .sum(-1)
+        ),
         "hard fwd embedding_bag": lambda: F.embedding_bag(flat, v, mode="mean"),
-        "hard fwd index_select+sum(f32)": lambda: v.index_select(0, flat.view(-1)).view(sites, k, D).sum(
-            1, dtype=torch.float32),
+        "hard fwd index_select+sum(f32)": lambda: (
+            v.index_select(0, flat.view(-1)).view(sites, k, D).sum(1, dtype=torch.float32)
+        ),
         "hard fwd sparse csr @ bank": lambda: csr @ v,
         "hard fwd index_select+bmm": lambda: torch.bmm(ones, v.index_select(0, flat.view(-1)).view(sites, k, D)),
         "hard fwd index_select+mean": lambda: v.index_select(0, flat.view(-1)).view(sites, k, D).float().mean(1),
@@ -225,20 +247,32 @@ def main() -> None:
     sites = site_variants(args.tokens, args.hidden, args.rank, args.sites)
     host = site_variants(args.tokens, args.hidden, args.rank, args.sites, host=True)
     mixing = {n: mixing_variants(n, min(args.k, n), args.sites, args.hidden, args.rank) for n in args.ns}
-    meta = {"command": "python benchmarks/site_variants.py " + " ".join(sys.argv[1:]),
-            "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-            "shape": f"{args.tokens} tokens, hidden {args.hidden}, rank {args.rank}, {args.sites} sites, k {args.k}"}
+    meta = {
+        "command": "python benchmarks/site_variants.py " + " ".join(sys.argv[1:]),
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "shape": f"{args.tokens} tokens, hidden {args.hidden}, rank {args.rank}, {args.sites} sites, k {args.k}",
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"site-variants-{args.tag}.json").write_text(
-        json.dumps({"meta": meta, "site_us": sites, "site_eager_wall_us": host, "mixing_us": mixing}, indent=2) + "\n")
-    md = [f"# One site and the bank mixing, as CUDA graphs ({meta['device']}, {meta['shape']})", "",
-          f"Command: `{meta['command']}`; torch {meta['torch']}.", "",
-          "| site formulation (forward+backward) | µs per site |", "|---|---|"]
+        json.dumps({"meta": meta, "site_us": sites, "site_eager_wall_us": host, "mixing_us": mixing}, indent=2) + "\n"
+    )
+    md = [
+        f"# One site and the bank mixing, as CUDA graphs ({meta['device']}, {meta['shape']})",
+        "",
+        f"Command: `{meta['command']}`; torch {meta['torch']}.",
+        "",
+        "| site formulation (forward+backward) | µs per site |",
+        "|---|---|",
+    ]
     md += [f"| {k} | {v} |" for k, v in sites.items()]
     md += ["", "| site formulation, eager (host time included) | µs per site, wall |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in host.items()]
-    md += ["", "| mixing, all sites, one bank tensor | " + " | ".join(f"N={n} µs" for n in args.ns) + " |",
-           "|---|" + "---|" * len(args.ns)]
+    md += [
+        "",
+        "| mixing, all sites, one bank tensor | " + " | ".join(f"N={n} µs" for n in args.ns) + " |",
+        "|---|" + "---|" * len(args.ns),
+    ]
     md += [f"| {k} | " + " | ".join(str(mixing[n][k]) for n in args.ns) + " |" for k in mixing[args.ns[0]]]
     (RESULTS / f"site-variants-{args.tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

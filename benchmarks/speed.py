@@ -8,6 +8,7 @@ weight values), runs warm-up steps, then times forward+backward+AdamW steps with
 reports the median. Reference rows run all N adapters on the activations (the paper's cost).
 Writes benchmarks/results/speed-<device>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import torch
 from transformers import BertConfig, BertModel
 
 from xpeft_cli.bank import Bank, Site, SiteConfig
-from xpeft_cli.graphs import capture
 from xpeft_cli.baselines import BaselineModel
+from xpeft_cli.graphs import capture
 from xpeft_cli.layer import reference_delta
 from xpeft_cli.masks import MaskSpec
 from xpeft_cli.model import XPeftModel
@@ -34,13 +35,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def random_bank(encoder, n: int, rank: int, device, dtype=torch.float32) -> Bank:
-    sites = [Site(name, m.in_features, m.out_features) for name, m in encoder.named_modules()
-             if name.endswith("attention.output.dense")]
+    sites = [
+        Site(name, m.in_features, m.out_features)
+        for name, m in encoder.named_modules()
+        if name.endswith("attention.output.dense")
+    ]
     g = torch.Generator(device=device).manual_seed(0)
-    A = [torch.randn(n, s.d_in, rank, device=device, generator=g, dtype=dtype) / s.d_in ** 0.5 for s in sites]
-    B = [torch.randn(n, rank, s.d_out, device=device, generator=g, dtype=dtype) / rank ** 0.5 for s in sites]
-    return Bank(plm=PLMRef("random", Path("."), "0" * 64), model_type="bert", sites=sites, n=n, rank=rank, A=A, B=B,
-                config=SiteConfig(), bank_hash="0" * 64)
+    A = [torch.randn(n, s.d_in, rank, device=device, generator=g, dtype=dtype) / s.d_in**0.5 for s in sites]
+    B = [torch.randn(n, rank, s.d_out, device=device, generator=g, dtype=dtype) / rank**0.5 for s in sites]
+    return Bank(
+        plm=PLMRef("random", Path("."), "0" * 64),
+        model_type="bert",
+        sites=sites,
+        n=n,
+        rank=rank,
+        A=A,
+        B=B,
+        config=SiteConfig(),
+        bank_hash="0" * 64,
+    )
 
 
 def build(kind: str, n: int, cfg: BertConfig, device, bank_dtype, checkpointing: bool = False) -> torch.nn.Module:
@@ -59,8 +72,9 @@ def _build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.M
         return BaselineModel(enc, kind.replace("_", "-"), sites, rank, 2).to(device)
     mask, _, variant = kind.partition(":")
     bank = random_bank(enc, n, rank, device)
-    model = XPeftModel(enc, bank, 2, spec=MaskSpec(kind=mask, k=min(50, n),
-                                                  generator=torch.Generator(device=device).manual_seed(1)))
+    model = XPeftModel(
+        enc, bank, 2, spec=MaskSpec(kind=mask, k=min(50, n), generator=torch.Generator(device=device).manual_seed(1))
+    )
     model.to(device)
     if variant == "unfused":  # each site mixes its own Â, B̂ (the code before site-batched mixing)
         for s in model.sites:
@@ -75,8 +89,10 @@ def _build(kind: str, n: int, cfg: BertConfig, device, bank_dtype) -> torch.nn.M
 
 def random_batch(rows: int, seq: int, device, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random token ids, every position attended: what a step costs does not depend on the words."""
-    return {"input_ids": torch.randint(1000, 20000, (rows, seq), generator=generator).to(device),
-            "attention_mask": torch.ones(rows, seq, dtype=torch.long).to(device)}
+    return {
+        "input_ids": torch.randint(1000, 20000, (rows, seq), generator=generator).to(device),
+        "attention_mask": torch.ones(rows, seq, dtype=torch.long).to(device),
+    }
 
 
 class Stepper:
@@ -161,8 +177,9 @@ def time_steps(model, batch, labels, device, warmup: int, steps: int, train: boo
     return ms, peak
 
 
-def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int, rounds: int,
-                       graphs: bool = False) -> list[dict]:
+def interleaved_ratios(
+    plan, cfg, device, batch, labels, warmup: int, steps: int, rounds: int, graphs: bool = False
+) -> list[dict]:
     """Each configuration's step time over/under single_adapter's, measured in interleaved rounds.
 
     All models stay resident; every round times each configuration for `steps` steps, in an
@@ -175,16 +192,23 @@ def interleaved_ratios(plan, cfg, device, batch, labels, warmup: int, steps: int
         st.run(warmup)
     per_round: list[dict[tuple, float]] = []
     for r in range(rounds):
-        order = steppers[r % len(steppers):] + steppers[:r % len(steppers)]
+        order = steppers[r % len(steppers) :] + steppers[: r % len(steppers)]
         per_round.append({(kind, n): statistics.median(st.run(steps)) for kind, n, st in order})
     out = []
     for kind, n, _ in steppers:
         ratios = [rd[(kind, n)] / rd[("single_adapter", 0)] for rd in per_round]
-        out.append({"config": (kind if not n else f"xpeft {kind} N={n}") + (" (CUDA graph)" if graphs else ""),
-                    "kind": kind, "n": n, "cuda_graph": graphs,
-                    "train_ms": round(statistics.median(rd[(kind, n)] for rd in per_round), 2),
-                    "vs_single_adapter": round(statistics.median(ratios), 3),
-                    "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3)})
+        out.append(
+            {
+                "config": (kind if not n else f"xpeft {kind} N={n}") + (" (CUDA graph)" if graphs else ""),
+                "kind": kind,
+                "n": n,
+                "cuda_graph": graphs,
+                "train_ms": round(statistics.median(rd[(kind, n)] for rd in per_round), 2),
+                "vs_single_adapter": round(statistics.median(ratios), 3),
+                "ratio_min": round(min(ratios), 3),
+                "ratio_max": round(max(ratios), 3),
+            }
+        )
         print(json.dumps(out[-1]), flush=True)
     del steppers
     if device.type == "cuda":
@@ -203,15 +227,25 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="*", default=[100, 200, 400, 800])
     ap.add_argument("--reference-ns", type=int, nargs="*", default=[100, 200])
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd single_adapter and N=400")
-    ap.add_argument("--skip-sequential", action="store_true",
-                    help="skip the one-at-a-time pass (its peak memory, fp32-bank, unfused and reference rows)")
+    ap.add_argument(
+        "--skip-sequential",
+        action="store_true",
+        help="skip the one-at-a-time pass (its peak memory, fp32-bank, unfused and reference rows)",
+    )
     ap.add_argument("--profile", action="store_true", help="write a torch.profiler table of one x-peft step")
     ap.add_argument("--memory-seq", type=int, default=512, help="sequence length of the checkpointing rows")
-    ap.add_argument("--graphs", action="store_true",
-                    help="with --rounds: also time every configuration's step captured as a CUDA graph")
+    ap.add_argument(
+        "--graphs",
+        action="store_true",
+        help="with --rounds: also time every configuration's step captured as a CUDA graph",
+    )
     ap.add_argument("--tag", help="results file name: speed-TAG.{json,md} (default: the device type)")
-    ap.add_argument("--rounds", type=int, default=0,
-                    help="also time head_only, single_adapter and x-peft at every N in this many interleaved rounds")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="also time head_only, single_adapter and x-peft at every N in this many interleaved rounds",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     cfg = BertConfig()
@@ -238,8 +272,16 @@ def main() -> None:
         model = build(kind, n, cfg, device, dtype)
         ms, peak = time_steps(model, batch, labels, device, args.warmup, args.steps, train=True)
         name = kind if not n else f"xpeft {kind} N={n}" + ("" if dtype or device.type != "cuda" else " (fp32 bank)")
-        rows.append({"config": name, "kind": kind, "n": n, "bank_dtype": str(dtype) if dtype else "float32",
-                     "train_ms": round(ms, 2), "peak_mem_gib": round(peak / 2**30, 2)})
+        rows.append(
+            {
+                "config": name,
+                "kind": kind,
+                "n": n,
+                "bank_dtype": str(dtype) if dtype else "float32",
+                "train_ms": round(ms, 2),
+                "peak_mem_gib": round(peak / 2**30, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del model
         if device.type == "cuda":
@@ -250,15 +292,23 @@ def main() -> None:
         ratio_plan += [(kind, n, bf16_bank) for n in args.ns for kind in ("soft", "hard")]
         rounds = interleaved_ratios(ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2, args.rounds)
         if args.graphs and device.type == "cuda":
-            rounds += interleaved_ratios(ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2,
-                                         args.rounds, graphs=True)
+            rounds += interleaved_ratios(
+                ratio_plan, cfg, device, batch, labels, args.warmup, args.steps // 2, args.rounds, graphs=True
+            )
     if args.compile:
         for kind, n in (("single_adapter", 0), ("soft", 400), ("hard", 400)):
             model = torch.compile(build(kind, n, cfg, device, bf16_bank))
             ms, peak = time_steps(model, batch, labels, device, args.warmup, args.steps, train=True)
-            rows.append({"config": f"{kind if not n else f'xpeft {kind} N={n}'} (torch.compile)", "kind": kind,
-                         "n": n, "bank_dtype": str(bf16_bank), "train_ms": round(ms, 2),
-                         "peak_mem_gib": round(peak / 2**30, 2)})
+            rows.append(
+                {
+                    "config": f"{kind if not n else f'xpeft {kind} N={n}'} (torch.compile)",
+                    "kind": kind,
+                    "n": n,
+                    "bank_dtype": str(bf16_bank),
+                    "train_ms": round(ms, 2),
+                    "peak_mem_gib": round(peak / 2**30, 2),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             del model
     lora = next((r["train_ms"] for r in rows if r["config"] == "single_adapter"), None)
@@ -271,9 +321,15 @@ def main() -> None:
         for ck in (False, True):
             model = build(kind, n, cfg, device, bf16_bank, checkpointing=ck)
             ms, peak = time_steps(model, long, labels, device, 2, max(3, args.steps // 4), train=True)
-            memory.append({"config": kind if not n else f"xpeft {kind} N={n}", "checkpointing": ck,
-                           "batch": f"{args.batch}x{args.memory_seq}", "train_ms": round(ms, 2),
-                           "peak_mem_gib": round(peak / 2**30, 2)})
+            memory.append(
+                {
+                    "config": kind if not n else f"xpeft {kind} N={n}",
+                    "checkpointing": ck,
+                    "batch": f"{args.batch}x{args.memory_seq}",
+                    "train_ms": round(ms, 2),
+                    "peak_mem_gib": round(peak / 2**30, 2),
+                }
+            )
             print(json.dumps(memory[-1]), flush=True)
             del model
             if device.type == "cuda":
@@ -295,36 +351,65 @@ def main() -> None:
         model = build(kind, n, cfg, device, bf16_bank)
         big = {k: v.repeat(4, 1) for k, v in batch.items()}
         ms, _ = time_steps(model, big, labels, device, args.warmup, args.steps, train=False)
-        infer.append({"config": kind if not n else f"xpeft {kind} N={n} (cached Â, B̂)",
-                      "batch": big["input_ids"].shape[0], "seqs_per_s": round(big["input_ids"].shape[0] / ms * 1000)})
+        infer.append(
+            {
+                "config": kind if not n else f"xpeft {kind} N={n} (cached Â, B̂)",
+                "batch": big["input_ids"].shape[0],
+                "seqs_per_s": round(big["input_ids"].shape[0] / ms * 1000),
+            }
+        )
         print(json.dumps(infer[-1]), flush=True)
         del model
     dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or platform.machine()
-    meta = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]), "device": dev_name,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {args.batch}x{args.seq}",
-            "precision": "bf16 autocast" if device.type == "cuda" else "float32", "steps": args.steps,
-            "warmup": args.warmup, "rounds": args.rounds}
+    meta = {
+        "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:]),
+        "device": dev_name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {args.batch}x{args.seq}",
+        "precision": "bf16 autocast" if device.type == "cuda" else "float32",
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+    }
     RESULTS.mkdir(exist_ok=True)
     tag = args.tag or ("tiny-cpu" if args.tiny else device.type)
-    (RESULTS / f"speed-{tag}.json").write_text(json.dumps({"meta": meta, "train": rows, "inference": infer,
-                                                           "checkpointing": memory, "interleaved": rounds},
-                                                          indent=2) + "\n")
-    md = [f"# Training-step speed ({meta['device']}, {meta['shape']}, {meta['precision']})", "",
-          f"Command: `{meta['command']}`; torch {meta['torch']}; median of {args.steps} steps after "
-          f"{args.warmup} warm-up.", "", "| config | ms/step | × single_adapter | peak GiB |", "|---|---|---|---|"]
+    (RESULTS / f"speed-{tag}.json").write_text(
+        json.dumps(
+            {"meta": meta, "train": rows, "inference": infer, "checkpointing": memory, "interleaved": rounds}, indent=2
+        )
+        + "\n"
+    )
+    md = [
+        f"# Training-step speed ({meta['device']}, {meta['shape']}, {meta['precision']})",
+        "",
+        f"Command: `{meta['command']}`; torch {meta['torch']}; median of {args.steps} steps after "
+        f"{args.warmup} warm-up.",
+        "",
+        "| config | ms/step | × single_adapter | peak GiB |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['peak_mem_gib']} |" for r in rows]
     if rounds:
-        md += ["", f"Interleaved: {args.rounds} rounds of {args.steps // 2} steps per configuration, all models "
-               "resident, order rotated each round; ratio = median over rounds of the round's ratio (range).", "",
-               "| config | ms/step | × single_adapter | range over rounds |", "|---|---|---|---|"]
-        md += [f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['ratio_min']}–{r['ratio_max']} |"
-               for r in rounds]
+        md += [
+            "",
+            f"Interleaved: {args.rounds} rounds of {args.steps // 2} steps per configuration, all models "
+            "resident, order rotated each round; ratio = median over rounds of the round's ratio (range).",
+            "",
+            "| config | ms/step | × single_adapter | range over rounds |",
+            "|---|---|---|---|",
+        ]
+        md += [
+            f"| {r['config']} | {r['train_ms']} | {r['vs_single_adapter']} | {r['ratio_min']}–{r['ratio_max']} |"
+            for r in rounds
+        ]
     md += ["", "| inference | batch | sequences/s |", "|---|---|---|"]
     md += [f"| {r['config']} | {r['batch']} | {r['seqs_per_s']} |" for r in infer]
     md += ["", "| gradient checkpointing | batch | checkpointing | ms/step | peak GiB |", "|---|---|---|---|---|"]
-    md += [f"| {r['config']} | {r['batch']} | {r['checkpointing']} | {r['train_ms']} | {r['peak_mem_gib']} |"
-           for r in memory]
+    md += [
+        f"| {r['config']} | {r['batch']} | {r['checkpointing']} | {r['train_ms']} | {r['peak_mem_gib']} |"
+        for r in memory
+    ]
     (RESULTS / f"speed-{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

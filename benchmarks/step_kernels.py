@@ -8,6 +8,7 @@ time per step. That is the GPU's own work, which a CUDA graph replays back to ba
 rows explain the graph step times of speed.py; the host's launch time does not enter.
 Writes benchmarks/results/step-kernels-<tag>.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,11 @@ def kernel_times(stepper: Stepper, steps: int, cuda: bool) -> dict[str, float]:
     if cuda:
         for e in prof.events():
             # kernels only: a range such as Optimizer.step also shows on the GPU timeline, idle gaps and all
-            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False) \
-                    and not e.name.startswith("Optimizer."):
+            if (
+                e.device_type == DeviceType.CUDA
+                and not getattr(e, "is_user_annotation", False)
+                and not e.name.startswith("Optimizer.")
+            ):
                 per[e.name] += e.time_range.elapsed_us() / steps
     else:
         for e in prof.key_averages():
@@ -58,12 +62,19 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--configs", nargs="*", default=["single_adapter:0", "soft:100", "soft:800", "hard:100", "hard:800"],
-                    help="KIND:N (KIND single_adapter, head_only, soft, hard)")
+    ap.add_argument(
+        "--configs",
+        nargs="*",
+        default=["single_adapter:0", "soft:100", "soft:800", "hard:100", "hard:800"],
+        help="KIND:N (KIND single_adapter, head_only, soft, hard)",
+    )
     ap.add_argument("--top", type=int, default=25, help="kernels listed (by their largest difference from the first)")
     ap.add_argument("--tag", help="results name: step-kernels-TAG (default: the device type)")
-    ap.add_argument("--fused", action="store_true",
-                    help="with the compiled kernels that CUDA graphs use (fused.py), as the graphed step runs")
+    ap.add_argument(
+        "--fused",
+        action="store_true",
+        help="with the compiled kernels that CUDA graphs use (fused.py), as the graphed step runs",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -81,27 +92,41 @@ def main() -> None:
         model = build(kind, int(n), cfg, device, dtype)
         with fused.compiled() if args.fused else contextlib.nullcontext():
             table[spec] = kernel_times(Stepper(model, batch, labels, device), args.steps, cuda)
-        print(json.dumps({"config": spec, "kernel_ms_per_step": round(sum(table[spec].values()) / 1000, 3)}), flush=True)
+        print(
+            json.dumps({"config": spec, "kernel_ms_per_step": round(sum(table[spec].values()) / 1000, 3)}), flush=True
+        )
         del model
         if cuda:
             torch.cuda.empty_cache()
     first = args.configs[0]
-    names = sorted({k for t in table.values() for k in t},
-                   key=lambda k: -max(abs(t.get(k, 0.0) - table[first].get(k, 0.0)) for t in table.values()))
-    meta = {"command": "python benchmarks/step_kernels.py " + " ".join(sys.argv[1:]),
-            "device": torch.cuda.get_device_name(0) if cuda else platform.machine(), "torch": torch.__version__,
-            "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {batch_shape[0]}x{batch_shape[1]}",
-            "steps": args.steps, "fused": args.fused}
+    names = sorted(
+        {k for t in table.values() for k in t},
+        key=lambda k: -max(abs(t.get(k, 0.0) - table[first].get(k, 0.0)) for t in table.values()),
+    )
+    meta = {
+        "command": "python benchmarks/step_kernels.py " + " ".join(sys.argv[1:]),
+        "device": torch.cuda.get_device_name(0) if cuda else platform.machine(),
+        "torch": torch.__version__,
+        "shape": f"hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, batch {batch_shape[0]}x{batch_shape[1]}",
+        "steps": args.steps,
+        "fused": args.fused,
+    }
     RESULTS.mkdir(exist_ok=True)
     tag = args.tag or ("tiny-cpu" if args.tiny else device.type)
     (RESULTS / f"step-kernels-{tag}.json").write_text(json.dumps({"meta": meta, "us_per_step": table}, indent=2) + "\n")
     unit = "kernel" if cuda else "op (CPU self time)"
-    md = [f"# {'GPU' if cuda else 'CPU'} time per training step by {unit} ({meta['device']}, {meta['shape']})", "",
-          f"Command: `{meta['command']}`; torch {meta['torch']}; mean of {args.steps} profiled eager steps"
-          + (", with the fused kernels of the graphed step." if args.fused else "."), "",
-          "| " + unit + " | " + " | ".join(f"{c} µs" for c in args.configs) + " |",
-          "|---|" + "---|" * len(args.configs)]
-    md.append("| **total (ms)** | " + " | ".join(f"**{sum(table[c].values()) / 1000:.3f}**" for c in args.configs) + " |")
+    md = [
+        f"# {'GPU' if cuda else 'CPU'} time per training step by {unit} ({meta['device']}, {meta['shape']})",
+        "",
+        f"Command: `{meta['command']}`; torch {meta['torch']}; mean of {args.steps} profiled eager steps"
+        + (", with the fused kernels of the graphed step." if args.fused else "."),
+        "",
+        "| " + unit + " | " + " | ".join(f"{c} µs" for c in args.configs) + " |",
+        "|---|" + "---|" * len(args.configs),
+    ]
+    md.append(
+        "| **total (ms)** | " + " | ".join(f"**{sum(table[c].values()) / 1000:.3f}**" for c in args.configs) + " |"
+    )
     for k in names[: args.top]:
         md.append(f"| `{short(k)}` | " + " | ".join(f"{table[c].get(k, 0.0):.1f}" for c in args.configs) + " |")
     (RESULTS / f"step-kernels-{tag}.md").write_text("\n".join(md) + "\n")

@@ -8,6 +8,7 @@ subset), MNLI (dev_matched), QNLI (dev) and BoolQ (val) are cut into shards, and
 one LoRA (`bank create --from-profiles --method sa`: one batched run, one adapter and head per
 shard). The bank's adapters are those LoRAs; the frontier then fits X-PEFT profiles on it.
 """
+
 from __future__ import annotations
 
 import argparse

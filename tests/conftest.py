@@ -1,12 +1,14 @@
 """Shared fixtures; the helpers they use live in helpers.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from helpers import save_tiny, sentiment_rows, write_jsonl
 from xpeft_cli.cli.app import main
+
+from helpers import save_tiny, sentiment_rows, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,10 @@ def other_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def sentiment_files(tmp_path) -> tuple[Path, Path]:
-    return (write_jsonl(tmp_path / "train.jsonl", sentiment_rows(48, 0)),
-            write_jsonl(tmp_path / "test.jsonl", sentiment_rows(20, 1)))
+    return (
+        write_jsonl(tmp_path / "train.jsonl", sentiment_rows(48, 0)),
+        write_jsonl(tmp_path / "test.jsonl", sentiment_rows(20, 1)),
+    )
 
 
 @pytest.fixture()
@@ -53,8 +57,8 @@ def fitted(cli, tmp_path):
     write_jsonl(tmp_path / "alice.jsonl", sentiment_rows(40, 0))
     write_jsonl(tmp_path / "alice_test.jsonl", sentiment_rows(12, 1))
     assert cli("bank", "create", "--random", "-n", "16")[0] == 0
-    code, out, err = cli("fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--mask", "hard", "--k", "4",
-                         "--quiet")
+    code, out, err = cli(
+        "fit", "--profile", "alice", "--data", "alice.jsonl", "--epochs", "2", "--mask", "hard", "--k", "4", "--quiet"
+    )
     assert code == 0, err
     return tmp_path
-

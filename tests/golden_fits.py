@@ -5,6 +5,7 @@ change is meant to alter results; say so in the commit).
 Each case fits on a tiny random BERT (built from a seed, as the fixtures do) and returns the bytes
 of what `xpeft fit` would write: an .xpm for X-PEFT, the safetensors file for a baseline.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,16 +17,21 @@ GOLDEN = Path(__file__).parent / "golden"
 
 def _setup(tmp: Path):
     sys.path.insert(0, str(Path(__file__).parent))
-    from helpers import make_bank, save_tiny, sentiment_rows
-
     from xpeft_cli.data import Examples
+
+    from helpers import make_bank, save_tiny, sentiment_rows
 
     model = save_tiny(tmp / "tiny", "bert")
     bank = make_bank(model, tmp / "bank", n=16)
     rows = sentiment_rows(48, 0)
     one = Examples([r["text"] for r in rows], None, [r["label"] for r in rows], "golden")
-    many = Examples([r["text"] for r in rows], None, [r["label"] for r in rows], "golden",
-                    profiles=[("ann", "bob", "cy")[i % 3] for i in range(len(rows))])
+    many = Examples(
+        [r["text"] for r in rows],
+        None,
+        [r["label"] for r in rows],
+        "golden",
+        profiles=[("ann", "bob", "cy")[i % 3] for i in range(len(rows))],
+    )
     return bank, one, many
 
 

@@ -1,5 +1,6 @@
 """Test helpers (a module, not conftest): tiny random-weight encoders built from a config and saved like
 a real model, a random bank over one, learnable sentiment rows, and the one-line error check."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import torch
 
-WORDS = ("good great fine lovely happy bad awful poor sad ugly the a film movie food team game was is "
-         "very quite not really and but today this that it").split()
+WORDS = (
+    "good great fine lovely happy bad awful poor sad ugly the a film movie food team game was is "
+    "very quite not really and but today this that it"
+).split()
 
 
 def _vocab() -> list[str]:
@@ -20,22 +23,49 @@ def _vocab() -> list[str]:
 
 
 def save_tiny(folder: Path, kind: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel, \
-        RobertaConfig, RobertaModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizer,
+        DistilBertConfig,
+        DistilBertModel,
+        RobertaConfig,
+        RobertaModel,
+    )
 
     torch.manual_seed(seed)
     vocab = _vocab()
     if kind == "bert":
-        model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout))
+        model = BertModel(
+            BertConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=64,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+            )
+        )
     elif kind == "roberta":
-        model = RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                           num_attention_heads=2, intermediate_size=64,
-                                           max_position_embeddings=70, pad_token_id=0))
+        model = RobertaModel(
+            RobertaConfig(
+                vocab_size=len(vocab),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                max_position_embeddings=70,
+                pad_token_id=0,
+            )
+        )
     elif kind == "distilbert":
-        model = DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2,
-                                                 hidden_dim=64, max_position_embeddings=64))
+        model = DistilBertModel(
+            DistilBertConfig(
+                vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64
+            )
+        )
     else:
         raise ValueError(kind)
     folder.mkdir(parents=True, exist_ok=True)

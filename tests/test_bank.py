@@ -1,4 +1,5 @@
 """Banks: the portable generator, hashing, regeneration, tamper and model checks, wiring into encoders."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def _spec_value(seed, site, tensor, adapter, e, bound):
 
     def mix(x):
         x &= M
-        x ^= x >> 30; x = (x * 0xBF58476D1CE4E5B9) & M
-        x ^= x >> 27; x = (x * 0x94D049BB133111EB) & M
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & M
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & M
         return x ^ (x >> 31)
 
     k = mix(seed + g)
@@ -58,7 +61,7 @@ def test_any_adapter_can_be_made_alone():
 
 def test_uniform_statistics():
     x = rng.uniform_block(0, 0, 0, range(50), 2000, 1.0)
-    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 3 ** -0.5) < 0.01
+    assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 3**-0.5) < 0.01
     assert x.min() > -1 and x.max() < 1
 
 
@@ -69,9 +72,10 @@ def tiny_bank(tiny_bert, tmp_path):
 
 def test_random_bank_defaults(tiny_bank):
     bank, folder = tiny_bank
-    assert bank.rank == 32 // 16 and bank.L == 4   # both output projections of each of the 2 blocks
-    assert [s.name for s in bank.sites] == [f"encoder.layer.{i}.{m}" for i in range(2)
-                                            for m in ("attention.output.dense", "output.dense")]
+    assert bank.rank == 32 // 16 and bank.L == 4  # both output projections of each of the 2 blocks
+    assert [s.name for s in bank.sites] == [
+        f"encoder.layer.{i}.{m}" for i in range(2) for m in ("attention.output.dense", "output.dense")
+    ]
     assert not (folder / "adapters.safetensors").exists()  # nothing big on disk
     m = json.loads((folder / "bank.json").read_text())
     assert m["bank_hash"] == bank.bank_hash and m["generator"]["seed"] == 3
@@ -133,8 +137,10 @@ def test_bad_targets_and_n(tiny_bert):
         Bank.create_random(plm, enc, n=0)
 
 
-@pytest.mark.parametrize("kind,suffix", [("bert", "output.dense"), ("roberta", "output.dense"),
-                                         ("distilbert", ("attention.out_lin", "ffn.lin2"))])
+@pytest.mark.parametrize(
+    "kind,suffix",
+    [("bert", "output.dense"), ("roberta", "output.dense"), ("distilbert", ("attention.out_lin", "ffn.lin2"))],
+)
 def test_wires_into_encoder_families(kind, suffix, tmp_path):
     folder = save_tiny(tmp_path / kind, kind)
     plm = resolve_model(str(folder))
@@ -176,7 +182,7 @@ def test_a_forged_large_manifest_is_refused_before_regeneration(tiny_bank, monke
     m = json.loads((folder / "bank.json").read_text())
     m["n_adapters"] = 60000
     (folder / "bank.json").write_text(json.dumps(m))
-    monkeypatch.setattr(bank_mod, "STREAM_ABOVE", 1 << 20)   # this tiny bank's 60,000 adapters: 123 MB
+    monkeypatch.setattr(bank_mod, "STREAM_ABOVE", 1 << 20)  # this tiny bank's 60,000 adapters: 123 MB
 
     def never(*a, **k):
         raise AssertionError("regenerated a bank whose hash does not match")
@@ -185,8 +191,10 @@ def test_a_forged_large_manifest_is_refused_before_regeneration(tiny_bank, monke
     monkeypatch.setattr(bank_mod, "regenerate", never)
     with pytest.raises(IntegrityError, match="checked before regenerating"):
         Bank.load(folder)
-    monkeypatch.setattr(bank_mod, "regenerate", real)   # out-of-range fields are refused before any of it
+    monkeypatch.setattr(bank_mod, "regenerate", real)  # out-of-range fields are refused before any of it
     for forged in ({"n_adapters": 70000}, {"rank": 0}, {"sites": []}, {"generator": {**m["generator"], "seed": "x"}}):
-        (folder / "bank.json").write_text(json.dumps(m | forged | ({} if "n_adapters" in forged else {"n_adapters": 20})))
+        (folder / "bank.json").write_text(
+            json.dumps(m | forged | ({} if "n_adapters" in forged else {"n_adapters": 20}))
+        )
         with pytest.raises(IntegrityError):
             Bank.load(folder)

@@ -1,5 +1,6 @@
 """PLMs assembled from split zips on the package index (bundled.py): a real split zip of a tiny model
 goes through the same assembly; the real all-mpnet-base-v2 is tested where its packages are installed."""
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,7 @@ def _split_zip(model_dir: Path, out: Path, parts: int = 3) -> list[Path]:
         zf.writestr("tiny-model/", "")
         for f in sorted(model_dir.iterdir()):
             zf.write(f, f"tiny-model/{f.name}")
-        zf.writestr("tiny-model/desktop.ini", "[.ShellClassInfo]")   # as the real zip carries
+        zf.writestr("tiny-model/desktop.ini", "[.ShellClassInfo]")  # as the real zip carries
         zf.writestr("tiny-model/../escape.txt", "must not leave the cache")
         zf.writestr("other/readme.txt", "not part of the model")
     blob = buf.getvalue()
@@ -31,7 +32,7 @@ def _split_zip(model_dir: Path, out: Path, parts: int = 3) -> list[Path]:
     paths = []
     for i in range(parts):
         p = out / f"tiny.zip.{i + 1:03d}"
-        p.write_bytes(blob[i * step:(i + 1) * step])
+        p.write_bytes(blob[i * step : (i + 1) * step])
         paths.append(p)
     return paths
 
@@ -39,8 +40,14 @@ def _split_zip(model_dir: Path, out: Path, parts: int = 3) -> list[Path]:
 @pytest.fixture()
 def split(tiny_bert, tmp_path):
     pieces = _split_zip(tiny_bert, tmp_path)
-    m = SplitZipModel(name="tiny", packages=(), piece="tiny.zip.{i:03d}", folder="tiny-model",
-                      sha256=sha256_file(tiny_bert / "model.safetensors"), install="pip install tiny")
+    m = SplitZipModel(
+        name="tiny",
+        packages=(),
+        piece="tiny.zip.{i:03d}",
+        folder="tiny-model",
+        sha256=sha256_file(tiny_bert / "model.safetensors"),
+        install="pip install tiny",
+    )
     return m, pieces
 
 
@@ -101,4 +108,4 @@ def test_real_mpnet_assembles_and_takes_a_bank(tmp_path, monkeypatch):
     assert plm.fingerprint == MPNET.sha256 and plm.ref == "mpnet-base"
     enc, _ = load_encoder(plm)
     bank = Bank.create_random(plm, enc, n=4, seed=0)
-    assert bank.L == 24 and bank.rank == 48   # 12 blocks × (attention.attn.o, output.dense), 768 / 16
+    assert bank.L == 24 and bank.rank == 48  # 12 blocks × (attention.attn.o, output.dense), 768 / 16

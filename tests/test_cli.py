@@ -1,4 +1,5 @@
 """The command line end to end on a tiny model: the card's commands, --json, exit codes, one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-import pytest
 
+import pytest
 
 from xpeft_cli.errors import EXIT_DATA, EXIT_INTEGRITY, EXIT_MODEL, EXIT_USAGE
 
@@ -76,8 +77,10 @@ def test_bad_data_rows(fitted, cli):
 
 def test_wrong_bank_and_damaged_files(fitted, cli):
     assert cli("bank", "create", "--random", "-n", "16", "--seed", "1", "-o", "bank2")[0] == 0
-    for args in (("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--bank", "bank2"),
-                 ("inspect", "alice.xpm", "--bank", "bank2")):
+    for args in (
+        ("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--bank", "bank2"),
+        ("inspect", "alice.xpm", "--bank", "bank2"),
+    ):
         code, _, err = cli(*args)
         assert code == EXIT_INTEGRITY
         one_line_error(err)
@@ -123,9 +126,11 @@ def test_table1_exact(cli):
     rows = json.loads(out)["table1"]["rows"]
     got = [(r["mode"], r["n"], r["trainable_display"], r["bytes_display"]) for r in rows]
     assert got == [
-        ("x_peft (hard)", 100, "3.5K", "0.3K"), ("x_peft (hard)", 200, "5.9K", "0.6K"),
+        ("x_peft (hard)", 100, "3.5K", "0.3K"),
+        ("x_peft (hard)", 200, "5.9K", "0.6K"),
         ("x_peft (hard)", 400, "10.7K", "1.2K"),
-        ("x_peft (soft)", 100, "3.5K", "10K"), ("x_peft (soft)", 200, "5.9K", "20K"),
+        ("x_peft (soft)", 100, "3.5K", "10K"),
+        ("x_peft (soft)", 200, "5.9K", "20K"),
         ("x_peft (soft)", 400, "10.7K", "40K"),
         ("single_adapter", None, "884.7K", "3.5M"),
     ]
@@ -137,8 +142,12 @@ def test_subprocess_console_script_no_traceback(tmp_path, tiny_bert):
     """The installed entry point, as a shell would run it."""
     (tmp_path / "broken.xpm").write_bytes(b"\x89XPM\r\n\x1a\n" + b"\x00" * 10)
     env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
-    p = subprocess.run([sys.executable, "-m", "xpeft_cli", "inspect", str(tmp_path / "broken.xpm")],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "xpeft_cli", "inspect", str(tmp_path / "broken.xpm")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == EXIT_INTEGRITY and p.stdout == ""
     one_line_error(p.stderr)
 
@@ -171,13 +180,22 @@ def test_every_command_has_json_and_quiet():
 
 
 def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
-    write_jsonl(fitted / "req.jsonl", [{"profile": "alice", "text": "the film was good"},
-                                       {"profile": "alice", "text": "the food was awful"}])
-    quiet_runs = [("inspect", "alice.xpm", "--bank", "bank"), ("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl"),
-                  ("verify", "alice.xpm"), ("bank", "info"), ("bank", "verify"), ("bank", "hash"),
-                  ("report", "memory"), ("pack", "alice.xpm", "-o", "alice.xps"),
-                  ("unpack", "alice.xpm", "-o", "alice.json"),
-                  ("predict", "-P", ".", "--data", "req.jsonl", "-o", "answers.jsonl")]
+    write_jsonl(
+        fitted / "req.jsonl",
+        [{"profile": "alice", "text": "the film was good"}, {"profile": "alice", "text": "the food was awful"}],
+    )
+    quiet_runs = [
+        ("inspect", "alice.xpm", "--bank", "bank"),
+        ("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl"),
+        ("verify", "alice.xpm"),
+        ("bank", "info"),
+        ("bank", "verify"),
+        ("bank", "hash"),
+        ("report", "memory"),
+        ("pack", "alice.xpm", "-o", "alice.xps"),
+        ("unpack", "alice.xpm", "-o", "alice.json"),
+        ("predict", "-P", ".", "--data", "req.jsonl", "-o", "answers.jsonl"),
+    ]
     for args in quiet_runs:
         code, out, err = cli(*args, "--quiet")
         assert (code, out, err) == (0, "", ""), args
@@ -185,8 +203,12 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
     code, out, _ = cli("predict", "-P", ".", "--data", "req.jsonl", "-q")  # stdout is the data: still written
     assert code == 0 and len(out.splitlines()) == 2
     code, out, _ = cli("predict", "-P", ".", "--data", "req.jsonl", "-o", "a2.jsonl", "--json")
-    assert code == 0 and json.loads(out) | {"seconds": 0} == {"output": "a2.jsonl", "answers": 2, "profiles": 1,
-                                                                "seconds": 0}
+    assert code == 0 and json.loads(out) | {"seconds": 0} == {
+        "output": "a2.jsonl",
+        "answers": 2,
+        "profiles": 1,
+        "seconds": 0,
+    }
     code, out, err = cli("predict", "-P", ".", "--data", "req.jsonl", "--json")
     assert code == 2 and "--json needs --output" in err
     assert json.loads(out) == {"error": "--json needs --output: without it stdout carries the answers", "exit_code": 2}
@@ -199,8 +221,10 @@ def test_quiet_prints_nothing_and_keeps_exit_codes(fitted, cli):
     one_line_error(err)
 
 
-@pytest.mark.parametrize("opt", [["--rank", "0"], ["--init-scale", "nan"], ["--init-scale", "inf"],
-                                 ["--init-scale", "0"], ["--init-scale", "-1"]])
+@pytest.mark.parametrize(
+    "opt",
+    [["--rank", "0"], ["--init-scale", "nan"], ["--init-scale", "inf"], ["--init-scale", "0"], ["--init-scale", "-1"]],
+)
 def test_bank_create_refuses_a_zero_rank_and_non_finite_scales(cli, opt):
     code, _, err = cli("bank", "create", "--random", "-n", "8", *opt)
     assert code == 2
@@ -267,14 +291,20 @@ def test_the_command_line_starts_without_torch():
     import subprocess
     import sys
 
-    code = ("import sys, xpeft_cli, xpeft_cli.cli.app; "
-            "from xpeft_cli.cli.app import app; import typer; typer.main.get_command(app); "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'fastapi') if m in sys.modules))")
+    code = (
+        "import sys, xpeft_cli, xpeft_cli.cli.app; "
+        "from xpeft_cli.cli.app import app; import typer; typer.main.get_command(app); "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'fastapi') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     # the library's names still import on first use
-    out = subprocess.run([sys.executable, "-c", "from xpeft_cli import Bank, FitConfig, read_xpm; print(Bank.__name__)"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from xpeft_cli import Bank, FitConfig, read_xpm; print(Bank.__name__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "Bank"
 
 
@@ -284,9 +314,9 @@ def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = readme[readme.index("### Exit codes"):readme.index("### Library")]
+    table = readme[readme.index("### Exit codes") : readme.index("### Library")]
     documented = [int(c) for c in re.findall(r"^\| (\d) \|", table, re.M)]
-    assert documented == [0, 1, 2, 3, 4, 5]
+    assert documented == [0, 1, 2, 3, 4, 5, 6]
     (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
     cases = {
         0: ("inspect", "alice.xpm"),
@@ -300,6 +330,18 @@ def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
         assert got == code, (code, args, err)
         if code:
             one_line_error(err)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before = (fitted / "alice.xpm").read_bytes()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))  # as `ulimit -f`: Python ignores SIGXFSZ, writes fail
+    try:
+        got, _, err = cli("pack", "alice.xpm", "-o", "alice.xpm")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert got == 6 and "cannot write" in err and "File too large" in err, err
+    one_line_error(err)
+    assert (fitted / "alice.xpm").read_bytes() == before  # the old file is kept
     import xpeft_cli.describe
 
     def bug(path):
@@ -312,8 +354,11 @@ def test_readme_exit_code_table_one_case_each(cli, fitted, monkeypatch):
 
 def test_json_errors_are_one_json_object_on_stdout(cli, fitted):
     (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
-    for args, code in ((("inspect", "cut.xpm", "--json"), 4), (("fit", "-p", "x", "-d", "nope.jsonl", "--json"), 3),
-                       (("fit", "-p", "x", "-d", "alice.jsonl", "--epochs", "0", "--json"), 2)):
+    for args, code in (
+        (("inspect", "cut.xpm", "--json"), 4),
+        (("fit", "-p", "x", "-d", "nope.jsonl", "--json"), 3),
+        (("fit", "-p", "x", "-d", "alice.jsonl", "--epochs", "0", "--json"), 2),
+    ):
         got, out, err = cli(*args)
         assert got == code
         obj = json.loads(out)

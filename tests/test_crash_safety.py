@@ -1,4 +1,5 @@
 """Crash safety: SIGKILL during writes and fits never leaves a partial file or loses work."""
+
 from __future__ import annotations
 
 import os
@@ -41,16 +42,41 @@ def test_sigkill_during_atomic_writes(tmp_path):
 
 
 def _fit(cwd: Path, env: dict, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "xpeft_cli", "fit", "-p", "carol", "-d", "train.jsonl", "--epochs", "40",
-            "--batch-size", "4", "--mask", "hard", "--k", "4", "--seed", "3", "--quiet", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "xpeft_cli",
+        "fit",
+        "-p",
+        "carol",
+        "-d",
+        "train.jsonl",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "4",
+        "--mask",
+        "hard",
+        "--k",
+        "4",
+        "--seed",
+        "3",
+        "--quiet",
+        *extra,
+    ]
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_fit_killed_and_resumed_gives_identical_profile(tmp_path, tiny_bert):
     env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
     write_jsonl(tmp_path / "train.jsonl", sentiment_rows(40))
-    subprocess.run([sys.executable, "-m", "xpeft_cli", "bank", "create", "--random", "-n", "16"], cwd=tmp_path,
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "xpeft_cli", "bank", "create", "--random", "-n", "16"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
     (ref_dir / "bank").symlink_to(tmp_path / "bank")
@@ -69,8 +95,13 @@ def test_fit_killed_and_resumed_gives_identical_profile(tmp_path, tiny_bert):
     proc.wait()
     assert not (tmp_path / "carol.xpm").exists() and ckpt.exists()
     # the interrupted fit's checkpoint can be packed into a usable profile as it stood
-    packed = subprocess.run([sys.executable, "-m", "xpeft_cli", "pack", str(ckpt), "-o", "partial.xpm", "--json"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    packed = subprocess.run(
+        [sys.executable, "-m", "xpeft_cli", "pack", str(ckpt), "-o", "partial.xpm", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert packed.returncode == 0, packed.stderr
     from xpeft_cli import read_xpm
 
@@ -88,7 +119,79 @@ def test_fit_killed_and_resumed_gives_identical_profile(tmp_path, tiny_bert):
 def test_resume_refuses_other_options(tmp_path, tiny_bert):
     env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
     write_jsonl(tmp_path / "train.jsonl", sentiment_rows(40))
-    subprocess.run([sys.executable, "-m", "xpeft_cli", "bank", "create", "--random", "-n", "16"], cwd=tmp_path,
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "xpeft_cli", "bank", "create", "--random", "-n", "16"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     no_ckpt = _fit(tmp_path, env, "--resume")
     assert no_ckpt.wait() == 2 and b"no checkpoint" in no_ckpt.stderr.read()
+
+
+def _xpm_files(folder: Path, count: int, n: int = 2000) -> list[Path]:
+    """Hard profiles written as .xpm files (no model needed: masks, LN and head of a fixed shape)."""
+    import numpy as np
+
+    from xpeft_cli.profile import Profile
+    from xpeft_cli.xpm import write_xpm
+
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        rows = np.zeros((12, n), dtype=bool)
+        for r in rows:
+            r[rng.choice(n, 50, replace=False)] = True
+        p = Profile(name=f"p{i}", mask_kind="hard", n=n, L=12, k=50, bank_hash="ab" * 32, mask_a=rows, mask_b=rows)
+        paths.append(folder / f"p{i}.xpm")
+        write_xpm(p, paths[-1])
+    return paths
+
+
+def _pack(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xpeft_cli", "pack", *args, "-q"], capture_output=True, text=True)
+
+
+def _names(store: Path) -> set[str]:
+    from xpeft_cli.store import Store
+
+    with Store(store) as s:
+        return {p.name for p in s}
+
+
+def test_two_packs_adding_to_one_store_lose_nothing(tmp_path):
+    """Two processes each add profiles to one store, one `pack STORE NEW -o STORE` at a time, at once:
+    the store's lock (atomic.locked) orders the read-modify-writes, so every profile is kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = _xpm_files(tmp_path, 9)
+    store = tmp_path / "all.xps"
+    assert _pack(str(files[0]), "-o", str(store)).returncode == 0
+
+    def add(batch: list[Path]) -> list[int]:
+        return [_pack(str(store), str(f), "-o", str(store)).returncode for f in batch]
+
+    with ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(add, [files[1:9:2], files[2:9:2]]))
+    assert codes == [[0] * 4, [0] * 4]
+    assert _names(store) == {f"p{i}" for i in range(9)}
+
+
+def test_pack_killed_keeps_the_old_store(tmp_path):
+    """SIGKILL at random moments of `pack` into an existing store: the store is always the old one or
+    the new one, complete (its checksums verify), never a torn file."""
+    files = _xpm_files(tmp_path, 40)
+    store = tmp_path / "s.xps"
+    assert _pack(*map(str, files[:20]), "-o", str(store)).returncode == 0
+    old = store.read_bytes()
+    rng = random.Random(1)
+    for trial in range(8):
+        proc = subprocess.Popen([sys.executable, "-m", "xpeft_cli", "pack", *map(str, files), "-o", str(store), "-q"])
+        time.sleep(0.4 + rng.random() * 0.8)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        names = _names(store)  # reading checks every index entry and record
+        assert names in ({f"p{i}" for i in range(20)}, {f"p{i}" for i in range(40)}), trial
+        if len(names) == 20:
+            assert store.read_bytes() == old

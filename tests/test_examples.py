@@ -1,4 +1,5 @@
 """The example shell pipelines run as documented (tiny model; exit codes and outputs checked)."""
+
 from __future__ import annotations
 
 import os
@@ -11,15 +12,17 @@ import pytest
 from helpers import sentiment_rows, write_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-pytestmark = pytest.mark.skipif(shutil.which("xpeft") is None or shutil.which("jq") is None,
-                                reason="needs the installed xpeft command and jq")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xpeft") is None or shutil.which("jq") is None, reason="needs the installed xpeft command and jq"
+)
 
 
 def test_fit_folder_and_verify_pipeline(tmp_path, tiny_bert):
     env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
     run = lambda *a: subprocess.run(["bash", *map(str, a)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    subprocess.run(["xpeft", "bank", "create", "--random", "-n", "16"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["xpeft", "bank", "create", "--random", "-n", "16"], cwd=tmp_path, env=env, check=True, capture_output=True
+    )
     (tmp_path / "authors").mkdir()
     write_jsonl(tmp_path / "authors" / "ann.jsonl", sentiment_rows(20, 0))
     write_jsonl(tmp_path / "authors" / "ben.jsonl", sentiment_rows(20, 1))

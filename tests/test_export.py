@@ -1,5 +1,6 @@
 """Export to peft: a profile of an LN-free bank loads with PeftModel.from_pretrained and gives the
 same hidden states; a bank with a normalising LN is refused."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,26 @@ def test_export_matches_peft_exactly(cli, fitted, tiny_bert):
 
     assert cli("bank", "create", "--random", "-n", "16", "--ln", "none", "-o", "bank-nl")[0] == 0
     for mask in ("hard", "soft", "sign"):
-        code, _, err = cli("fit", "-p", f"nl-{mask}", "-d", "alice.jsonl", "--bank", "bank-nl", "--mask", mask,
-                           "--epochs", "2", "--k", "4", "--quiet")
+        code, _, err = cli(
+            "fit",
+            "-p",
+            f"nl-{mask}",
+            "-d",
+            "alice.jsonl",
+            "--bank",
+            "bank-nl",
+            "--mask",
+            mask,
+            "--epochs",
+            "2",
+            "--k",
+            "4",
+            "--quiet",
+        )
         assert code == 0, err
-        code, out, err = cli("export", f"nl-{mask}.xpm", "--bank", "bank-nl", "--to", "peft", "-o", f"lora-{mask}",
-                             "--json")
+        code, out, err = cli(
+            "export", f"nl-{mask}.xpm", "--bank", "bank-nl", "--to", "peft", "-o", f"lora-{mask}", "--json"
+        )
         assert code == 0, err
         cfg = json.loads((fitted / f"lora-{mask}" / "adapter_config.json").read_text())
         assert cfg["peft_type"] == "LORA" and cfg["r"] == 2 and len(cfg["target_modules"]) == 4

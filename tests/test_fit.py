@@ -1,12 +1,13 @@
 """Fitting on a tiny model: reproducibility, the file round trip, and learning."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from xpeft_cli import Bank, FitConfig, evaluate_profile, fit_profile, load_examples, read_xpm, write_xpm
-from xpeft_cli.evaluate import model_for_profile
 from xpeft_cli.batches import predict_outputs
+from xpeft_cli.evaluate import model_for_profile
 
 from helpers import make_bank
 
@@ -30,7 +31,10 @@ def test_same_seed_same_bytes(bank, sentiment_files, tmp_path, mask):
         write_xpm(res.profile, paths[-1])
     assert paths[0].read_bytes() == paths[1].read_bytes()
     other = fit_profile(bank, train, "alice", FitConfig(mask=mask, seed=8, **CFG))
-    assert write_xpm(other.profile, tmp_path / "other.xpm") and (tmp_path / "other.xpm").read_bytes() != paths[0].read_bytes()
+    assert (
+        write_xpm(other.profile, tmp_path / "other.xpm")
+        and (tmp_path / "other.xpm").read_bytes() != paths[0].read_bytes()
+    )
 
 
 @pytest.mark.parametrize("mask", ["hard", "soft"])
@@ -49,8 +53,14 @@ def test_file_round_trip_gives_same_predictions(bank, sentiment_files, tmp_path,
 
 def test_learns_the_tiny_task_and_masks_move(bank, sentiment_files):
     train, test = load_examples(sentiment_files[0]), load_examples(sentiment_files[1])
-    res = fit_profile(bank, train, "carol", FitConfig(mask="soft", seed=0, k=6, epochs=15, batch_size=8,
-                                                        lr_head=3e-2, lr_ln=1e-2, device="cpu", val_fraction=0))
+    res = fit_profile(
+        bank,
+        train,
+        "carol",
+        FitConfig(
+            mask="soft", seed=0, k=6, epochs=15, batch_size=8, lr_head=3e-2, lr_ln=1e-2, device="cpu", val_fraction=0
+        ),
+    )
     losses = [h["loss"] for h in res.history if "loss" in h]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     la, lb = res.model.mask_logits()

@@ -2,6 +2,7 @@
 
 Runs only where they can be used: a CUDA GPU with Triton (on the CPU the eager path is the code).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -11,7 +12,10 @@ from xpeft_cli import fused
 from xpeft_cli.masks import MaskSpec
 from xpeft_cli.mixing import mix
 
-gpu = pytest.mark.skipif(not fused.available(), reason="needs a CUDA GPU with Triton")
+
+def gpu(test):
+    """Runs on a CUDA GPU with Triton (marked `gpu`: CI's CPU run deselects it by `-m "not gpu"`)."""
+    return pytest.mark.gpu(pytest.mark.skipif(not fused.available(), reason="needs a CUDA GPU with Triton")(test))
 
 
 def test_kernels_are_used_only_inside_compiled_blocks():
@@ -74,7 +78,7 @@ def test_mixing_gradient_is_the_exact_one(kind):
 
     fast = compiled(lambda: _grads(run, logits))
     slow = _grads(run, logits)
-    torch.testing.assert_close(fast[0], slow[0])   # the forward is the same code
+    torch.testing.assert_close(fast[0], slow[0])  # the forward is the same code
     # float64 reference: the dense straight-through mix of the same choice
     ref_logits = logits.detach().double().requires_grad_()
     w, chosen = mask_choice(ref_logits, spec, training=True)

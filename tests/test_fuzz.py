@@ -1,4 +1,5 @@
 """Hostile .xpm input: every mutation is read or refused with IntegrityError, nothing else."""
+
 from __future__ import annotations
 
 import random
@@ -6,12 +7,11 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_xpm import hard_profile
 
 from xpeft_cli.errors import IntegrityError
 from xpeft_cli.fuzz import KINDS, mutate
 from xpeft_cli.xpm import decode, encode
-
-from test_xpm import hard_profile
 
 SEEDS = [encode(hard_profile(n=40, L=3, k=5)), encode(hard_profile(n=9, L=1, k=1, extras=False))]
 

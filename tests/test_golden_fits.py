@@ -1,5 +1,6 @@
 """The training core keeps its results: lone and multi-profile fits of every method give the files
 they gave before the loops were unified (tests/golden/, written by tests/golden_fits.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,15 @@ def _close(new: bytes, old: bytes, what: str) -> None:
     from xpeft_cli.xpm import decode
 
     a, b = decode(new).profile, decode(old).profile
-    assert (a.name, a.mask_kind, a.n, a.L, a.k, a.labels, a.meta) == (b.name, b.mask_kind, b.n, b.L, b.k, b.labels, b.meta)
+    assert (a.name, a.mask_kind, a.n, a.L, a.k, a.labels, a.meta) == (
+        b.name,
+        b.mask_kind,
+        b.n,
+        b.L,
+        b.k,
+        b.labels,
+        b.meta,
+    )
     assert np.mean(np.asarray(a.mask_a) != np.asarray(b.mask_a)) < 0.05, what
     for x, y in ((a.ln_weight, b.ln_weight), (a.head_weight, b.head_weight)):
         if x is not None:

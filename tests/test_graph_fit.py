@@ -1,4 +1,5 @@
 """`fit --cuda-graphs`: the graphed step trains as the eager step does (on a GPU), and is refused without one."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,14 @@ import torch
 
 from xpeft_cli import Bank, FitConfig, fit_profile, load_examples
 
-from helpers import one_line_error, make_bank, sentiment_rows, write_jsonl
+from helpers import make_bank, one_line_error, sentiment_rows, write_jsonl
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+def gpu(test):
+    """Runs on a CUDA GPU (marked `gpu`: CI's CPU run deselects it by `-m "not gpu"`)."""
+    return pytest.mark.gpu(
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")(test)
+    )
 
 
 def test_without_a_gpu_it_is_a_usage_error(cli, tmp_path):
@@ -26,14 +32,25 @@ def test_without_a_gpu_it_is_a_usage_error(cli, tmp_path):
 def test_graphed_fit_follows_the_eager_fit(tiny_bert_nodrop, tmp_path, mask):
     make_bank(tiny_bert_nodrop, tmp_path / "bank", n=24)
     bank = Bank.load(tmp_path / "bank")
-    rows = sentiment_rows(44)   # 44 rows in batches of 8: every epoch ends on a padded batch of 4
+    rows = sentiment_rows(44)  # 44 rows in batches of 8: every epoch ends on a padded batch of 4
     for i, r in enumerate(rows):
-        if i % 4 == 0:          # and some rows past 32 tokens: two length buckets, two graphs
+        if i % 4 == 0:  # and some rows past 32 tokens: two length buckets, two graphs
             r["text"] = r["text"] + " really" * 40
     train = load_examples(write_jsonl(tmp_path / "train.jsonl", rows))
     # float32 and no Gumbel noise: the two fits may differ only by float rounding
-    cfg = dict(mask=mask, k=6, epochs=3, batch_size=8, nu=0.0, lr_head=3e-2, lr_ln=1e-2, device="cuda",
-               val_fraction=0, precision="fp32", seed=3)
+    cfg = dict(
+        mask=mask,
+        k=6,
+        epochs=3,
+        batch_size=8,
+        nu=0.0,
+        lr_head=3e-2,
+        lr_ln=1e-2,
+        device="cuda",
+        val_fraction=0,
+        precision="fp32",
+        seed=3,
+    )
     eager = fit_profile(bank, train, "alice", FitConfig(**cfg))
     graphed = fit_profile(bank, train, "alice", FitConfig(**cfg, cuda_graphs=True))
     le = [h["loss"] for h in eager.history if "loss" in h]

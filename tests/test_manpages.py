@@ -1,4 +1,5 @@
 """The committed man pages are what the CLI generates now, and they render without warnings."""
+
 from __future__ import annotations
 
 import shutil
@@ -17,9 +18,17 @@ def test_committed_pages_are_current():
     stale = [name for name, text in pages.items() if not (MAN / name).is_file() or (MAN / name).read_text() != text]
     extra = sorted(p.name for p in MAN.glob("xpeft*") if p.name not in pages)
     assert not stale and not extra, (
-        f"stale man pages {stale}, extra {extra}: run 'python -m xpeft_cli.cli.manpages man'")
-    assert {"xpeft.1", "xpeft-fit.1", "xpeft-bank-create.1", "xpeft-inspect.1", "xpeft-eval.1",
-            "xpeft-report-memory.1", "xpeft-xpm.5"} <= set(pages)
+        f"stale man pages {stale}, extra {extra}: run 'python -m xpeft_cli.cli.manpages man'"
+    )
+    assert {
+        "xpeft.1",
+        "xpeft-fit.1",
+        "xpeft-bank-create.1",
+        "xpeft-inspect.1",
+        "xpeft-eval.1",
+        "xpeft-report-memory.1",
+        "xpeft-xpm.5",
+    } <= set(pages)
 
 
 def test_every_page_documents_exit_status_and_options():

@@ -1,4 +1,5 @@
 """Algorithm 1 (hard top-k straight-through) and soft masks."""
+
 from __future__ import annotations
 
 import torch

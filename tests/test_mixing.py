@@ -1,4 +1,5 @@
 """Weight-space mixing equals the paper's per-adapter computation, forward and backward."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,8 @@ from xpeft_cli.masks import MaskSpec
 def make_layer(kind: str, n=12, d_in=16, d_out=20, b=4, k=5, seed=0) -> XPeftLinear:
     g = torch.Generator().manual_seed(seed)
     base = torch.nn.Linear(d_in, d_out)
-    a = torch.randn(n, d_in, b, generator=g) / d_in ** 0.5
-    bb = torch.randn(n, b, d_out, generator=g) / b ** 0.5
+    a = torch.randn(n, d_in, b, generator=g) / d_in**0.5
+    bb = torch.randn(n, b, d_out, generator=g) / b**0.5
     layer = XPeftLinear(base, a, bb, MaskSpec(kind=kind, k=k), ln=True)
     with torch.no_grad():
         layer.logits_a.copy_(torch.randn(n, generator=g))

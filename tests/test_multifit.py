@@ -1,4 +1,5 @@
 """Many profiles in one run (routing.py, multifit.py): same result as lone fits, per-row routing."""
+
 from __future__ import annotations
 
 import random
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_bank, sentiment_rows
 from xpeft_cli.data import Examples
 from xpeft_cli.multifit import fit_profiles, profile_filename
 from xpeft_cli.train import FitConfig, fit_profile
+
+from helpers import make_bank, sentiment_rows
 
 SIZES = [("alice", 30), ("bob", 19), ("carol", 45)]
 
@@ -28,9 +30,17 @@ def nodrop_bank(tiny_bert_nodrop, tmp_path_factory):
     return make_bank(tiny_bert_nodrop, tmp_path_factory.mktemp("bank"), n=12)
 
 
-@pytest.mark.parametrize("method,mask,knobs", [("x-peft", "hard", {}), ("x-peft", "soft", {}), ("x-peft", "sign", {}),
-                                               ("single-adapter", "hard", {}), ("head-only", "hard", {}),
-                                               ("x-peft", "sign", {"warmup": 0.2, "mask_clip": 0.02, "lr_masks": 0.2})])
+@pytest.mark.parametrize(
+    "method,mask,knobs",
+    [
+        ("x-peft", "hard", {}),
+        ("x-peft", "soft", {}),
+        ("x-peft", "sign", {}),
+        ("single-adapter", "hard", {}),
+        ("head-only", "hard", {}),
+        ("x-peft", "sign", {"warmup": 0.2, "mask_clip": 0.02, "lr_masks": 0.2}),
+    ],
+)
 def test_one_run_equals_lone_fits(nodrop_bank, method, mask, knobs):
     """Profiles of unequal size (so they drop out of the run at different steps) in one run; the
     schedule's warm-up and the clamped sign logits come from the same core (loop.py) in both."""
@@ -104,10 +114,15 @@ def test_server_rows_match_each_profiles_own_model(nodrop_bank, masks, cache_gb)
     for mask in masks:
         cfg = FitConfig(mask=mask, k=4, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
         res = fit_profiles(nodrop_bank, ex, cfg)
-        profiles += [replace(p, name=f"{p.name}-{mask}",
-                             ln_weight=(1 + 0.5 * rng.standard_normal(p.ln_weight.shape)).astype(np.float32),
-                             ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
-                     for p in res.profiles.values()]
+        profiles += [
+            replace(
+                p,
+                name=f"{p.name}-{mask}",
+                ln_weight=(1 + 0.5 * rng.standard_normal(p.ln_weight.shape)).astype(np.float32),
+                ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32),
+            )
+            for p in res.profiles.values()
+        ]
     server = ProfileServer(nodrop_bank, profiles, "cpu", cache_gb=cache_gb)
     assert server.cached == (cache_gb > 0)
     # a precomputing server keeps only the precomputed rows, not the bank it mixed them from
@@ -147,21 +162,29 @@ def test_sites_of_two_shapes_route_like_own_models(tiny_bert_nodrop):
     bank = Bank.create_random(plm, enc, n=8, seed=0, targets="attention.self.value,intermediate.dense")
     assert len({(s.d_in, s.d_out) for s in bank.sites}) == 2
     ex = _multi_examples()
-    res = fit_profiles(bank, ex, FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"],
-                                           val_fraction=0))
-    lone = fit_profile(bank, ex.subset(ex.by_profile()["alice"]), "alice",
-                       FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0))
+    res = fit_profiles(
+        bank, ex, FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0)
+    )
+    lone = fit_profile(
+        bank,
+        ex.subset(ex.by_profile()["alice"]),
+        "alice",
+        FitConfig(k=3, epochs=1, batch_size=8, device="cpu", labels=["neg", "pos"], val_fraction=0),
+    )
     assert np.array_equal(lone.profile.mask_a, res.profiles["alice"].mask_a)
     rng = np.random.default_rng(1)
-    profiles = [replace(p, ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
-                for p in res.profiles.values()]
+    profiles = [
+        replace(p, ln_bias=(0.5 * rng.standard_normal(p.ln_bias.shape)).astype(np.float32))
+        for p in res.profiles.values()
+    ]
     server = ProfileServer(bank, profiles, "cpu", cache_gb=0)  # mixed per batch, one group per shape
     pid = [i % 3 for i in range(9)]
     mixed = server.outputs(ex.texts[:9], None, pid, batch_size=9)
     batch = server.tokenizer(ex.texts[:9], padding=True, truncation=True, return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(server.model.forward_rows(**batch, row_ids=torch.tensor(pid)), mixed,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            server.model.forward_rows(**batch, row_ids=torch.tensor(pid)), mixed, atol=1e-5, rtol=1e-5
+        )
     for i, prof in enumerate(profiles):
         model, tok, _ = model_for_profile(bank, prof, "cpu")
         rows = [j for j in range(9) if pid[j] == i]

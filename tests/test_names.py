@@ -1,24 +1,38 @@
 """Profile names: legal ones are data, never paths; the rest are refused (exit 3) before any work."""
+
 from __future__ import annotations
 
 import pytest
 
-from helpers import one_line_error, sentiment_rows, write_jsonl
 from xpeft_cli.errors import DataError
 from xpeft_cli.names import check_name, profile_filename
 
+from helpers import one_line_error, sentiment_rows, write_jsonl
 
-@pytest.mark.parametrize("name", ["alice", "Lee Moran, Contributor", "a/b", "../../etc/passwd", "/abs", "José ☃",
-                                  "x" * 255, "é" * 127])
+
+@pytest.mark.parametrize(
+    "name", ["alice", "Lee Moran, Contributor", "a/b", "../../etc/passwd", "/abs", "José ☃", "x" * 255, "é" * 127]
+)
 def test_legal_names_pass_and_their_files_stay_in_the_folder(name):
     assert check_name(name) == name
     stem = profile_filename(name)
     assert "/" not in stem and stem not in ("", ".", "..") and not stem.startswith(".") and len(stem) <= 87
 
 
-@pytest.mark.parametrize("name, why", [("", "non-empty"), ("x" * 256, "1..255 UTF-8 bytes"), ("é" * 128, "got 256"),
-                                       ("a\tb", "U+0009"), ("a\x00b", "U+0000"), ("a\x1b[2J", "U+001B"),
-                                       ("a\x7f", "U+007F"), ("a\x85", "U+0085"), (7, "non-empty text")])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("", "non-empty"),
+        ("x" * 256, "1..255 UTF-8 bytes"),
+        ("é" * 128, "got 256"),
+        ("a\tb", "U+0009"),
+        ("a\x00b", "U+0000"),
+        ("a\x1b[2J", "U+001B"),
+        ("a\x7f", "U+007F"),
+        ("a\x85", "U+0085"),
+        (7, "non-empty text"),
+    ],
+)
 def test_illegal_names_are_refused_with_the_reason(name, why):
     with pytest.raises(DataError, match=why.replace("+", r"\+").replace(".", r"\.")):
         check_name(name)
@@ -44,11 +58,13 @@ def test_fit_refuses_bad_names_and_never_writes_outside(cli, tmp_path):
     # many profiles from a data column: hostile values stay inside the output folder
     rows = [dict(r, author=a) for a in ("../../escape", "/etc/x", "ok") for r in sentiment_rows(12, 1)]
     write_jsonl(work / "many.jsonl", rows)
-    code, _, err = cli("fit", "--data", "many.jsonl", "--profile-column", "author", "-o", "profs", "--epochs", "1",
-                       "-q")
+    code, _, err = cli(
+        "fit", "--data", "many.jsonl", "--profile-column", "author", "-o", "profs", "--epochs", "1", "-q"
+    )
     assert code == 0, err
     assert sorted(p.name for p in (work / "profs").glob("*.xpm")) == sorted(
-        f"{profile_filename(n)}.xpm" for n in ("../../escape", "/etc/x", "ok"))
+        f"{profile_filename(n)}.xpm" for n in ("../../escape", "/etc/x", "ok")
+    )
     assert not (tmp_path / "escape.xpm").exists()
     write_jsonl(work / "bad.jsonl", [dict(r, author="a\x07") for r in sentiment_rows(12, 1)])
     code, _, err = cli("fit", "--data", "bad.jsonl", "--profile-column", "author", "-o", "profs2", "--epochs", "1")
@@ -122,8 +138,13 @@ def test_non_finite_scores_are_null_not_nan(cli, fitted, monkeypatch):
     assert answer["score"] is None and answer["prediction"] in ("pos", "neg")
 
 
-@pytest.mark.parametrize("content, why", [(b'{"text": "a\xff b", "label": "pos"}\n', "not UTF-8 text (byte 0xff"),
-                                          (b"[" * 100_000 + b"\n", "nested too deeply")])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b'{"text": "a\xff b", "label": "pos"}\n', "not UTF-8 text (byte 0xff"),
+        (b"[" * 100_000 + b"\n", "nested too deeply"),
+    ],
+)
 def test_hostile_data_files_exit_3_with_the_line(cli, fitted, content, why, monkeypatch):
     import io
 

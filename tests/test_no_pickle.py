@@ -1,4 +1,5 @@
 """No pickle anywhere: profiles, banks and checkpoints are safetensors and JSON only."""
+
 from __future__ import annotations
 
 import re

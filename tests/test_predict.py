@@ -1,4 +1,5 @@
 """`xpeft predict`: many profiles in one request stream, answers in order, equal to `xpeft eval`."""
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,9 @@ def test_predict_mixed_profiles_matches_eval(cli, fitted, monkeypatch):
     answers = [json.loads(l) for l in out.splitlines()]
     assert code == 0, err
     assert [a["id"] for a in answers] == list(range(len(requests)))
-    assert all(a["prediction"] in ({"pos", "neg"} if a["profile"] == "alice" else {"up", "down", "meh"})
-               for a in answers)
+    assert all(
+        a["prediction"] in ({"pos", "neg"} if a["profile"] == "alice" else {"up", "down", "meh"}) for a in answers
+    )
     # the same answers as eval gives for each profile alone
     code, _, _ = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--predictions", "alice_preds.jsonl")
     by_eval = [json.loads(l)["prediction"] for l in (fitted / "alice_preds.jsonl").read_text().splitlines()]
@@ -60,9 +62,15 @@ def test_predict_streams_answers_and_reports_bad_lines_in_place(cli, fitted):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "xpeft_cli", "predict", "--profiles", "alice.xpm", "--device", "cpu"],
-                            cwd=fitted, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpeft_cli", "predict", "--profiles", "alice.xpm", "--device", "cpu"],
+        cwd=fitted,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         proc.stdin.write(json.dumps({"id": 1, "profile": "alice", "text": "what a fun film"}) + "\n")
         proc.stdin.flush()
@@ -70,9 +78,15 @@ def test_predict_streams_answers_and_reports_bad_lines_in_place(cli, fitted):
         assert first["id"] == 1 and first["prediction"] in ("pos", "neg")
         assert set(first["scores"]) == {"pos", "neg"} and abs(sum(first["scores"].values()) - 1) < 1e-4
         assert first["score"] == max(first["scores"].values())
-        proc.stdin.write("{not json\n" + json.dumps({"id": 3, "profile": "nobody", "text": "x"}) + "\n"
-                         + json.dumps({"id": 4, "profile": "alice"}) + "\n"
-                         + json.dumps({"id": 5, "profile": "alice", "text": "so sad"}) + "\n")
+        proc.stdin.write(
+            "{not json\n"
+            + json.dumps({"id": 3, "profile": "nobody", "text": "x"})
+            + "\n"
+            + json.dumps({"id": 4, "profile": "alice"})
+            + "\n"
+            + json.dumps({"id": 5, "profile": "alice", "text": "so sad"})
+            + "\n"
+        )
         proc.stdin.close()
         rest = [json.loads(l) for l in proc.stdout.read().splitlines()]
         err = proc.stderr.read()

@@ -1,4 +1,5 @@
 """`xpeft serve`: the real app on uvicorn on a free loopback port, spoken to with httpx."""
+
 from __future__ import annotations
 
 import io
@@ -9,9 +10,10 @@ import time
 import httpx
 import pytest
 
-from helpers import sentiment_rows, write_jsonl
 from xpeft_cli.service import BackgroundServer, build_service
 from xpeft_cli.store import Store
+
+from helpers import sentiment_rows, write_jsonl
 
 
 @pytest.fixture()
@@ -42,8 +44,9 @@ def serve(folder, profiles="profs", **kw):
 
 
 def same_answers(got: list[dict], want: list[dict]) -> None:
-    assert [(a.get("id"), a["profile"], a["prediction"]) for a in got] == \
-        [(a.get("id"), a["profile"], a["prediction"]) for a in want]
+    assert [(a.get("id"), a["profile"], a["prediction"]) for a in got] == [
+        (a.get("id"), a["profile"], a["prediction"]) for a in want
+    ]
     assert [a["score"] for a in got] == pytest.approx([a["score"] for a in want], abs=1e-5)
 
 
@@ -57,7 +60,9 @@ def test_classify_equals_predict_one_by_one_and_as_a_list(cli, two_profiles, mon
         one = [c.post("/v1/classify", json=r).json() for r in requests]
         same_answers(one, want)
         no_id = c.post("/v1/classify", json={"profile": "alice", "text": requests[1]["text"]}).json()
-        assert no_id == {k: v for k, v in want[1].items() if k != "id"} | {"score": pytest.approx(want[1]["score"], abs=1e-5)}
+        assert no_id == {k: v for k, v in want[1].items() if k != "id"} | {
+            "score": pytest.approx(want[1]["score"], abs=1e-5)
+        }
         assert c.get("/health").json()["profiles"] == 2
 
 
@@ -74,7 +79,7 @@ def test_concurrent_clients_with_mixed_profiles_get_their_own_answers_in_order(c
                 mine = requests[k:] + requests[:k]
                 got = []
                 for s in range(0, len(mine), 3):
-                    part = mine[s:s + 3]
+                    part = mine[s : s + 3]
                     r = c.post("/v1/classify", json=part if s % 2 else part[0])
                     got += r.json() if s % 2 else [r.json()]
                     if not s % 2:
@@ -105,8 +110,9 @@ def test_profiles_listed_as_inspect_describes_them_and_added_while_requests_run(
     folder, requests = two_profiles
     inspected = json.loads(cli("inspect", "profs/dora.xpm", "--json")[1])
     # a third profile, fitted but not yet served
-    write_jsonl(folder / "erin.jsonl", [dict(r, label={"pos": "neg", "neg": "pos"}[r["label"]])
-                                        for r in sentiment_rows(40, 5)])
+    write_jsonl(
+        folder / "erin.jsonl", [dict(r, label={"pos": "neg", "neg": "pos"}[r["label"]]) for r in sentiment_rows(40, 5)]
+    )
     assert cli("fit", "-p", "erin", "-d", "erin.jsonl", "--epochs", "2", "--quiet")[0] == 0
     erin = (folder / "erin.xpm").read_bytes()
     stop, seen, errors = threading.Event(), [], []
@@ -178,8 +184,11 @@ def test_every_bad_request_gets_a_4xx_json_line_and_the_server_goes_on(cli, two_
             (c.post("/v1/classify", json={"profile": "alice"}), 422, "needs string fields 'profile' and 'text'"),
             (c.post("/v1/classify", json=[{"profile": "alice", "text": "ok"}, {"text": 3}]), 422, "request 1:"),
             (c.post("/v1/classify", json={"profile": "alice", "text": "x" * 1001}), 413, "over the limit of 1,000"),
-            (c.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"}), 400,
-             "not valid JSON"),
+            (
+                c.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"}),
+                400,
+                "not valid JSON",
+            ),
             (c.post("/v1/classify", json=[]), 422, "no requests"),
             (c.post("/v1/classify", json="text"), 422, "JSON object or a list"),
             (c.post("/v1/classify", json={"profile": "alice", "text": "a", "text_pair": 5}), 422, "text_pair"),
@@ -222,9 +231,14 @@ def test_serve_runs_as_one_command_and_stops_on_a_signal(cli, fitted):
 
     (fitted / "profs").mkdir()
     (fitted / "profs" / "alice.xpm").write_bytes((fitted / "alice.xpm").read_bytes())
-    proc = subprocess.Popen([sys.executable, "-m", "xpeft_cli", "serve", "-P", "profs", "--port", "0", "--json",
-                             "--device", "cpu"], cwd=fitted, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpeft_cli", "serve", "-P", "profs", "--port", "0", "--json", "--device", "cpu"],
+        cwd=fitted,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         info = json.loads(proc.stdout.readline())
         assert info["profiles"] == 1 and info["url"].startswith("http://127.0.0.1:")

@@ -1,16 +1,16 @@
 """Profile stores and the pack / unpack / verify commands."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from test_xpm import hard_profile
 
 from xpeft_cli.errors import DataError, IntegrityError
 from xpeft_cli.store import ENTRY, HEADER, Store, write_store
 from xpeft_cli.xpm import encode, read_xpm
-
-from test_xpm import hard_profile
 
 
 def _many(count: int):
@@ -73,8 +73,10 @@ def test_pack_unpack_verify_cli(cli, fitted, tmp_path):
     assert code == 0 and json.loads(out)["profiles"] == 1
     hard, soft = read_xpm(tmp_path / "sofia-hard.xpm"), read_xpm(tmp_path / "sofia.xpm")
     assert hard.mask_kind == "hard" and hard.k == 5
-    assert all(set(np.argsort(-soft.mask_a[l], kind="stable")[:5]) == set(np.flatnonzero(hard.mask_a[l]))
-               for l in range(hard.L))
+    assert all(
+        set(np.argsort(-soft.mask_a[l], kind="stable")[:5]) == set(np.flatnonzero(hard.mask_a[l]))
+        for l in range(hard.L)
+    )
     assert np.array_equal(hard.head_weight, soft.head_weight)
     # many → one store; lookups; unpack
     code, _, err = cli("pack", "alice.xpm", "sofia-hard.xpm", "sofia.xpm", "-o", "all.xps")

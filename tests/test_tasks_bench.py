@@ -1,4 +1,5 @@
 """GLUE/SuperGLUE presets, official metrics, baselines and the bench grid."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ def test_classification_metrics_by_hand():
     m = classification_metrics([0, 0, 1, 1], [0, 1, 1, 1], 2)
     assert m["accuracy"] == 0.75 and m["majority_accuracy"] == 0.5
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    assert m["mcc"] == pytest.approx(2 / 12 ** 0.5)
+    assert m["mcc"] == pytest.approx(2 / 12**0.5)
 
 
 def test_regression_metrics_by_hand():
@@ -33,7 +34,7 @@ def test_regression_metrics_by_hand():
 def test_official_metrics_by_hand():
     mrpc = official_metrics(preset("mrpc"), [1, 1, 0, 0], [1, 0, 0, 0])
     assert mrpc["f1"] == pytest.approx(2 / 3) and mrpc["score"] == pytest.approx((0.75 + 2 / 3) / 2)
-    assert official_metrics(preset("cola"), [0, 0, 1, 1], [0, 1, 1, 1])["score"] == pytest.approx(2 / 12 ** 0.5)
+    assert official_metrics(preset("cola"), [0, 0, 1, 1], [0, 1, 1, 1])["score"] == pytest.approx(2 / 12**0.5)
     stsb = official_metrics(preset("stsb"), [1.0, 2.0, 3.0], [1.0, 3.0, 2.0])
     assert stsb["score"] == pytest.approx((0.5 + 0.5) / 2)
     assert gender_parity([0, 0, 1, 0, 1, 1]) == pytest.approx(200 / 3)
@@ -41,11 +42,29 @@ def test_official_metrics_by_hand():
     assert axg["gender_parity"] == 50.0 and axg["score"] == 0.75
 
 
-ROWS = {("cola", "train"): 8551, ("cola", "dev"): 1043, ("sst2", "train"): 67349, ("sst2", "dev"): 872,
-        ("mrpc", "train"): 3668, ("mrpc", "dev"): 408, ("stsb", "train"): 5749, ("stsb", "dev"): 1500,
-        ("rte", "train"): 2490, ("rte", "dev"): 277, ("wnli", "train"): 635, ("wnli", "dev"): 71,
-        ("mnli", "dev"): 9815, ("qnli", "dev"): 5463, ("qqp", "train"): 23496, ("cb", "train"): 250,
-        ("cb", "dev"): 56, ("boolq", "dev"): 3270, ("axb", "dev"): 1104, ("axg", "dev"): 356, ("axb", "train"): 2490}
+ROWS = {
+    ("cola", "train"): 8551,
+    ("cola", "dev"): 1043,
+    ("sst2", "train"): 67349,
+    ("sst2", "dev"): 872,
+    ("mrpc", "train"): 3668,
+    ("mrpc", "dev"): 408,
+    ("stsb", "train"): 5749,
+    ("stsb", "dev"): 1500,
+    ("rte", "train"): 2490,
+    ("rte", "dev"): 277,
+    ("wnli", "train"): 635,
+    ("wnli", "dev"): 71,
+    ("mnli", "dev"): 9815,
+    ("qnli", "dev"): 5463,
+    ("qqp", "train"): 23496,
+    ("cb", "train"): 250,
+    ("cb", "dev"): 56,
+    ("boolq", "dev"): 3270,
+    ("axb", "dev"): 1104,
+    ("axg", "dev"): 356,
+    ("axb", "train"): 2490,
+}
 
 
 @needs_data
@@ -78,8 +97,21 @@ def test_missing_splits_say_so():
     for task, which in (("qnli", "train"), ("mnli", "train"), ("qqp", "dev"), ("boolq", "train")):
         with pytest.raises(DataError, match="no .* split here"):
             load_split(preset(task), which, DATA)
-    assert set(PRESETS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli", "cb", "boolq",
-                            "axb", "axg"}
+    assert set(PRESETS) == {
+        "cola",
+        "sst2",
+        "mrpc",
+        "qqp",
+        "stsb",
+        "mnli",
+        "qnli",
+        "rte",
+        "wnli",
+        "cb",
+        "boolq",
+        "axb",
+        "axg",
+    }
 
 
 def test_single_adapter_starts_as_the_frozen_encoder(tiny_bert):
@@ -99,7 +131,9 @@ def test_single_adapter_starts_as_the_frozen_encoder(tiny_bert):
 
 
 def test_baselines_through_the_cli(cli, fitted):
-    code, out, err = cli("fit", "-p", "sa", "-d", "alice.jsonl", "--method", "single-adapter", "--epochs", "2", "--json")
+    code, out, err = cli(
+        "fit", "-p", "sa", "-d", "alice.jsonl", "--method", "single-adapter", "--epochs", "2", "--json"
+    )
     res = json.loads(out)
     assert code == 0, err
     assert res["output"] == "sa.safetensors" and res["method"] == "single-adapter"
@@ -115,8 +149,9 @@ def test_baselines_through_the_cli(cli, fitted):
         code, out, _ = cli("inspect", f, "--bank", "bank", "--json")
         info = json.loads(out)
         assert code == 0 and info["bank_match"] and info["bytes"] == (fitted / f).stat().st_size
-    code, out, _ = cli("report", "memory", "--bank", "bank", "--profile", "sa.safetensors", "--profile", "alice.xpm",
-                       "--json")
+    code, out, _ = cli(
+        "report", "memory", "--bank", "bank", "--profile", "sa.safetensors", "--profile", "alice.xpm", "--json"
+    )
     measured = json.loads(out)["measured"]
     assert measured[0]["file_bytes"] > measured[1]["xpm_bytes"]
     code, _, err = cli("fit", "-p", "x", "-d", "alice.jsonl", "--method", "single-adapter", "-o", "x.xpm")
@@ -125,8 +160,22 @@ def test_baselines_through_the_cli(cli, fitted):
 
 @needs_data
 def test_presets_through_fit_and_eval(cli, fitted):
-    code, out, err = cli("fit", "-p", "rte", "--task", "rte", "--data-dir", str(DATA), "--epochs", "1", "--k", "4",
-                         "--max-length", "32", "--json")
+    code, out, err = cli(
+        "fit",
+        "-p",
+        "rte",
+        "--task",
+        "rte",
+        "--data-dir",
+        str(DATA),
+        "--epochs",
+        "1",
+        "--k",
+        "4",
+        "--max-length",
+        "32",
+        "--json",
+    )
     assert code == 0, err
     assert json.loads(out)["labels"] == ["entailment", "not_entailment"]
     code, out, err = cli("eval", "-p", "rte.xpm", "--task", "axg", "--data-dir", str(DATA), "--json")
@@ -138,8 +187,31 @@ def test_presets_through_fit_and_eval(cli, fitted):
 
 @needs_data
 def test_bench_glue_end_to_end_and_resume(cli, fitted):
-    args = ("bench", "glue", "--tasks", "rte", "--tasks", "wnli", "--n", "8", "--mask", "hard", "--data-dir",
-            str(DATA), "--epochs", "1", "--max-train-rows", "40", "--k", "4", "--max-length", "32", "-o", "bg", "--json")
+    args = (
+        "bench",
+        "glue",
+        "--tasks",
+        "rte",
+        "--tasks",
+        "wnli",
+        "--n",
+        "8",
+        "--mask",
+        "hard",
+        "--data-dir",
+        str(DATA),
+        "--epochs",
+        "1",
+        "--max-train-rows",
+        "40",
+        "--k",
+        "4",
+        "--max-length",
+        "32",
+        "-o",
+        "bg",
+        "--json",
+    )
     code, out, err = cli(*args)
     doc = json.loads(out)
     assert code == 0, err

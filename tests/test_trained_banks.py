@@ -1,16 +1,15 @@
 """Trained banks (sa, mtl, peft import), multi-profile eval, the news converter, plots, checkpointing."""
+
 from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from types import SimpleNamespace
-
-from helpers import make_bank, sentiment_rows
 from xpeft_cli.bank import Bank
 from xpeft_cli.bank_build import from_peft, from_profiles, pick_profiles
 from xpeft_cli.data import Examples
@@ -19,6 +18,8 @@ from xpeft_cli.masks import MaskSpec
 from xpeft_cli.model import XPeftModel
 from xpeft_cli.plm import load_encoder, resolve_model
 from xpeft_cli.train import FitConfig, fit_profile
+
+from helpers import make_bank, sentiment_rows
 
 
 def _run(cli, args: list[str]) -> SimpleNamespace:
@@ -51,40 +52,103 @@ def test_sa_bank_holds_the_lone_single_adapter_fits(tiny_bert_nodrop):
 def test_mtl_bank_shares_its_head_and_profiles_are_masks_only(cli, tiny_bert, tmp_path):
     data = tmp_path / "multi.jsonl"
     ex = _multi()
-    data.write_text("".join(json.dumps({"text": t, "label": y, "author": p}) + "\n"
-                            for t, y, p in zip(ex.texts, ex.labels, ex.profiles)))
-    r = _run(cli, ["bank", "create", "--from-profiles", str(data), "--profile-column", "author", "--profiles", "3",
-                 "--method", "mtl", "--epochs", "2", "-o", str(tmp_path / "bank"), "--json"])
+    data.write_text(
+        "".join(
+            json.dumps({"text": t, "label": y, "author": p}) + "\n" for t, y, p in zip(ex.texts, ex.labels, ex.profiles)
+        )
+    )
+    r = _run(
+        cli,
+        [
+            "bank",
+            "create",
+            "--from-profiles",
+            str(data),
+            "--profile-column",
+            "author",
+            "--profiles",
+            "3",
+            "--method",
+            "mtl",
+            "--epochs",
+            "2",
+            "-o",
+            str(tmp_path / "bank"),
+            "--json",
+        ],
+    )
     assert r.code == 0, r.err
     info = json.loads(r.out)
     assert info["shared_head"] and info["n_adapters"] == 3 and info["kind"] == "trained"
     bank = Bank.load(tmp_path / "bank")
     assert bank.head.labels == ["neg", "pos"] and bank.bank_hash == info["bank_hash"]
     # Damaging the shared head breaks the bank hash: exit 4.
-    r = _run(cli, ["fit", "--data", str(data), "--profile-column", "author", "-b", str(tmp_path / "bank"),
-                 "-o", str(tmp_path / "profiles"), "--k", "1", "--epochs", "2", "--json"])
+    r = _run(
+        cli,
+        [
+            "fit",
+            "--data",
+            str(data),
+            "--profile-column",
+            "author",
+            "-b",
+            str(tmp_path / "bank"),
+            "-o",
+            str(tmp_path / "profiles"),
+            "--k",
+            "1",
+            "--epochs",
+            "2",
+            "--json",
+        ],
+    )
     assert r.code == 0, r.err
     res = json.loads(r.out)
     assert res["profiles"] == 4 and res["mean_bytes"] < 600  # masks only: no head, no labels
-    r = _run(cli, ["eval", "-P", str(tmp_path / "profiles"), "--data", str(data), "--profile-column", "author",
-                 "-b", str(tmp_path / "bank"), "--json"])
+    r = _run(
+        cli,
+        [
+            "eval",
+            "-P",
+            str(tmp_path / "profiles"),
+            "--data",
+            str(data),
+            "--profile-column",
+            "author",
+            "-b",
+            str(tmp_path / "bank"),
+            "--json",
+        ],
+    )
     assert r.code == 0, r.err
     ev = json.loads(r.out)
     assert ev["count"] == 4 and set(ev["profiles"]) == {"alice", "bob", "carol", "dave"}
     assert ev["mean"]["accuracy"] == pytest.approx(np.mean([m["accuracy"] for m in ev["profiles"].values()]))
     # A profile of another bank is refused with exit 4.
     make_bank(tiny_bert, tmp_path / "random", n=8)
-    r = _run(cli, ["eval", "-P", str(tmp_path / "profiles"), "--data", str(data), "--profile-column", "author",
-                 "-b", str(tmp_path / "random")])
+    r = _run(
+        cli,
+        [
+            "eval",
+            "-P",
+            str(tmp_path / "profiles"),
+            "--data",
+            str(data),
+            "--profile-column",
+            "author",
+            "-b",
+            str(tmp_path / "random"),
+        ],
+    )
     assert r.code == 4 and len(r.err.strip().splitlines()) == 1
 
 
 def test_peft_import_round_trip(tiny_bert, tmp_path):
     """A profile exported to peft and imported as a one-adapter bank gives the same logits."""
     pytest.importorskip("peft")
+    from xpeft_cli.bank import SiteConfig
     from xpeft_cli.export import export_peft
     from xpeft_cli.profile import Profile, apply_profile
-    from xpeft_cli.bank import SiteConfig
 
     plm = resolve_model(str(tiny_bert))
     enc, tok = load_encoder(plm)
@@ -92,15 +156,35 @@ def test_peft_import_round_trip(tiny_bert, tmp_path):
     rng = np.random.default_rng(0)
     bits = np.zeros((src.L, 6), bool)
     bits[:, :2] = True
-    prof = Profile("p", "hard", 6, src.L, 2, src.bank_hash, bits, bits.copy(),
-                   head_weight=rng.standard_normal((2, 32)).astype(np.float32), head_bias=np.zeros(2, np.float32),
-                   labels=["a", "b"])
+    prof = Profile(
+        "p",
+        "hard",
+        6,
+        src.L,
+        2,
+        src.bank_hash,
+        bits,
+        bits.copy(),
+        head_weight=rng.standard_normal((2, 32)).astype(np.float32),
+        head_bias=np.zeros(2, np.float32),
+        labels=["a", "b"],
+    )
     export_peft(src, prof, tmp_path / "lora")
     bank = from_peft(plm, enc, [tmp_path / "lora", tmp_path / "lora"])
     assert bank.n == 2 and bank.kind == "trained" and [s.name for s in bank.sites] == [s.name for s in src.sites]
-    one = Profile("q", "hard", 2, bank.L, 1, bank.bank_hash, np.array([[True, False]] * bank.L),
-                  np.array([[True, False]] * bank.L), head_weight=prof.head_weight, head_bias=prof.head_bias,
-                  labels=["a", "b"])
+    one = Profile(
+        "q",
+        "hard",
+        2,
+        bank.L,
+        1,
+        bank.bank_hash,
+        np.array([[True, False]] * bank.L),
+        np.array([[True, False]] * bank.L),
+        head_weight=prof.head_weight,
+        head_bias=prof.head_bias,
+        labels=["a", "b"],
+    )
     batch = tok(["good film", "the food was bad"], padding=True, return_tensors="pt")
     outs = []
     for b, p in ((src, prof), (bank, one)):
@@ -112,7 +196,9 @@ def test_peft_import_round_trip(tiny_bert, tmp_path):
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "adapter_config.json").write_text('{"peft_type": "PREFIX_TUNING"}')
-    (tmp_path / "bad" / "adapter_model.safetensors").write_bytes((tmp_path / "lora" / "adapter_model.safetensors").read_bytes())
+    (tmp_path / "bad" / "adapter_model.safetensors").write_bytes(
+        (tmp_path / "lora" / "adapter_model.safetensors").read_bytes()
+    )
     with pytest.raises(Exception, match="only LORA"):
         from_peft(plm, enc, [tmp_path / "bad"])
     other, _ = load_encoder(resolve_model(str(tiny_bert)))
@@ -127,8 +213,15 @@ def test_news_converter_dedupes_splits_and_reports(cli, tmp_path):
     from xpeft_cli.convert import news_category
 
     def row(i, author, cat="POLITICS"):
-        return {"link": f"https://x/{i}", "headline": f"Headline {i}", "category": cat,
-                "short_description": f"about {i}", "authors": author, "date": "2022-01-01"}
+        return {
+            "link": f"https://x/{i}",
+            "headline": f"Headline {i}",
+            "category": cat,
+            "short_description": f"about {i}",
+            "authors": author,
+            "date": "2022-01-01",
+        }
+
     a = [row(i, "Ann Writer") for i in range(25)] + [row(100 + i, "Bo") for i in range(5)] + [row(200, "")]
     b = [row(3, "Someone Else")] + [row(300 + i, "Ann Writer", "SPORTS") for i in range(5)]
     for name, rows in (("a.json", a), ("b.json", b)):
@@ -148,15 +241,19 @@ def test_plots_write_pngs(cli, tiny_bert, tmp_path):
     from xpeft_cli.multifit import fit_profiles
 
     bank = make_bank(tiny_bert, tmp_path / "bank", n=8)
-    res = fit_profiles(bank, _multi(), FitConfig(k=2, epochs=1, batch_size=8, device="cpu"),
-                       log_path=tmp_path / "fit.jsonl")
+    res = fit_profiles(
+        bank, _multi(), FitConfig(k=2, epochs=1, batch_size=8, device="cpu"), log_path=tmp_path / "fit.jsonl"
+    )
     from xpeft_cli.xpm import write_xpm
+
     (tmp_path / "p").mkdir()
     for name, prof in res.profiles.items():
         write_xpm(prof, tmp_path / "p" / f"{name}.xpm")
-    for args in (["plot", "masks", str(tmp_path / "p"), "--perplexity", "2"],
-                 ["plot", "heatmap", str(tmp_path / "p" / "alice.xpm"), str(tmp_path / "p" / "bob.xpm")],
-                 ["plot", "curves", str(tmp_path / "fit.jsonl")]):
+    for args in (
+        ["plot", "masks", str(tmp_path / "p"), "--perplexity", "2"],
+        ["plot", "heatmap", str(tmp_path / "p" / "alice.xpm"), str(tmp_path / "p" / "bob.xpm")],
+        ["plot", "curves", str(tmp_path / "fit.jsonl")],
+    ):
         out = tmp_path / f"{args[1]}.png"
         r = _run(cli, args + ["-o", str(out), "--json"])
         assert r.code == 0, r.err

@@ -1,4 +1,5 @@
 """formats/vectors: the reader decodes each file to its JSON; the writer reproduces each file from it."""
+
 from __future__ import annotations
 
 import json
@@ -40,4 +41,4 @@ def test_store_vector():
 
 def test_spec_example_bytes():
     data = (VECTORS / "hard-minimal.xpm").read_bytes()
-    assert len(data) == 60 and data[-8:] == bytes.fromhex("804040806566" "3d7f")
+    assert len(data) == 60 and data[-8:] == bytes.fromhex("8040408065663d7f")

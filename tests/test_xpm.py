@@ -1,4 +1,5 @@
 """The .xpm format: round trips, size bound, bit order, and refusal of damaged or forged files."""
+
 from __future__ import annotations
 
 import struct
@@ -50,7 +51,7 @@ def test_float16_sections_halve_ln_and_head_and_round_trip():
     p.param_dtype = "float16"
     blob = encode(p)
     half = decode(blob)
-    assert half.sizes["ln"] - 3 - 5 == (full.sizes["ln"] - 3 - 5) // 2       # payload dtype byte + width, section header
+    assert half.sizes["ln"] - 3 - 5 == (full.sizes["ln"] - 3 - 5) // 2  # payload dtype byte + width, section header
     assert half.sizes["head"] - 6 - 5 == (full.sizes["head"] - 6 - 5) // 2
     q = half.profile
     assert q.param_dtype == "float16" and encode(q) == blob  # canonical in float16 too
@@ -82,11 +83,13 @@ def test_masks_only_hard_profile_meets_the_size_bound(n, L):
 
 def test_bit_order_worked_example():
     # N=10, L=1, k=2: M_A selects adapters 0 and 9, M_B selects 1 and 8 → MSB-first rows, zero padding
-    a = np.zeros((1, 10), bool); a[0, [0, 9]] = True
-    b = np.zeros((1, 10), bool); b[0, [1, 8]] = True
+    a = np.zeros((1, 10), bool)
+    a[0, [0, 9]] = True
+    b = np.zeros((1, 10), bool)
+    b[0, [1, 8]] = True
     p = Profile(name="x", mask_kind="hard", n=10, L=1, k=2, bank_hash=HASH, mask_a=a, mask_b=b)
     data = encode(p)
-    masks = data[HEADER.size + 1: HEADER.size + 1 + 4]
+    masks = data[HEADER.size + 1 : HEADER.size + 1 + 4]
     assert masks == bytes([0b10000000, 0b01000000, 0b01000000, 0b10000000])
     assert data[:8] == MAGIC == b"\x89XPM\r\n\x1a\n"
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
@@ -157,18 +160,18 @@ def test_the_writer_refuses_what_the_reader_would_refuse():
     from xpeft_cli.errors import DataError
 
     p = hard_profile(k=3)
-    p.mask_a[0, :16] = True                       # 16 bits set where the header says k = 3
+    p.mask_a[0, :16] = True  # 16 bits set where the header says k = 3
     with pytest.raises(DataError, match="adapters selected, header says k=3"):
         encode(p)
     q = hard_profile()
-    q.labels = [f"l{i}" for i in range(70_000)]    # more labels than the u16 count holds
+    q.labels = [f"l{i}" for i in range(70_000)]  # more labels than the u16 count holds
     with pytest.raises(DataError, match="at most 65535"):
         encode(q)
     r = hard_profile()
     r.head_weight[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         encode(r)
-    for kind in ("hard", "soft"):                  # and every well-formed kind writes and reads back
+    for kind in ("hard", "soft"):  # and every well-formed kind writes and reads back
         s = hard_profile()
         if kind == "soft":
             s.mask_kind, s.k = "soft", 0

@@ -4,6 +4,7 @@ The library core is importable without the command line:
 
     from xpeft_cli import Bank, fit_profile, read_xpm, write_xpm, evaluate_profile
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
@@ -11,13 +12,34 @@ __version__ = "0.1.0"
 # Where each public name lives; imported on first use (PEP 562), so that the command line can start
 # without importing torch (xpeft --help, shell completion) while `from xpeft_cli import Bank` still works.
 _EXPORTS = {
-    "Bank": "bank", "SiteConfig": "bank", "Columns": "data", "Examples": "data", "load_examples": "data",
-    "DataError": "errors", "IntegrityError": "errors", "ModelNotFoundError": "errors", "UsageError": "errors",
-    "XpeftError": "errors", "evaluate_profile": "evaluate", "model_for_profile": "evaluate",
-    "predict_profile": "evaluate", "MaskSpec": "masks", "XPeftModel": "model", "resolve_model": "plm",
-    "load_encoder": "plm", "Profile": "profile", "apply_profile": "profile", "profile_from_model": "profile",
-    "FitConfig": "config", "FitResult": "train", "fit_profile": "train", "decode": "xpm", "encode": "xpm",
-    "read_xpm": "xpm", "read_xpm_full": "xpm", "write_xpm": "xpm",
+    "Bank": "bank",
+    "SiteConfig": "bank",
+    "Columns": "data",
+    "Examples": "data",
+    "load_examples": "data",
+    "DataError": "errors",
+    "IntegrityError": "errors",
+    "ModelNotFoundError": "errors",
+    "UsageError": "errors",
+    "XpeftError": "errors",
+    "evaluate_profile": "evaluate",
+    "model_for_profile": "evaluate",
+    "predict_profile": "evaluate",
+    "MaskSpec": "masks",
+    "XPeftModel": "model",
+    "resolve_model": "plm",
+    "load_encoder": "plm",
+    "Profile": "profile",
+    "apply_profile": "profile",
+    "profile_from_model": "profile",
+    "FitConfig": "config",
+    "FitResult": "train",
+    "fit_profile": "train",
+    "decode": "xpm",
+    "encode": "xpm",
+    "read_xpm": "xpm",
+    "read_xpm_full": "xpm",
+    "write_xpm": "xpm",
 }
 
 
@@ -32,9 +54,33 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Bank", "SiteConfig", "Columns", "Examples", "load_examples", "DataError", "IntegrityError",
-    "ModelNotFoundError", "UsageError", "XpeftError", "evaluate_profile", "model_for_profile",
-    "predict_profile", "MaskSpec", "XPeftModel", "resolve_model", "load_encoder", "Profile",
-    "apply_profile", "profile_from_model", "FitConfig", "FitResult", "fit_profile", "decode", "encode",
-    "read_xpm", "read_xpm_full", "write_xpm", "__version__",
+    "Bank",
+    "SiteConfig",
+    "Columns",
+    "Examples",
+    "load_examples",
+    "DataError",
+    "IntegrityError",
+    "ModelNotFoundError",
+    "UsageError",
+    "XpeftError",
+    "evaluate_profile",
+    "model_for_profile",
+    "predict_profile",
+    "MaskSpec",
+    "XPeftModel",
+    "resolve_model",
+    "load_encoder",
+    "Profile",
+    "apply_profile",
+    "profile_from_model",
+    "FitConfig",
+    "FitResult",
+    "fit_profile",
+    "decode",
+    "encode",
+    "read_xpm",
+    "read_xpm_full",
+    "write_xpm",
+    "__version__",
 ]

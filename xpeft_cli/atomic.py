@@ -3,6 +3,7 @@
 A reader (or a crash) sees either the old complete file or the new complete file,
 never a partial one, because rename within one filesystem is atomic on POSIX.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .errors import WRITE_ERRNOS, write_error
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -43,9 +46,11 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
         _fsync_dir(folder)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:  # a full disk, not a bug: exit 6
+            raise write_error(dest, exc) from None
         raise
 
 
@@ -63,3 +68,26 @@ def atomic_write_with(dest: str | os.PathLike, writer: Callable[[Path], None]) -
     """Run `writer(tmp_path)` and move the result into place atomically."""
     with atomic_path(dest) as tmp:
         writer(tmp)
+
+
+@contextlib.contextmanager
+def locked(dest: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock for a read-modify-write of `dest` (a store that several `pack` or
+    `serve` processes add to): each waits for the other, then reads what the last one wrote, so no
+    addition is lost. An advisory flock on a hidden `.NAME.lock` file beside `dest`, released when the
+    holder exits or dies (a killed process leaves no stale lock). Where fcntl is missing (Windows),
+    writes stay atomic but are not serialized."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    dest = Path(dest)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f".{dest.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

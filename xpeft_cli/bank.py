@@ -5,9 +5,8 @@ or materialised banks, `adapters.safetensors`. A random bank stores no tensors: 
 regenerated from its seed by the portable generator in rng.py and checked against the
 recorded bank hash, so a random bank and its materialised copy have the same hash.
 """
-from __future__ import annotations
 
-from .config import MANIFEST, ENV_BANK  # noqa: F401
+from __future__ import annotations
 
 import hashlib
 import json
@@ -15,11 +14,13 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import rng, safetensors_file
 from .atomic import atomic_write_text, atomic_write_with
+from .config import ENV_BANK, MANIFEST  # noqa: F401
 from .errors import DataError, IntegrityError, UsageError
 from .plm import PLMRef, default_targets, resolve_model
 
@@ -30,7 +31,7 @@ MAX_ADAPTERS = 65535  # the .xpm header stores N in 16 bits
 # adapters at a time *before* it is regenerated: a forged 1 KB manifest (n_adapters: 65535) must
 # not cost gigabytes to refuse.
 STREAM_ABOVE = 1 << 30
-MAX_WIDTH = 1 << 20   # d_in, d_out of a site: far above any PLM's
+MAX_WIDTH = 1 << 20  # d_in, d_out of a site: far above any PLM's
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,16 @@ class SharedHead:
 
     task: str
     labels: list[str] | None
-    weight: torch.Tensor   # (C, d) float32
-    bias: torch.Tensor     # (C,)
+    weight: torch.Tensor  # (C, d) float32
+    bias: torch.Tensor  # (C,)
 
     def to_json(self) -> dict:
-        return {"task": self.task, "labels": self.labels, "outputs": int(self.weight.shape[0]),
-                "hidden": int(self.weight.shape[1])}
+        return {
+            "task": self.task,
+            "labels": self.labels,
+            "outputs": int(self.weight.shape[0]),
+            "hidden": int(self.weight.shape[1]),
+        }
 
 
 @dataclass
@@ -78,7 +83,7 @@ class Bank:
     rank: int
     A: list[torch.Tensor]  # per site: (N, d_in, b)
     B: list[torch.Tensor]  # per site: (N, b, d_out)
-    kind: str = "random"   # random | trained
+    kind: str = "random"  # random | trained
     generator: dict | None = None
     config: SiteConfig = field(default_factory=SiteConfig)
     bank_hash: str = ""
@@ -117,12 +122,16 @@ class Bank:
     def streamed_hash(self, chunk_bytes: int = 64 << 20) -> str:
         """compute_hash of a random bank without holding its tensors: the generator makes any run of
         adapters alone, so they are hashed a chunk at a time, in the order compute_hash reads them."""
+        if self.generator is None:
+            raise ValueError("only a random bank can be hashed from its generator")
         seed, scale = int(self.generator["seed"]), float(self.generator.get("init_scale", 1.0))
         head = self.canonical_header()
         h = hashlib.sha256(b"XPEFT-BANK\0" + struct.pack("<I", len(head)) + head)
         for l, s in enumerate(self.sites):
-            for tensor, numel, bound in ((rng.TENSOR_A, s.d_in * self.rank, math.sqrt(3.0 / s.d_in)),
-                                         (rng.TENSOR_B, self.rank * s.d_out, scale * math.sqrt(3.0 / self.rank))):
+            for tensor, numel, bound in (
+                (rng.TENSOR_A, s.d_in * self.rank, math.sqrt(3.0 / s.d_in)),
+                (rng.TENSOR_B, self.rank * s.d_out, scale * math.sqrt(3.0 / self.rank)),
+            ):
                 step = max(1, chunk_bytes // (4 * numel))
                 for i in range(0, self.n, step):
                     block = rng.uniform_block(seed, l, tensor, range(i, min(self.n, i + step)), numel, bound)
@@ -151,9 +160,10 @@ class Bank:
     ) -> "Bank":
         if not 1 <= n <= MAX_ADAPTERS:
             raise UsageError(f"-n must be between 1 and {MAX_ADAPTERS}, got {n}")
-        model_type = encoder.config.model_type
+        model_config: Any = encoder.config
+        model_type = str(model_config.model_type)
         sites = find_sites(encoder, targets or default_targets(model_type))
-        hidden = int(encoder.config.hidden_size)
+        hidden = int(model_config.hidden_size)
         if rank is None:
             rank = max(1, hidden // 16)
         if not 1 <= rank <= 65535:
@@ -166,8 +176,18 @@ class Bank:
             # A ~ U(±sqrt(3/d_in)): unit-variance projections; B ~ U(±init_scale*sqrt(3/b)).
             "init_scale": float(init_scale),
         }
-        bank = cls(plm=plm, model_type=model_type, sites=sites, n=n, rank=rank, A=[], B=[],
-                   kind="random", generator=gen, config=config or SiteConfig())
+        bank = cls(
+            plm=plm,
+            model_type=model_type,
+            sites=sites,
+            n=n,
+            rank=rank,
+            A=[],
+            B=[],
+            kind="random",
+            generator=gen,
+            config=config or SiteConfig(),
+        )
         bank.A, bank.B = regenerate(sites, n, rank, gen)
         bank.bank_hash = bank.compute_hash()
         return bank
@@ -205,7 +225,9 @@ class Bank:
             if self.head is not None:
                 tensors["head.weight"] = self.head.weight.float().contiguous()
                 tensors["head.bias"] = self.head.bias.float().contiguous()
-            atomic_write_with(folder / TENSORS, lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash}))
+            atomic_write_with(
+                folder / TENSORS, lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash})
+            )
         atomic_write_text(folder / MANIFEST, json.dumps(self.manifest(materialize), indent=2) + "\n")
         self.folder = folder
         return folder
@@ -223,8 +245,12 @@ class Bank:
             plm_info = m["plm"]
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"{path}: malformed bank manifest ({exc.__class__.__name__}: {exc})") from None
-        if not (1 <= n <= MAX_ADAPTERS and 1 <= rank <= 65535 and sites
-                and all(1 <= s.d_in <= MAX_WIDTH and 1 <= s.d_out <= MAX_WIDTH for s in sites)):
+        if not (
+            1 <= n <= MAX_ADAPTERS
+            and 1 <= rank <= 65535
+            and sites
+            and all(1 <= s.d_in <= MAX_WIDTH and 1 <= s.d_out <= MAX_WIDTH for s in sites)
+        ):
             raise IntegrityError(f"{path}: n_adapters, rank or site widths out of range")
         plm = resolve_model(model or plm_info["ref"])
         if plm.fingerprint != plm_info["fingerprint"]:
@@ -232,9 +258,20 @@ class Bank:
                 f"model {plm.ref} (sha256 {plm.fingerprint[:12]}…) is not the PLM this bank was made for "
                 f"(sha256 {plm_info['fingerprint'][:12]}…)"
             )
-        bank = cls(plm=plm, model_type=plm_info.get("model_type", ""), sites=sites, n=n, rank=rank, A=[], B=[],
-                   kind=m.get("kind", "random"), generator=m.get("generator"), config=config, folder=folder,
-                   origin=m.get("origin"))
+        bank = cls(
+            plm=plm,
+            model_type=plm_info.get("model_type", ""),
+            sites=sites,
+            n=n,
+            rank=rank,
+            A=[],
+            B=[],
+            kind=m.get("kind", "random"),
+            generator=m.get("generator"),
+            config=config,
+            folder=folder,
+            origin=m.get("origin"),
+        )
         verified = False
         if m.get("tensors"):
             tensors = m["tensors"]
@@ -246,8 +283,10 @@ class Bank:
             try:
                 if bank.tensor_bytes() > STREAM_ABOVE:
                     if bank.streamed_hash() != m.get("bank_hash"):
-                        raise IntegrityError(f"bank at {folder} does not match its recorded hash (checked before "
-                                             f"regenerating its {bank.tensor_bytes() / 2**30:.1f} GiB of adapters)")
+                        raise IntegrityError(
+                            f"bank at {folder} does not match its recorded hash (checked before "
+                            f"regenerating its {bank.tensor_bytes() / 2**30:.1f} GiB of adapters)"
+                        )
                     verified = True  # the generator is deterministic: the tensors it now makes have that hash
                 bank.A, bank.B = regenerate(sites, n, rank, bank.generator)
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -263,16 +302,23 @@ class Bank:
         return bank
 
 
-def stack_by_shape(bank_a: list[torch.Tensor], bank_b: list[torch.Tensor],
-                   dtype: torch.dtype | None = None) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def stack_by_shape(
+    bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], dtype: torch.dtype | None = None
+) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """The sites' bank tensors stacked per shape group: [(site numbers, (G, N, d_in, b), (G, N, b, d_out))],
     groups in order of their first site. One stacked pair lets one batched matmul mix a whole group;
     training (XPeftModel.cast_bank) and serving (routing's tables) stack the bank here alike."""
     groups: dict[tuple, list[int]] = {}
     for l, (a, b) in enumerate(zip(bank_a, bank_b)):
         groups.setdefault((tuple(a.shape), tuple(b.shape)), []).append(l)
-    return [(sites, torch.stack([bank_a[l].to(dtype) if dtype else bank_a[l] for l in sites]),
-             torch.stack([bank_b[l].to(dtype) if dtype else bank_b[l] for l in sites])) for sites in groups.values()]
+    return [
+        (
+            sites,
+            torch.stack([bank_a[l].to(dtype) if dtype else bank_a[l] for l in sites]),
+            torch.stack([bank_b[l].to(dtype) if dtype else bank_b[l] for l in sites]),
+        )
+        for sites in groups.values()
+    ]
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -324,10 +370,14 @@ def _load_tensors(path: Path, sites: list[Site], n: int, rank: int, head: dict |
     if head:
         w, b = tensors.get("head.weight"), tensors.get("head.bias")
         try:
-            shape_ok = w is not None and b is not None and tuple(w.shape) == (int(head["outputs"]), int(head["hidden"])) \
+            shape_ok = (
+                w is not None
+                and b is not None
+                and tuple(w.shape) == (int(head["outputs"]), int(head["hidden"]))
                 and tuple(b.shape) == (int(head["outputs"]),)
-            shared = SharedHead(str(head["task"]), head.get("labels"), w.float() if w is not None else None,
-                                b.float() if b is not None else None)
+            )
+            if shape_ok and w is not None and b is not None:
+                shared = SharedHead(str(head["task"]), head.get("labels"), w.float(), b.float())
         except (KeyError, TypeError, ValueError):
             shape_ok = False
         if not shape_ok:

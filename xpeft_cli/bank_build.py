@@ -9,6 +9,7 @@ peft: each folder's lora_A/lora_B (scaled by lora_alpha / r) is one adapter of t
 Trained adapters already carry their scale, so trained banks default to sites without the
 bottleneck LN (x Â B̂): a hard k=1 profile on such a bank *is* one of the source adapters.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,19 @@ def pick_profiles(data: Examples, count: int) -> list[str]:
     return [name for name, _ in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
 
 
-def from_profiles(plm: PLMRef, encoder: torch.nn.Module, data: Examples, count: int, method: str,
-                  cfg: FitConfig, rank: int | None = None, targets: str | None = None,
-                  config: SiteConfig | None = None, on_step=None, log_path=None) -> tuple[Bank, dict]:
+def from_profiles(
+    plm: PLMRef,
+    encoder: torch.nn.Module,
+    data: Examples,
+    count: int,
+    method: str,
+    cfg: FitConfig,
+    rank: int | None = None,
+    targets: str | None = None,
+    config: SiteConfig | None = None,
+    on_step=None,
+    log_path=None,
+) -> tuple[Bank, dict]:
     """Train a bank of `count` adapters from the largest profiles of `data`. Returns (bank, report)."""
     if method not in BUILD_METHODS:
         raise UsageError(f"--method must be one of {', '.join(BUILD_METHODS)}")
@@ -55,11 +66,21 @@ def from_profiles(plm: PLMRef, encoder: torch.nn.Module, data: Examples, count: 
     sites = find_sites(encoder, targets or default_targets(model_type))
     rank = rank or max(1, int(encoder.config.hidden_size) // 16)
     # A bank with no adapters yet: what the trainer needs to know about sites, rank and PLM.
-    skeleton = Bank(plm=plm, model_type=model_type, sites=sites, n=count, rank=rank, A=[], B=[], kind="trained",
-                    config=config or SiteConfig(ln=False))
+    skeleton = Bank(
+        plm=plm,
+        model_type=model_type,
+        sites=sites,
+        n=count,
+        rank=rank,
+        A=[],
+        B=[],
+        kind="trained",
+        config=config or SiteConfig(ln=False),
+    )
     cfg = FitConfig(**{**cfg.__dict__, "method": "single-adapter"})
-    res = fit_profiles(skeleton, subset, cfg, shared_head="train" if method == "mtl" else "own",
-                       on_step=on_step, log_path=log_path)
+    res = fit_profiles(
+        skeleton, subset, cfg, shared_head="train" if method == "mtl" else "own", on_step=on_step, log_path=log_path
+    )
     # Adapter i of the bank is profile names[i]'s LoRA, read from its (peft-layout) tensors.
     tensors = [res.profiles[n].tensors for n in names]
     A = [torch.stack([t[f"base_model.model.{s.name}.lora_A.weight"].t() for t in tensors]) for s in sites]
@@ -67,16 +88,40 @@ def from_profiles(plm: PLMRef, encoder: torch.nn.Module, data: Examples, count: 
     head = None
     if method == "mtl":  # every profile holds the one shared head
         first = res.profiles[names[0]]
-        head = SharedHead(task=first.task, labels=first.labels, weight=first.tensors["head.weight"],
-                          bias=first.tensors["head.bias"])
+        head = SharedHead(
+            task=first.task, labels=first.labels, weight=first.tensors["head.weight"], bias=first.tensors["head.bias"]
+        )
     accs = {n: m.get("accuracy") for n, m in res.val_metrics.items()}
-    origin = {"method": method, "profiles": names, "data": data.source, "rows": len(subset),
-              "epochs": cfg.epochs, "seed": cfg.seed, "steps": res.steps}
-    bank = Bank(plm=plm, model_type=model_type, sites=sites, n=count, rank=rank, A=A, B=B, kind="trained",
-                config=skeleton.config, head=head, origin=origin)
+    origin = {
+        "method": method,
+        "profiles": names,
+        "data": data.source,
+        "rows": len(subset),
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "steps": res.steps,
+    }
+    bank = Bank(
+        plm=plm,
+        model_type=model_type,
+        sites=sites,
+        n=count,
+        rank=rank,
+        A=A,
+        B=B,
+        kind="trained",
+        config=skeleton.config,
+        head=head,
+        origin=origin,
+    )
     bank.bank_hash = bank.compute_hash()
-    return bank, {"profiles": names, "rows": len(subset), "steps": res.steps, "seconds": round(res.seconds, 2),
-                  "val_accuracy": accs}
+    return bank, {
+        "profiles": names,
+        "rows": len(subset),
+        "steps": res.steps,
+        "seconds": round(res.seconds, 2),
+        "val_accuracy": accs,
+    }
 
 
 def from_peft(plm: PLMRef, encoder: torch.nn.Module, folders: list[Path], config: SiteConfig | None = None) -> Bank:
@@ -90,15 +135,18 @@ def from_peft(plm: PLMRef, encoder: torch.nn.Module, folders: list[Path], config
     for folder in folders:
         cfg_path, st_path = Path(folder) / "adapter_config.json", Path(folder) / "adapter_model.safetensors"
         if not cfg_path.is_file() or not st_path.is_file():
-            raise DataError(f"{folder}: not a peft adapter folder (adapter_config.json and "
-                            "adapter_model.safetensors expected)")
+            raise DataError(
+                f"{folder}: not a peft adapter folder (adapter_config.json and adapter_model.safetensors expected)"
+            )
         try:
             conf = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{cfg_path}: not valid JSON ({exc})") from None
         if not isinstance(conf, dict) or conf.get("peft_type") != "LORA":
-            raise DataError(f"{cfg_path}: peft_type is {conf.get('peft_type') if isinstance(conf, dict) else None!r}, "
-                            "only LORA adapters can join a bank")
+            raise DataError(
+                f"{cfg_path}: peft_type is {conf.get('peft_type') if isinstance(conf, dict) else None!r}, "
+                "only LORA adapters can join a bank"
+            )
         r = int(conf.get("r", 0))
         if conf.get("use_dora") or conf.get("use_rslora"):
             raise DataError(f"{cfg_path}: DoRA / rsLoRA adapters are not plain LoRAs")
@@ -114,27 +162,44 @@ def from_peft(plm: PLMRef, encoder: torch.nn.Module, folders: list[Path], config
         mods = sorted(found, key=lambda m: list(modules).index(m) if m in modules else -1)
         for m in mods:
             if m not in modules or not isinstance(modules[m], torch.nn.Linear):
-                raise IntegrityError(f"{folder}: adapts {m!r}, which is not an nn.Linear of the bank's model "
-                                     f"({plm.ref}); was it trained on another base model?")
+                raise IntegrityError(
+                    f"{folder}: adapts {m!r}, which is not an nn.Linear of the bank's model "
+                    f"({plm.ref}); was it trained on another base model?"
+                )
             lin, pair = modules[m], found[m]
-            if set(pair) != {"lora_A", "lora_B"} or tuple(pair["lora_A"].shape) != (r, lin.in_features) \
-                    or tuple(pair["lora_B"].shape) != (lin.out_features, r):
-                raise IntegrityError(f"{folder}: {m}: LoRA shapes do not fit the model's "
-                                     f"{lin.in_features}→{lin.out_features} Linear at r={r}")
+            if (
+                set(pair) != {"lora_A", "lora_B"}
+                or tuple(pair["lora_A"].shape) != (r, lin.in_features)
+                or tuple(pair["lora_B"].shape) != (lin.out_features, r)
+            ):
+                raise IntegrityError(
+                    f"{folder}: {m}: LoRA shapes do not fit the model's "
+                    f"{lin.in_features}→{lin.out_features} Linear at r={r}"
+                )
         if names is None:
             names, rank = mods, r
             A, B = [[] for _ in mods], [[] for _ in mods]
         elif mods != names or r != rank:
-            raise IntegrityError(f"{folder}: adapts other modules or another rank than {folders[0]} "
-                                 "(every adapter of a bank must have the same sites and r)")
+            raise IntegrityError(
+                f"{folder}: adapts other modules or another rank than {folders[0]} "
+                "(every adapter of a bank must have the same sites and r)"
+            )
         for l, m in enumerate(mods):
-            A[l].append(found[m]["lora_A"].float().t())            # (d_in, r)
-            B[l].append(found[m]["lora_B"].float().t() * scale)    # (r, d_out), alpha / r folded in
+            A[l].append(found[m]["lora_A"].float().t())  # (d_in, r)
+            B[l].append(found[m]["lora_B"].float().t() * scale)  # (r, d_out), alpha / r folded in
     sites = find_sites(encoder, ",".join(names))
     sites = [s for s in sites if s.name in names]
-    bank = Bank(plm=plm, model_type=encoder.config.model_type, sites=sites, n=len(folders), rank=rank,
-                A=[torch.stack(a) for a in A], B=[torch.stack(b) for b in B], kind="trained",
-                config=config or SiteConfig(ln=False),
-                origin={"method": "peft", "adapters": [str(f) for f in folders]})
+    bank = Bank(
+        plm=plm,
+        model_type=encoder.config.model_type,
+        sites=sites,
+        n=len(folders),
+        rank=rank,
+        A=[torch.stack(a) for a in A],
+        B=[torch.stack(b) for b in B],
+        kind="trained",
+        config=config or SiteConfig(ln=False),
+        origin={"method": "peft", "adapters": [str(f) for f in folders]},
+    )
     bank.bank_hash = bank.compute_hash()
     return bank

@@ -4,9 +4,8 @@ They train on the same sites, rank, head and data path as X-PEFT, and are saved 
 safetensors file (`xpeft-adapter/1`): peft-style LoRA tensor names plus the head, with the
 profile's identity in the safetensors metadata.
 """
-from __future__ import annotations
 
-from .config import METHODS  # noqa: F401
+from __future__ import annotations
 
 import json
 import math
@@ -18,6 +17,7 @@ from torch import nn
 
 from . import safetensors_file
 from .atomic import atomic_write_with
+from .config import METHODS  # noqa: F401
 from .errors import IntegrityError
 from .model import TASK_CLASSIFICATION, EncoderClassifier, _set_submodule
 
@@ -43,14 +43,22 @@ def attach_lora(encoder: nn.Module, site_names: list[str], rank: int, seed: int 
     g = torch.Generator().manual_seed(seed)
     layers = []
     for name in site_names:
-        layer = LoRALinear(encoder.get_submodule(name), rank, generator=g)
+        base = encoder.get_submodule(name)
+        if not isinstance(base, nn.Linear):
+            raise ValueError(f"{name} is not an nn.Linear in this model")
+        layer = LoRALinear(base, rank, generator=g)
         _set_submodule(encoder, name, layer)
         layers.append(layer)
     return layers
 
 
-def adapter_tensors(site_names: list[str], a: list[torch.Tensor], b: list[torch.Tensor], head_weight: torch.Tensor,
-                    head_bias: torch.Tensor) -> dict[str, torch.Tensor]:
+def adapter_tensors(
+    site_names: list[str],
+    a: list[torch.Tensor],
+    b: list[torch.Tensor],
+    head_weight: torch.Tensor,
+    head_bias: torch.Tensor,
+) -> dict[str, torch.Tensor]:
     """A baseline's saved tensors: peft's names and layout (lora_A (b, d_in), lora_B (d_out, b)) plus the head.
 
     a[i] is (d_in, b) and b[i] is (b, d_out), as LoRALinear holds them; no sites for head-only.
@@ -67,8 +75,16 @@ def adapter_tensors(site_names: list[str], a: list[torch.Tensor], b: list[torch.
 class BaselineModel(EncoderClassifier):
     """head_only (no sites) or single_adapter (LoRA on the bank's sites, rank b)."""
 
-    def __init__(self, encoder: nn.Module, method: str, site_names: list[str], rank: int, num_outputs: int,
-                 task: str = TASK_CLASSIFICATION, seed: int = 0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        method: str,
+        site_names: list[str],
+        rank: int,
+        num_outputs: int,
+        task: str = TASK_CLASSIFICATION,
+        seed: int = 0,
+    ):
         super().__init__(encoder, num_outputs, task, seed)
         self.method, self.site_names, self.rank = method, list(site_names), rank
         self.sites = attach_lora(encoder, site_names, rank, seed) if method == "single-adapter" else []
@@ -77,8 +93,13 @@ class BaselineModel(EncoderClassifier):
         return [p for s in self.sites for p in (s.lora_a, s.lora_b)]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return adapter_tensors(self.site_names, [s.lora_a for s in self.sites], [s.lora_b for s in self.sites],
-                               self.head.weight, self.head.bias)
+        return adapter_tensors(
+            self.site_names,
+            [s.lora_a for s in self.sites],
+            [s.lora_b for s in self.sites],
+            self.head.weight,
+            self.head.bias,
+        )
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -99,7 +120,7 @@ class AdapterProfile:
     labels: list[str] | None
     rank: int
     sites: list[str]
-    bank_hash: str          # the bank whose PLM and sites it was trained on
+    bank_hash: str  # the bank whose PLM and sites it was trained on
     tensors: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
@@ -114,9 +135,17 @@ class AdapterProfile:
 def write_adapter(p: AdapterProfile, path: str | Path) -> int:
     from safetensors.torch import save_file
 
-    meta = {"format": ADAPTER_FORMAT, "name": p.name, "method": p.method, "task": p.task,
-            "labels": json.dumps(p.labels), "rank": str(p.rank), "sites": json.dumps(p.sites),
-            "bank_hash": p.bank_hash, "meta": json.dumps(p.meta, sort_keys=True)}
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "name": p.name,
+        "method": p.method,
+        "task": p.task,
+        "labels": json.dumps(p.labels),
+        "rank": str(p.rank),
+        "sites": json.dumps(p.sites),
+        "bank_hash": p.bank_hash,
+        "meta": json.dumps(p.meta, sort_keys=True),
+    }
     atomic_write_with(path, lambda tmp: save_file(p.tensors, str(tmp), metadata=meta))
     return Path(path).stat().st_size
 
@@ -126,9 +155,16 @@ def read_adapter(path: str | Path) -> AdapterProfile:
     if meta.get("format") != ADAPTER_FORMAT:
         raise IntegrityError(f"{path}: not an xpeft adapter profile (no '{ADAPTER_FORMAT}' metadata)")
     try:
-        return AdapterProfile(name=meta["name"], method=meta["method"], task=meta["task"],
-                              labels=json.loads(meta["labels"]), rank=int(meta["rank"]),
-                              sites=json.loads(meta["sites"]), bank_hash=meta["bank_hash"], tensors=tensors,
-                              meta=json.loads(meta.get("meta", "{}")))
+        return AdapterProfile(
+            name=meta["name"],
+            method=meta["method"],
+            task=meta["task"],
+            labels=json.loads(meta["labels"]),
+            rank=int(meta["rank"]),
+            sites=json.loads(meta["sites"]),
+            bank_hash=meta["bank_hash"],
+            tensors=tensors,
+            meta=json.loads(meta.get("meta", "{}")),
+        )
     except (KeyError, ValueError) as exc:
         raise IntegrityError(f"{path}: malformed adapter metadata ({exc})") from None

@@ -2,6 +2,7 @@
 frozen PLM in its compute context (bf16 autocast on a GPU, no cuDNN attention). Every fit, evaluation
 and server goes through these, so they all see the same tokens and the same arithmetic.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -49,14 +50,25 @@ def compute_context(device: torch.device, precision: str = "auto", cache_casts: 
 
     `cache_casts=False` for CUDA graph capture, which autocast's cast cache must stay out of.
     """
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision),
-                        cache_enabled=cache_casts), sdpa_kernel(_ATTENTION):
+    with (
+        torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, precision), cache_enabled=cache_casts
+        ),
+        sdpa_kernel(_ATTENTION),
+    ):
         yield
 
 
 @torch.no_grad()
-def predict_outputs(model: EncoderClassifier, tokenizer, ex: Examples, batch_size: int, max_length: int,
-                    device: torch.device, precision: str = "auto") -> torch.Tensor:
+def predict_outputs(
+    model: EncoderClassifier,
+    tokenizer,
+    ex: Examples,
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
+    precision: str = "auto",
+) -> torch.Tensor:
     """Raw head outputs (logits or regression values) for every example, in order, float32 on CPU."""
     model.eval()
     enc = pretokenize(tokenizer, ex, min(max_length, max_tokens(model.encoder)))
@@ -68,8 +80,17 @@ def predict_outputs(model: EncoderClassifier, tokenizer, ex: Examples, batch_siz
     return torch.cat(outs)
 
 
-def score(model: EncoderClassifier, tokenizer, ex: Examples, targets: list, num_classes: int, batch_size: int,
-          max_length: int, device, precision: str = "auto") -> tuple[dict, list]:
+def score(
+    model: EncoderClassifier,
+    tokenizer,
+    ex: Examples,
+    targets: list,
+    num_classes: int,
+    batch_size: int,
+    max_length: int,
+    device,
+    precision: str = "auto",
+) -> tuple[dict, list]:
     out = predict_outputs(model, tokenizer, ex, batch_size, max_length, device, precision)
     if model.task == TASK_REGRESSION:
         preds = out.tolist()

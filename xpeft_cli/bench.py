@@ -3,6 +3,7 @@
 Each finished cell is written to OUT/cells/<cell>.json at once, so an interrupted run resumes
 where it stopped. Banks are random (seed 0), one per N, in OUT/banks/.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,11 @@ from typing import Callable
 
 from .atomic import atomic_write_text
 from .bank import Bank
+from .batches import score
 from .data import Examples
+from .distributed import pick_device
 from .plm import load_encoder, resolve_model
 from .tasks import load_split, official_metrics, preset
-from .distributed import pick_device
-from .batches import score
 from .train import FitConfig, fit_profile
 
 METRIC_NAMES = {"mcc": "MCC", "acc": "Acc", "acc_f1": "Comb", "pearson_spearman": "Comb", "acc_gps": "Acc"}
@@ -61,9 +62,17 @@ def _bank(out: Path, n: int, model: str | None, init_scale: float = 1.0) -> Bank
     return Bank.load(folder, model=model)
 
 
-def run_grid(cells: list[Cell], data_dir: str | Path, out: str | Path, base: FitConfig, model: str | None = None,
-             max_train_rows: int | None = None, on_cell: Callable[[Cell, dict, bool], None] | None = None,
-             loader: Callable[[str, str], Examples] | None = None, init_scale: float = 1.0) -> list[dict]:
+def run_grid(
+    cells: list[Cell],
+    data_dir: str | Path,
+    out: str | Path,
+    base: FitConfig,
+    model: str | None = None,
+    max_train_rows: int | None = None,
+    on_cell: Callable[[Cell, dict, bool], None] | None = None,
+    loader: Callable[[str, str], Examples] | None = None,
+    init_scale: float = 1.0,
+) -> list[dict]:
     """Run every cell not yet in OUT/cells. `loader(task, split)` replaces reading presets from `data_dir`."""
     load = loader or (lambda task, which: load_split(preset(task), which, data_dir).examples)
     out = Path(out)
@@ -91,16 +100,33 @@ def run_grid(cells: list[Cell], data_dir: str | Path, out: str | Path, base: Fit
         t0 = time.perf_counter()
         fit = fit_profile(banks[n], train, cell.task, cfg)
         device = pick_device(cfg.device)
-        y_dev = [float(v) for v in dev.labels] if p.task_type == "regression" else \
-            [fit.profile.labels.index(v) for v in dev.labels]
+        y_dev = (
+            [float(v) for v in dev.labels]
+            if p.task_type == "regression"
+            else [fit.profile.labels.index(v) for v in dev.labels]
+        )
         n_out = 1 if p.task_type == "regression" else len(fit.profile.labels)
         _, preds = score(fit.model, fit.tokenizer, dev, y_dev, n_out, 128, cfg.max_length, device)
         metrics = official_metrics(p, y_dev, preds)
-        res = asdict(cell) | {"cell": cell.id, "row": cell.row, "score": metrics["score"], "metrics": metrics,
-                              "metric": METRIC_NAMES[p.metric], "train_rows": len(train), "dev_rows": len(dev),
-                              "steps": fit.steps, "epochs": cfg.epochs, "seed": cfg.seed, "k": cfg.k,
-                              "lr_masks": cfg.lr_masks, "nu": cfg.nu, "tau": cfg.tau, "init_scale": init_scale,
-                              "seconds": round(time.perf_counter() - t0, 1), "trained_on": p.trained_on}
+        res = asdict(cell) | {
+            "cell": cell.id,
+            "row": cell.row,
+            "score": metrics["score"],
+            "metrics": metrics,
+            "metric": METRIC_NAMES[p.metric],
+            "train_rows": len(train),
+            "dev_rows": len(dev),
+            "steps": fit.steps,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "k": cfg.k,
+            "lr_masks": cfg.lr_masks,
+            "nu": cfg.nu,
+            "tau": cfg.tau,
+            "init_scale": init_scale,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "trained_on": p.trained_on,
+        }
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         results.append(res)
         if on_cell:
@@ -118,15 +144,23 @@ def table(results: list[dict], command: str = "") -> tuple[str, dict]:
     rows = list(dict.fromkeys(r["row"] for r in results))
     by = {(r["row"], r["task"]): r for r in results}
     metric = {t: next(r["metric"] for r in results if r["task"] == t) for t in tasks}
-    md = ["| mode | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | avg |",
-          "|---|" + "---|" * (len(tasks) + 1)]
+    md = [
+        "| mode | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " | avg |",
+        "|---|" + "---|" * (len(tasks) + 1),
+    ]
     doc = {"command": command, "tasks": tasks, "rows": {}}
     for row in rows:
         scores = [by[(row, t)]["score"] if (row, t) in by else None for t in tasks]
         have = [s for s in scores if s is not None]
         avg = sum(have) / len(have) if len(have) == len(tasks) else None
-        md.append(f"| {row} | " + " | ".join("–" if s is None else f"{s:.3f}" for s in scores)
-                  + f" | {'–' if avg is None else f'{avg:.3f}'} |")
-        doc["rows"][row] = {"scores": dict(zip(tasks, scores)), "avg": avg,
-                            "seconds": sum(by[(row, t)]["seconds"] for t in tasks if (row, t) in by)}
+        md.append(
+            f"| {row} | "
+            + " | ".join("–" if s is None else f"{s:.3f}" for s in scores)
+            + f" | {'–' if avg is None else f'{avg:.3f}'} |"
+        )
+        doc["rows"][row] = {
+            "scores": dict(zip(tasks, scores)),
+            "avg": avg,
+            "seconds": sum(by[(row, t)]["seconds"] for t in tasks if (row, t) in by),
+        }
     return "\n".join(md) + "\n", doc

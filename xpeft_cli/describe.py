@@ -1,12 +1,13 @@
 """What a profile file holds, as one JSON-ready dict: what `xpeft inspect --json` prints and what
 `xpeft serve` answers at /v1/profiles/{name}. In the core so the library can do what the CLI does."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from .baselines import read_adapter
-from .xpm import Decoded, decode, encode, read_xpm_full
 from .profile import Profile
+from .xpm import Decoded, decode, encode, read_xpm_full
 
 
 def describe_decoded(dec: Decoded) -> dict:
@@ -15,12 +16,20 @@ def describe_decoded(dec: Decoded) -> dict:
     p = dec.profile
     info = {
         "version": f"{dec.version[0]}.{dec.version[1]}",
-        "checksum": "ok", "profile": p.name, "mask": p.mask_kind, "n": p.n, "L": p.L, "k": p.k,
+        "checksum": "ok",
+        "profile": p.name,
+        "mask": p.mask_kind,
+        "n": p.n,
+        "L": p.L,
+        "k": p.k,
         "b": None if p.ln_weight is None else int(p.ln_weight.shape[1]),
         "task": p.task if p.head_weight is not None else None,
         "classes": p.num_outputs if p.task == "classification" else None,
-        "labels": p.labels, "bank_hash": p.bank_hash, "sections": dec.sizes,
-        "skipped_sections": dec.skipped_sections, "meta": p.meta,
+        "labels": p.labels,
+        "bank_hash": p.bank_hash,
+        "sections": dec.sizes,
+        "skipped_sections": dec.skipped_sections,
+        "meta": p.meta,
     }
     if p.mask_kind == "hard":
         sel_a, sel_b = p.selected()
@@ -39,10 +48,21 @@ def describe_profile(p: Profile) -> dict:
 def describe_adapter(path: Path) -> dict:
     """A baseline (single-adapter / head-only) written by `xpeft fit --method …`."""
     a = read_adapter(path)
-    return {"file": str(path), "bytes": path.stat().st_size, "format": "xpeft-adapter/1 (safetensors)",
-            "profile": a.name, "method": a.method, "task": a.task, "labels": a.labels, "rank": a.rank,
-            "sites": len(a.sites), "bank_hash": a.bank_hash, "trainable_parameters": a.trainable_parameters(),
-            "tensor_bytes": {k: t.numel() * t.element_size() for k, t in a.tensors.items()}, "meta": a.meta}
+    return {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format": "xpeft-adapter/1 (safetensors)",
+        "profile": a.name,
+        "method": a.method,
+        "task": a.task,
+        "labels": a.labels,
+        "rank": a.rank,
+        "sites": len(a.sites),
+        "bank_hash": a.bank_hash,
+        "trainable_parameters": a.trainable_parameters(),
+        "tensor_bytes": {k: t.numel() * t.element_size() for k, t in a.tensors.items()},
+        "meta": a.meta,
+    }
 
 
 def describe_file(path: Path) -> dict:

@@ -11,6 +11,7 @@ Two ways to share a fit, chosen by what is trained:
 Processes are started by `--devices N` (cli/launch.py), `accelerate launch -m xpeft_cli …` or
 torchrun; all of them set RANK / WORLD_SIZE / MASTER_ADDR, which is how a worker knows it is one.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -61,7 +62,7 @@ class World:
         torch.distributed.all_reduce(buf)
         pos = 0
         for p in params:
-            p.grad = buf[pos:pos + p.numel()].view_as(p).to(p.dtype).clone()
+            p.grad = buf[pos : pos + p.numel()].view_as(p).to(p.dtype).clone()
             pos += p.numel()
         return buf[pos:].view_as(extra) if extra is not None else None
 
@@ -80,8 +81,7 @@ class World:
 def check_process_device(device: str) -> None:
     """With several processes each takes its own device: only auto, cuda (with a GPU) or cpu make sense."""
     if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device {device}: with several processes each one takes its own GPU; "
-                         "use auto, cuda or cpu")
+        raise UsageError(f"--device {device}: with several processes each one takes its own GPU; use auto, cuda or cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no GPU here")
 
@@ -94,8 +94,9 @@ def pick_device(name: str = "auto") -> torch.device:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available()
-                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index is not None and dev.index >= torch.cuda.device_count())
+    ):
         raise UsageError(f"--device {name}: no such CUDA device here (use auto or cpu)")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {name!r}")
@@ -164,7 +165,7 @@ def share(rows: list[int], w: World) -> tuple[list[int], float]:
     A rank left without rows still runs one row with weight 0: every rank then draws the
     same mask noise and reaches the same collectives.
     """
-    mine = rows[w.rank::w.size]
+    mine = rows[w.rank :: w.size]
     if not mine:
         return rows[:1], 0.0
     return mine, len(mine) / len(rows)

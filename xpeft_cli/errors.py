@@ -3,8 +3,10 @@
 Exit codes (also in README.md and the man pages):
   0 success, 1 internal error (a bug), 2 usage, 3 bad input data,
   4 integrity failure (checksum, truncated/forged file, bank or model hash mismatch),
-  5 model not available.
+  5 model not available, 6 cannot write (disk full, file size limit, read-only or forbidden folder;
+  the old file is kept).
 """
+
 from __future__ import annotations
 
 EXIT_OK = 0
@@ -13,6 +15,7 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_INTEGRITY = 4
 EXIT_MODEL = 5
+EXIT_WRITE = 6
 
 
 class XpeftError(Exception):
@@ -47,3 +50,18 @@ class ModelNotFoundError(XpeftError):
     """The PLM named by a bank or by --model cannot be loaded offline."""
 
     exit_code = EXIT_MODEL
+
+
+class WriteError(XpeftError):
+    """An output could not be written: the disk is full, a file size limit (ulimit -f) is hit, the folder
+    is read-only or forbidden. Writes are atomic, so the file that was there before is kept."""
+
+    exit_code = EXIT_WRITE
+
+
+# errno values that mean "this output cannot be written here", not a bug
+WRITE_ERRNOS = frozenset({28, 27, 122, 30, 13, 1})  # ENOSPC, EFBIG, EDQUOT, EROFS, EACCES, EPERM
+
+
+def write_error(dest: object, exc: OSError) -> WriteError:
+    return WriteError(f"cannot write {dest}: {exc.strerror or exc} (nothing was replaced)")

@@ -1,4 +1,5 @@
 """Running a stored profile (.xpm, or a baseline's .safetensors): build its model, score or predict."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -6,14 +7,14 @@ from pathlib import Path
 
 from .bank import Bank
 from .baselines import AdapterProfile, BaselineModel, read_adapter
+from .batches import predict_outputs, score
 from .data import Examples, encode_labels
+from .distributed import pick_device
 from .errors import DataError, IntegrityError
 from .masks import MaskSpec
 from .model import TASK_REGRESSION, XPeftModel
 from .plm import load_encoder
 from .profile import Profile, apply_profile
-from .distributed import pick_device
-from .batches import predict_outputs, score
 from .xpm import read_xpm
 
 AnyProfile = Profile | AdapterProfile
@@ -34,12 +35,15 @@ def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", for
     dev = pick_device(device)
     if isinstance(profile, AdapterProfile):
         if profile.bank_hash != bank.bank_hash and not force:
-            raise IntegrityError(f"adapter {profile.name!r} was trained on bank {profile.bank_hash[:16]}…, not on this "
-                                 f"bank ({bank.bank_hash[:16]}…); --force uses it anyway")
+            raise IntegrityError(
+                f"adapter {profile.name!r} was trained on bank {profile.bank_hash[:16]}…, not on this "
+                f"bank ({bank.bank_hash[:16]}…); --force uses it anyway"
+            )
         if profile.sites != [s.name for s in bank.sites] and profile.method == "single-adapter":
             raise IntegrityError(f"adapter {profile.name!r} adapts other modules than this bank's sites")
-        model = BaselineModel(encoder, profile.method, profile.sites, profile.rank, profile.num_outputs,
-                              task=profile.task)
+        model = BaselineModel(
+            encoder, profile.method, profile.sites, profile.rank, profile.num_outputs, task=profile.task
+        )
         model.load_tensors(profile.tensors)
     else:
         profile = with_bank_head(bank, profile)
@@ -55,31 +59,50 @@ def with_bank_head(bank: Bank, profile: AnyProfile) -> AnyProfile:
         return profile
     if bank.head is None:
         raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
-    return replace(profile, head_weight=bank.head.weight.numpy(), head_bias=bank.head.bias.numpy(),
-                   task=bank.head.task, labels=bank.head.labels)
+    return replace(
+        profile,
+        head_weight=bank.head.weight.numpy(),
+        head_bias=bank.head.bias.numpy(),
+        task=bank.head.task,
+        labels=bank.head.labels,
+    )
 
 
 def default_max_length(profile: AnyProfile) -> int:
     return int(profile.meta.get("fit", {}).get("max_length", 128))
 
 
-def evaluate_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size: int = 64,
-                     max_length: int | None = None, device: str = "auto", force: bool = False) -> tuple[dict, list]:
+def evaluate_profile(
+    bank: Bank,
+    profile: AnyProfile,
+    data: Examples,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
+    force: bool = False,
+) -> tuple[dict, list]:
     """(metrics, predictions); predictions are label names, or numbers for regression."""
     if data.labels is None:
         raise DataError(f"{data.source}: evaluation data needs labels")
     profile = with_bank_head(bank, profile)
     targets = encode_labels(data, profile.task, profile.labels)
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
-    metrics, preds = score(model, tok, data, targets, profile.num_outputs, batch_size,
-                           max_length or default_max_length(profile), dev)
+    metrics, preds = score(
+        model, tok, data, targets, profile.num_outputs, batch_size, max_length or default_max_length(profile), dev
+    )
     if profile.task != TASK_REGRESSION:
         preds = [profile.labels[i] for i in preds]
     return metrics, preds
 
 
-def predict_profile(bank: Bank, profile: AnyProfile, data: Examples, batch_size: int = 64,
-                    max_length: int | None = None, device: str = "auto") -> list:
+def predict_profile(
+    bank: Bank,
+    profile: AnyProfile,
+    data: Examples,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
+) -> list:
     profile = with_bank_head(bank, profile)
     model, tok, dev = model_for_profile(bank, profile, device)
     out = predict_outputs(model, tok, data, batch_size, max_length or default_max_length(profile), dev)

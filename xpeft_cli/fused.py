@@ -16,6 +16,7 @@ captures graphs opens (the serving graphs, the benchmark's graphed training step
 XPEFT_COMPILE=0, on a CPU, or without Triton, the eager formulation runs.
 benchmarks/site_variants.py measures all of this.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def _ln(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
     if weight is not None and weight.dim() == 1:
         return F.layer_norm(h, h.shape[-1:], weight, bias, eps)
     out = F.layer_norm(h, h.shape[-1:], eps=eps)
-    return out if weight is None else out * weight.to(out.dtype) + bias.to(out.dtype)
+    if weight is None or bias is None:
+        return out
+    return out * weight.to(out.dtype) + bias.to(out.dtype)
 
 
 def _ln_float_inside(h, weight, bias, eps):
@@ -46,7 +49,7 @@ def _bank_dot(bank: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 _compiled: dict[str, object] = {}
 _available: bool | None = None
-_depth = 0   # open compiled() blocks
+_depth = 0  # open compiled() blocks
 
 
 def available() -> bool:
@@ -77,6 +80,7 @@ def compiled():
 def _has_triton() -> bool:
     try:
         from torch.utils._triton import has_triton
+
         return bool(has_triton())
     except Exception:  # an internal helper: its absence means we cannot tell, so stay eager
         return False

@@ -3,6 +3,7 @@
 Each mutation is named by its kind, so results can be counted by kind. `resign` recomputes the
 checksum after mutating, which drives the mutation past the CRC into the field checks.
 """
+
 from __future__ import annotations
 
 import random
@@ -11,8 +12,18 @@ import zlib
 
 from .xpm import HEADER
 
-KINDS = ("bitflip", "truncate", "forge_length", "forge_count", "huge_dims", "wrong_magic", "wrong_version",
-         "random_bytes", "append", "splice")
+KINDS = (
+    "bitflip",
+    "truncate",
+    "forge_length",
+    "forge_count",
+    "huge_dims",
+    "wrong_magic",
+    "wrong_version",
+    "random_bytes",
+    "append",
+    "splice",
+)
 
 
 def field_offsets(data: bytes) -> tuple[list[int], list[int]]:
@@ -51,21 +62,23 @@ def mutate(data: bytes, kind: str, rng: random.Random) -> bytes:
             body[50] = rng.randrange(256)  # no sections: forge the name length instead
             return resign(bytes(body))
         pos = rng.choice(lengths)
-        body[pos:pos + 4] = struct.pack("<I", rng.choice([2**32 - 1, 2**31, len(data) * 1000, rng.randrange(2**32), 0]))
+        body[pos : pos + 4] = struct.pack(
+            "<I", rng.choice([2**32 - 1, 2**31, len(data) * 1000, rng.randrange(2**32), 0])
+        )
         return resign(bytes(body))
     if kind == "forge_count":  # label count, C, d or b forged inside a section
         if not counts:
             body[12:14] = struct.pack("<H", rng.randrange(65536))
             return resign(bytes(body))
         pos = rng.choice(counts)
-        body[pos:pos + 2] = struct.pack("<H", rng.choice([0, 1, 65535, rng.randrange(65536)]))
+        body[pos : pos + 2] = struct.pack("<H", rng.choice([0, 1, 65535, rng.randrange(65536)]))
         return resign(bytes(body))
     if kind == "huge_dims":
         off = rng.choice([12, 14, 16, 50])
         if off == 50:
             body[50] = rng.choice([0, 255])
         else:
-            body[off:off + 2] = struct.pack("<H", rng.choice([0, 65535, 4097, rng.randrange(65536)]))
+            body[off : off + 2] = struct.pack("<H", rng.choice([0, 65535, 4097, rng.randrange(65536)]))
         return resign(bytes(body))
     if kind == "wrong_magic":
         body[rng.randrange(8)] = rng.randrange(256)

@@ -8,6 +8,7 @@ host syncs: batches are padded to `batch_size` rows and to a length bucket, and 
 its per-row route (RoutedModel.forward_rows), which mixes Â, B̂ for every row on the device.
 A fit's step is captured whole (GraphedTrainStep): forward, loss, backward and AdamW.
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,10 @@ class _BucketedGraphs:
 
     def _inputs(self, length: int, token_types: bool) -> dict[str, torch.Tensor]:
         shape = (self.rows, length)
-        static = {"input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
-                  "attention_mask": torch.ones(shape, dtype=torch.long, device=self.device)}
+        static = {
+            "input_ids": torch.zeros(shape, dtype=torch.long, device=self.device),
+            "attention_mask": torch.ones(shape, dtype=torch.long, device=self.device),
+        }
         if token_types:
             static["token_type_ids"] = torch.zeros(shape, dtype=torch.long, device=self.device)
         return static
@@ -70,8 +73,16 @@ class GraphedForward(_BucketedGraphs):
     Rows past a batch's end are padding: one attention token each, profile 0, their outputs dropped.
     """
 
-    def __init__(self, model, batch_size: int, max_length: int, device: torch.device, precision: str = "auto",
-                 bucket: int = 32, pad_id: int = 0):
+    def __init__(
+        self,
+        model,
+        batch_size: int,
+        max_length: int,
+        device: torch.device,
+        precision: str = "auto",
+        bucket: int = 32,
+        pad_id: int = 0,
+    ):
         super().__init__(batch_size, max_length, device, precision, bucket, pad_id)
         self.model = model
 
@@ -114,9 +125,19 @@ class GraphedTrainStep(_BucketedGraphs):
     state restored in place), so a graphed fit takes exactly the steps it counts.
     """
 
-    def __init__(self, model, opt: torch.optim.Optimizer, task_regression: bool, rows: int, max_length: int,
-                 device: torch.device, precision: str = "auto", bucket: int = 32, pad_id: int = 0,
-                 generators=()):
+    def __init__(
+        self,
+        model,
+        opt: torch.optim.Optimizer,
+        task_regression: bool,
+        rows: int,
+        max_length: int,
+        device: torch.device,
+        precision: str = "auto",
+        bucket: int = 32,
+        pad_id: int = 0,
+        generators=(),
+    ):
         super().__init__(rows, max_length, device, precision, bucket, pad_id)
         if not opt.defaults.get("capturable"):
             raise ValueError("a graphed step needs a capturable optimizer")
@@ -143,15 +164,16 @@ class GraphedTrainStep(_BucketedGraphs):
 
     def _capture_step(self, length: int, token_types: bool, batch: dict, targets: torch.Tensor):
         static = self._inputs(length, token_types)
-        static["targets"] = torch.zeros(self.rows, dtype=torch.float32 if self.regression else torch.long,
-                                        device=self.device)
+        static["targets"] = torch.zeros(
+            self.rows, dtype=torch.float32 if self.regression else torch.long, device=self.device
+        )
         static["weight"] = torch.zeros(self.rows, device=self.device)
-        self._fill(static, batch, targets)   # warm up on a real batch
+        self._fill(static, batch, targets)  # warm up on a real batch
         inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in static]
         lossfn = F.mse_loss if self.regression else F.cross_entropy
 
         def step() -> torch.Tensor:
-            self.opt.zero_grad(set_to_none=True)   # at capture: this graph's own, freshly written grads
+            self.opt.zero_grad(set_to_none=True)  # at capture: this graph's own, freshly written grads
             with compute_context(self.device, self.precision, cache_casts=False):
                 out = self.model(**{k: static[k] for k in inputs})
             loss = (lossfn(out.float(), static["targets"], reduction="none") * static["weight"]).sum()
@@ -163,7 +185,7 @@ class GraphedTrainStep(_BucketedGraphs):
         try:
             graph, loss = self._capture(step, generators=self.generators, after_warmup=lambda: self._restore(saved))
         finally:
-            self.opt.zero_grad(set_to_none=True)   # the next capture must not accumulate into these
+            self.opt.zero_grad(set_to_none=True)  # the next capture must not accumulate into these
         return graph, static, loss
 
     def _params(self) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ Mixing costs N·(d_in+d_out)·b multiply-adds per site per step and nothing per 
 which is why it replaces the paper's N adapters run on the activations. Like peft's
 tuners, this file knows one layer; model.py knows where layers go.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,14 +16,25 @@ from .mixing import mix
 
 
 class XPeftLinear(nn.Module):
-    def __init__(self, base: nn.Linear, bank_a: torch.Tensor, bank_b: torch.Tensor, spec: MaskSpec,
-                 ln: bool = True, ln_eps: float = 1e-5, scale: float = 1.0, out_vector: bool = False):
+    def __init__(
+        self,
+        base: nn.Linear,
+        bank_a: torch.Tensor,
+        bank_b: torch.Tensor,
+        spec: MaskSpec,
+        ln: bool = True,
+        ln_eps: float = 1e-5,
+        scale: float = 1.0,
+        out_vector: bool = False,
+    ):
         super().__init__()
         n, d_in, rank = bank_a.shape
         if d_in != base.in_features or bank_b.shape != (n, rank, base.out_features):
             raise ValueError("bank tensors do not fit this Linear")
         self.base = base
         # Shared, frozen, not part of a profile: buffers that are never saved with it.
+        self.bank_a: torch.Tensor
+        self.bank_b: torch.Tensor
         self.register_buffer("bank_a", bank_a, persistent=False)
         self.register_buffer("bank_b", bank_b, persistent=False)
         self.logits_a = nn.Parameter(torch.zeros(n))
@@ -37,8 +49,10 @@ class XPeftLinear(nn.Module):
         self._given: tuple[torch.Tensor, torch.Tensor] | None = None  # (Â, B̂) handed in by the model (give_mixed)
 
     def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (mask_weights(self.logits_a, self.spec, self.training),
-                mask_weights(self.logits_b, self.spec, self.training))
+        return (
+            mask_weights(self.logits_a, self.spec, self.training),
+            mask_weights(self.logits_b, self.spec, self.training),
+        )
 
     def mixed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(Â, B̂) mixed from the bank (mixing.mix). Cached at inference, when masks are frozen."""
@@ -58,8 +72,11 @@ class XPeftLinear(nn.Module):
     def _mix(self, logits: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         w, chosen = mask_choice(logits, self.spec, self.training)
         n = bank.shape[0]
-        out = mix(bank.reshape(1, n, -1), None if w is None else w.view(1, 1, n),
-                  None if chosen is None else chosen.view(1, 1, -1))
+        out = mix(
+            bank.reshape(1, n, -1),
+            None if w is None else w.view(1, 1, n),
+            None if chosen is None else chosen.view(1, 1, -1),
+        )
         return out.view(bank.shape[1:])
 
     # ---- the hand-off with XPeftModel, which may mix every site at once ----------------------------
@@ -103,9 +120,9 @@ def reference_delta(layer: XPeftLinear, x: torch.Tensor) -> torch.Tensor:
     Exists to test weight-space mixing against, and as the slow baseline in benchmarks.
     """
     w_a, w_b = layer.weights()
-    per_a = torch.einsum("...i,nib->...nb", x, layer.bank_a.to(x.dtype))   # N projections of x
+    per_a = torch.einsum("...i,nib->...nb", x, layer.bank_a.to(x.dtype))  # N projections of x
     h = torch.einsum("...nb,n->...b", per_a, w_a.to(x.dtype))
     if layer.ln is not None:
         h = layer.ln(h)
-    per_b = torch.einsum("...b,nbo->...no", h, layer.bank_b.to(h.dtype))   # N up-projections
+    per_b = torch.einsum("...b,nbo->...no", h, layer.bank_b.to(h.dtype))  # N up-projections
     return layer.scale * torch.einsum("...no,n->...o", per_b, w_b.to(h.dtype))

@@ -13,13 +13,14 @@
 The loops themselves stay with their callers: a lone fit walks one data order and can checkpoint,
 a multi-profile fit walks one order per profile. Everything they do at a step comes from here.
 """
+
 from __future__ import annotations
 
 import json
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -46,7 +47,9 @@ def set_learning_rates(opt: torch.optim.Optimizer, step: int, total: int | None 
     from its "base_lr" (make_optimizer). Stateless, so a resumed fit continues exactly; in place where
     the LR is a device tensor."""
     for g in opt.param_groups:
-        lr = g["base_lr"] * schedule(step, g.get("total", total), warmup)
+        steps = g.get("total", total)
+        assert steps is not None, "a param group without its own 'total' needs `total`"
+        lr = g["base_lr"] * schedule(step, steps, warmup)
         if torch.is_tensor(g["lr"]):
             g["lr"].fill_(lr)
         else:
@@ -59,8 +62,9 @@ def make_optimizer(groups: list[dict], device: torch.device, capturable: bool = 
     Each group keeps its peak LR as "base_lr", which set_learning_rates scales."""
     groups = [g | {"base_lr": g["lr"]} for g in groups]
     if capturable:
-        return torch.optim.AdamW([g | {"lr": torch.tensor(g["lr"], device=device)} for g in groups],
-                                 weight_decay=0.0, capturable=True)
+        return torch.optim.AdamW(
+            [g | {"lr": torch.tensor(g["lr"], device=device)} for g in groups], weight_decay=0.0, capturable=True
+        )
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
@@ -69,11 +73,19 @@ class Update:
     processes (with the loss, so every rank logs the whole batch's), global-norm clipping, AdamW, and
     sign/linear mask logits kept in [-mask_clip, mask_clip] (BinaryConnect)."""
 
-    def __init__(self, opt: torch.optim.Optimizer, world, synced: list[torch.nn.Parameter] = (),
-                 clip_norm: float = 0.0, clamped: list[torch.nn.Parameter] = (), mask_clip: float = 0.0):
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        world,
+        synced: Sequence[torch.nn.Parameter] = (),
+        clip_norm: float = 0.0,
+        clamped: Sequence[torch.nn.Parameter] = (),
+        mask_clip: float = 0.0,
+    ):
         self.opt, self.world, self.synced = opt, world, list(synced)
         self.trainable = [p for g in opt.param_groups for p in g["params"]]
-        self.clip_norm, self.clamped, self.mask_clip = clip_norm, list(clamped), mask_clip
+        self.clip_norm, self.mask_clip = clip_norm, mask_clip
+        self.clamped: list[torch.Tensor] = list(clamped)
 
     def __call__(self, loss: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.world.size > 1 and self.synced:
@@ -91,8 +103,9 @@ class Update:
 StepFn = Callable[[dict, torch.Tensor, float], torch.Tensor]  # (batch, targets, weight) → loss
 
 
-def eager_step(model, opt: torch.optim.Optimizer, update: Update, regression: bool, device: torch.device,
-               precision: str, world) -> StepFn:
+def eager_step(
+    model, opt: torch.optim.Optimizer, update: Update, regression: bool, device: torch.device, precision: str, world
+) -> StepFn:
     """One profile's step: forward under the compute context, mean loss, backward, `update`. With
     several processes each runs its share of the batch, its mean loss weighted by that share."""
     loss_fn = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
@@ -105,27 +118,48 @@ def eager_step(model, opt: torch.optim.Optimizer, update: Update, regression: bo
             loss = loss * weight  # the shares' weighted means sum to the whole batch's mean
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        return update(loss)
+        summed = update(loss)
+        assert summed is not None
+        return summed
 
     return step
 
 
-def graphed_step(model, opt: torch.optim.Optimizer, regression: bool, rows: int, max_length: int,
-                 device: torch.device, precision: str, pad_id: int, generators: list) -> StepFn:
+def graphed_step(
+    model,
+    opt: torch.optim.Optimizer,
+    regression: bool,
+    rows: int,
+    max_length: int,
+    device: torch.device,
+    precision: str,
+    pad_id: int,
+    generators: list,
+) -> StepFn:
     """The same step captured whole as a CUDA graph per padded shape (graphs.GraphedTrainStep)."""
     from .graphs import GraphedTrainStep
 
-    graphed = GraphedTrainStep(model, opt, regression, rows, max_length, device, precision, pad_id=pad_id,
-                               generators=generators)
-    return lambda batch, targets, weight=1.0: graphed(batch, targets)
+    graphed = GraphedTrainStep(
+        model, opt, regression, rows, max_length, device, precision, pad_id=pad_id, generators=generators
+    )
+
+    def step(batch: dict, targets: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        return graphed(batch, targets)
+
+    return step
 
 
 class LossLog:
     """A fit's log: every record kept in `history` and written as one JSON line (by the main process
     only), each step's loss reported to `on_step(step, total, loss)`."""
 
-    def __init__(self, path: str | Path | None, write: bool = True,
-                 on_step: Callable[[int, int, float], None] | None = None, history: Iterable[dict] = ()):
+    def __init__(
+        self,
+        path: str | Path | None,
+        write: bool = True,
+        on_step: Callable[[int, int, float], None] | None = None,
+        history: Iterable[dict] = (),
+    ):
         self.history = list(history)
         self.on_step = on_step
         self.file = open(path, "w", encoding="utf-8") if (path and write) else None
@@ -162,14 +196,20 @@ class LossLog:
 def fit_settings(cfg: FitConfig) -> dict:
     """The settings that define a fit's result, for its metadata and checkpoint (not where it ran)."""
     default = FitConfig()
-    return {k: v for k, v in asdict(cfg).items()
-            if k not in ("device", "cuda_graphs") and not (k in _KNOBS and v == getattr(default, k))}
+    return {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in ("device", "cuda_graphs") and not (k in _KNOBS and v == getattr(default, k))
+    }
 
 
 def fit_metadata(cfg: FitConfig, k: int, task: str, labels: list, steps: int, **extra) -> dict:
     """The `fit` metadata of a profile: its settings, the k it used, its task, its training rows
     (`labels`: their raw labels) and steps, what else the fit adds, and the label counts."""
     counts = Counter(label_key(v) for v in labels)
-    return {"fit": {key: v for key, v in fit_settings(cfg).items() if key != "labels"}
-            | {"k": k, "task": task, "train_rows": len(labels), "steps": steps} | extra
-            | {"label_counts": dict(counts.most_common())}}
+    return {
+        "fit": {key: v for key, v in fit_settings(cfg).items() if key != "labels"}
+        | {"k": k, "task": task, "train_rows": len(labels), "steps": steps}
+        | extra
+        | {"label_counts": dict(counts.most_common())}
+    }

@@ -2,6 +2,7 @@
 
 A hard profile at inference is exactly one LoRA per site: Â = mean of the k selected A's.
 """
+
 from __future__ import annotations
 
 import torch

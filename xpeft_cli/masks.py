@@ -8,23 +8,22 @@ mask); trained straight-through (BinaryConnect), the sign of the logit at infere
 linear: unconstrained real weights logits/N (a random-subspace LoRA); stored like soft masks.
 Ties in top-k are broken towards the lower adapter index, so the choice is reproducible.
 """
-from __future__ import annotations
 
-from .config import KINDS, STORED_KINDS  # noqa: F401
+from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-
+from .config import KINDS, STORED_KINDS  # noqa: F401
 
 
 @dataclass
 class MaskSpec:
-    kind: str = "hard"   # "hard" | "soft"
+    kind: str = "hard"  # "hard" | "soft"
     k: int = 50
-    nu: float = 0.3      # Gumbel noise level ν (default chosen by measurement, see benchmarks/)
-    tau: float = 1.0     # softmax temperature τ
+    nu: float = 0.3  # Gumbel noise level ν (default chosen by measurement, see benchmarks/)
+    tau: float = 1.0  # softmax temperature τ
     generator: torch.Generator | None = None  # seeded source of the Gumbel noise
     # Soft-to-hard annealing: while training, a hard mask's forward value is
     # α·(k-hot/k) + (1−α)·y_soft; the fit raises α from 0 to 1 over its warm-up (FitConfig.soft_warmup).
@@ -70,9 +69,14 @@ def gumbel_like(logits: torch.Tensor, generator: torch.Generator | None) -> torc
     return gumbel(torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype))
 
 
-def hard_soft_and_choice(logits: torch.Tensor, k: int, nu: float, tau: float,
-                         generator: torch.Generator | None = None,
-                         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def hard_soft_and_choice(
+    logits: torch.Tensor,
+    k: int,
+    nu: float,
+    tau: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1's two halves: y_soft = softmax((logits+νg)/τ), which takes the gradient, and
     the indices of its top k, which make the forward value k-hot/k.
 
@@ -80,21 +84,26 @@ def hard_soft_and_choice(logits: torch.Tensor, k: int, nu: float, tau: float,
     """
     if nu and noise is None:
         noise = gumbel_like(logits, generator)
-    noisy = logits + nu * noise if nu else logits
+    noisy = logits + nu * noise if (nu and noise is not None) else logits
     y_soft = torch.softmax(noisy / tau, dim=-1)
     return y_soft, topk_indices(y_soft, k)
 
 
-def straight_through(y_soft: torch.Tensor | None, chosen: torch.Tensor, n: int,
-                     dtype=torch.float32) -> torch.Tensor:
+def straight_through(y_soft: torch.Tensor | None, chosen: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
     """A hard choice as dense weights: value k-hot/k (y_hard − y_soft.detach() + y_soft), gradient
     that of y_soft; without y_soft (inference), k-hot/k alone."""
     y_hard = khot(chosen, n, dtype) / chosen.shape[-1]
     return y_hard if y_soft is None else y_hard - y_soft.detach() + y_soft
 
 
-def hard_topk_st(logits: torch.Tensor, k: int, nu: float, tau: float,
-                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+def hard_topk_st(
+    logits: torch.Tensor,
+    k: int,
+    nu: float,
+    tau: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Algorithm 1 as dense weights: forward value k-hot/k; gradient that of y_soft."""
     y_soft, chosen = hard_soft_and_choice(logits, k, nu, tau, generator, noise)
     return straight_through(y_soft, chosen, logits.shape[-1], logits.dtype)
@@ -104,14 +113,20 @@ def hard_inference_weights(logits: torch.Tensor, k: int) -> torch.Tensor:
     return straight_through(None, topk_indices(logits, k), logits.shape[-1], logits.dtype)
 
 
-def mask_weights(logits: torch.Tensor, spec: MaskSpec, training: bool, noise: torch.Tensor | None = None) -> torch.Tensor:
+def mask_weights(
+    logits: torch.Tensor, spec: MaskSpec, training: bool, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dense mixing weights (softmax, or a hard mask's straight-through k-hot/k): mask_choice, densified."""
     w, chosen = mask_choice(logits, spec, training, noise)
-    return w if chosen is None else straight_through(w, chosen, logits.shape[-1], logits.dtype)
+    if chosen is None:
+        assert w is not None  # mask_choice gives weights, a choice, or both
+        return w
+    return straight_through(w, chosen, logits.shape[-1], logits.dtype)
 
 
-def mask_choice(logits: torch.Tensor, spec: MaskSpec, training: bool,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def mask_choice(
+    logits: torch.Tensor, spec: MaskSpec, training: bool, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """What mixing.mix takes: (weights, chosen). Soft: (softmax, None). Hard: the k chosen
     adapters, with y_soft to carry the straight-through gradient while training (None at
     inference, where the noiseless top-k has no gradient). Same values as mask_weights."""

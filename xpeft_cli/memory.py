@@ -1,4 +1,5 @@
 """Per-profile size arithmetic of the paper's Table 1, and measured sizes of real files."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from .profile import Profile
 
 
 def trainable_xpeft(n: int, b: int, L: int) -> int:
-    return 2 * (n + b) * L          # two mask rows and the LN affine per site
+    return 2 * (n + b) * L  # two mask rows and the LN affine per site
 
 
 def bytes_hard(n: int, L: int) -> int:
@@ -19,7 +20,7 @@ def bytes_hard(n: int, L: int) -> int:
 
 
 def bytes_soft(n: int, L: int) -> int:
-    return 2 * n * L * 4             # two float32 rows per site
+    return 2 * n * L * 4  # two float32 rows per site
 
 
 def params_single_adapter(d: int, b: int, L: int) -> int:
@@ -46,16 +47,38 @@ def table1(ns=(100, 200, 400), rank: int = 48, dim: int = 768, layers: int = 12)
     """Table 1 with its defaults (b = 48, as its numbers use; its caption says 64)."""
     rows = []
     for n in ns:
-        rows.append({"mode": "x_peft (hard)", "n": n, "trainable": trainable_xpeft(n, rank, layers),
-                     "trainable_display": display_trunc(trainable_xpeft(n, rank, layers)),
-                     "bytes": bytes_hard(n, layers), "bytes_display": display_trunc(bytes_hard(n, layers))})
+        rows.append(
+            {
+                "mode": "x_peft (hard)",
+                "n": n,
+                "trainable": trainable_xpeft(n, rank, layers),
+                "trainable_display": display_trunc(trainable_xpeft(n, rank, layers)),
+                "bytes": bytes_hard(n, layers),
+                "bytes_display": display_trunc(bytes_hard(n, layers)),
+            }
+        )
     for n in ns:
-        rows.append({"mode": "x_peft (soft)", "n": n, "trainable": trainable_xpeft(n, rank, layers),
-                     "trainable_display": display_trunc(trainable_xpeft(n, rank, layers)),
-                     "bytes": bytes_soft(n, layers), "bytes_display": display_sig1(bytes_soft(n, layers))})
+        rows.append(
+            {
+                "mode": "x_peft (soft)",
+                "n": n,
+                "trainable": trainable_xpeft(n, rank, layers),
+                "trainable_display": display_trunc(trainable_xpeft(n, rank, layers)),
+                "bytes": bytes_soft(n, layers),
+                "bytes_display": display_sig1(bytes_soft(n, layers)),
+            }
+        )
     sa = params_single_adapter(dim, rank, layers)
-    rows.append({"mode": "single_adapter", "n": None, "trainable": sa, "trainable_display": display_trunc(sa),
-                 "bytes": sa * 4, "bytes_display": display_trunc(sa * 4)})
+    rows.append(
+        {
+            "mode": "single_adapter",
+            "n": None,
+            "trainable": sa,
+            "trainable_display": display_trunc(sa),
+            "bytes": sa * 4,
+            "bytes_display": display_trunc(sa * 4),
+        }
+    )
     return {"rank": rank, "dim": dim, "layers": layers, "rows": rows}
 
 
@@ -70,8 +93,14 @@ def measured_sizes(bank: Bank, profile: Profile, xpm_path: str | Path, sections:
     xpm_bytes = Path(xpm_path).stat().st_size
     masks_only = sections["header"] + sections["name"] + sections["masks"] + sections["checksum"]
     return {
-        "profile": profile.name, "mask": profile.mask_kind, "n": profile.n, "L": profile.L, "rank": bank.rank,
-        "xpm_bytes": xpm_bytes, "xpm_masks_only_bytes": masks_only, "sections": sections,
+        "profile": profile.name,
+        "mask": profile.mask_kind,
+        "n": profile.n,
+        "L": profile.L,
+        "rank": bank.rank,
+        "xpm_bytes": xpm_bytes,
+        "xpm_masks_only_bytes": masks_only,
+        "sections": sections,
         "lora_safetensors_bytes": lora_bytes,
         "ratio_lora_to_xpm": lora_bytes / xpm_bytes,
         "ratio_lora_to_masks_only": lora_bytes / masks_only,

@@ -1,4 +1,5 @@
 """Task metrics, computed with scikit-learn and scipy."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -9,9 +10,9 @@ import numpy as np
 def classification_metrics(y_true: list[int], y_pred: list[int], num_classes: int, present_only: bool = False) -> dict:
     """present_only: macro-F1 over the classes that occur in y_true or y_pred, not all num_classes
     (a profile's test rows cover few of a shared label set; absent classes would count as F1 0)."""
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
     import warnings
+
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     labels = sorted(set(y_true) | set(y_pred)) if present_only else list(range(num_classes))
     with warnings.catch_warnings():  # one class in a profile's rows: MCC is 0 by definition, no need to shout

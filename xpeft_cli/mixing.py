@@ -8,6 +8,7 @@ of the dense mix, grad_w = bank · grad_Â. A hard training step then reads the 
 (backward) instead of twice: on an H100 at bert-base shape, N = 800, the forward mixing went
 from 0.47 ms to 0.05 ms of a 15 ms step (benchmarks/README.md, fifth session).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ def chosen_mean(bank: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """
     g, n, d = bank.shape
     r, k = chosen.shape[1:]
-    offset = torch.arange(0, g * n, n, device=chosen.device).view(g, 1, 1)   # rows of the (G·N, D) view
+    offset = torch.arange(0, g * n, n, device=chosen.device).view(g, 1, 1)  # rows of the (G·N, D) view
     out = F.embedding_bag((chosen + offset).reshape(g * r, k), bank.reshape(g * n, d), mode="mean")
     return out.view(g, r, d)
 
@@ -69,6 +70,8 @@ def mix(bank: torch.Tensor, w: torch.Tensor | None, chosen: torch.Tensor | None 
     """
     grad = w is not None and w.requires_grad and torch.is_grad_enabled()
     if chosen is None:
+        if w is None:
+            raise ValueError("mix needs dense weights w or a choice of adapters")
         return _Mix.apply(w, None, bank) if grad else _dense(bank, w)
     n = bank.shape[1]
     r, k = chosen.shape[1:]

@@ -3,7 +3,10 @@
 Works on any encoder whose target Linear modules are found by name (BERT, RoBERTa,
 DistilBERT, …). The head reads the mean of the last hidden states over real tokens.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +42,8 @@ class EncoderClassifier(nn.Module):
         self.checkpointing = False  # gradient_checkpointing(): activations recomputed in the backward pass
         for p in encoder.parameters():
             p.requires_grad_(False)
-        hidden = int(encoder.config.hidden_size if hasattr(encoder.config, "hidden_size") else encoder.config.dim)
+        config: Any = encoder.config
+        hidden = int(config.hidden_size if hasattr(config, "hidden_size") else config.dim)
         self.head = nn.Linear(hidden, num_outputs)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -61,10 +65,11 @@ class EncoderClassifier(nn.Module):
         less peak memory for long sequences, at the price of a second forward through the blocks."""
         if not getattr(self.encoder, "supports_gradient_checkpointing", False):
             raise ValueError(f"{type(self.encoder).__name__} does not support gradient checkpointing")
-        if hasattr(self.encoder, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
-            self.encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        encoder: Any = self.encoder  # a transformers PreTrainedModel
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers ≥ 5.x's name
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.checkpointing = True
 
     def use_shared_head(self, shared) -> None:
@@ -81,8 +86,17 @@ class EncoderClassifier(nn.Module):
 class XPeftModel(EncoderClassifier):
     """encoder (frozen) + bank (frozen, shared) + masks, LN and head (the profile)."""
 
-    def __init__(self, encoder: nn.Module, bank: Bank, num_outputs: int, task: str = TASK_CLASSIFICATION,
-                 spec: MaskSpec | None = None, seed: int = 0, ln_init: float = 1.0, out_vector: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        bank: Bank,
+        num_outputs: int,
+        task: str = TASK_CLASSIFICATION,
+        spec: MaskSpec | None = None,
+        seed: int = 0,
+        ln_init: float = 1.0,
+        out_vector: bool = False,
+    ):
         super().__init__(encoder, num_outputs, task, seed)
         self.bank_hash = bank.bank_hash
         self.spec = spec or MaskSpec()
@@ -95,8 +109,16 @@ class XPeftModel(EncoderClassifier):
             base = encoder.get_submodule(site.name)
             if not isinstance(base, nn.Linear):
                 raise ValueError(f"{site.name} is not an nn.Linear in this model")
-            layer = XPeftLinear(base, a, b, self.spec, ln=bank.config.ln, ln_eps=bank.config.ln_eps,
-                                scale=bank.config.scale, out_vector=out_vector)
+            layer = XPeftLinear(
+                base,
+                a,
+                b,
+                self.spec,
+                ln=bank.config.ln,
+                ln_eps=bank.config.ln_eps,
+                scale=bank.config.scale,
+                out_vector=out_vector,
+            )
             if layer.ln is not None and ln_init != 1.0:  # LN's γ at start (0: the site starts as the PLM's own)
                 with torch.no_grad():
                     layer.ln.weight.fill_(ln_init)
@@ -133,7 +155,7 @@ class XPeftModel(EncoderClassifier):
         mixing kernels instead of a dozen per site, which is what the per-step cost was made of.
         """
         if len({(tuple(s.bank_a.shape), tuple(s.bank_b.shape)) for s in self.sites}) == 1:
-            (_, a, b), = stack_by_shape([s.bank_a for s in self.sites], [s.bank_b for s in self.sites], dtype)
+            ((_, a, b),) = stack_by_shape([s.bank_a for s in self.sites], [s.bank_b for s in self.sites], dtype)
             self.stacked_bank = (a, b)
             for l, s in enumerate(self.sites):
                 s.bank_a, s.bank_b = self.stacked_bank[0][l], self.stacked_bank[1][l]
@@ -151,13 +173,15 @@ class XPeftModel(EncoderClassifier):
         The Gumbel noise is drawn as one (L, 2, N) tensor: site by site, A then B, the order in
         which the sites draw it one by one.
         """
+        assert self.stacked_bank is not None  # forward() calls this only then
         bank_a, bank_b = self.stacked_bank
-        both = torch.stack([t for s in self.sites for t in (s.logits_a, s.logits_b)])   # one copy, not L + 1
-        both = both.view(len(self.sites), 2, -1)                                          # (L, 2, N)
+        both = torch.stack([t for s in self.sites for t in (s.logits_a, s.logits_b)])  # one copy, not L + 1
+        both = both.view(len(self.sites), 2, -1)  # (L, 2, N)
         w, chosen = mask_choice(both, self.spec, self.training)
         L, n = bank_a.shape[:2]
+
         def half(t, i):  # the A (i = 0) or B (i = 1) rows, (L, 1, ·)
-            return None if t is None else t[:, i:i + 1]
+            return None if t is None else t[:, i : i + 1]
 
         a_hat = mix(bank_a.reshape(L, n, -1), half(w, 0), half(chosen, 0)).view(L, *bank_a.shape[2:])
         b_hat = mix(bank_b.reshape(L, n, -1), half(w, 1), half(chosen, 1)).view(L, *bank_b.shape[2:])

@@ -15,6 +15,7 @@ gathered, so every profile's result is the one a single process gives.
 The same loop trains a bank's adapters (`bank create --from-profiles`): one LoRA per profile
 with its own head (sa) or with one shared head (mtl).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,12 @@ import torch
 
 from .bank import Bank
 from .baselines import AdapterProfile, adapter_tensors
-from .distributed import deal, world
+from .batches import collate, compute_context, pretokenize, uses_bf16
+from .config import FitConfig
 from .data import Examples, encode_labels, split_holdout
+from .distributed import deal, world
 from .errors import DataError, UsageError
+from .loop import LossLog, Update, fit_metadata, make_optimizer, set_learning_rates
 from .masks import MaskSpec
 from .metrics import classification_metrics, regression_metrics
 from .model import TASK_REGRESSION
@@ -37,9 +41,6 @@ from .names import profile_filename
 from .plm import load_encoder, max_tokens
 from .profile import Profile, stored_masks, with_param_dtype
 from .routing import AdapterTable, HeadTable, MaskTable, RoutedModel
-from .batches import collate, compute_context, pretokenize, uses_bf16
-from .config import FitConfig
-from .loop import LossLog, Update, fit_metadata, make_optimizer, set_learning_rates
 from .train import task_and_labels
 
 
@@ -51,7 +52,7 @@ class MultiFitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
-    model: RoutedModel | None = None   # this process's profiles (all of them when it runs alone)
+    model: RoutedModel | None = None  # this process's profiles (all of them when it runs alone)
     tokenizer: object = None
 
 
@@ -60,7 +61,7 @@ class _Plan:
     """One profile's part of the run: its rows, targets, and the lone-fit order it follows."""
 
     name: str
-    rows: list[int]          # indices into the tokenised training rows
+    rows: list[int]  # indices into the tokenised training rows
     targets: torch.Tensor
     val_rows: list[int]
     val_targets: list
@@ -70,9 +71,16 @@ class _Plan:
     perm: list[int] | None = None
 
 
-def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, shared_head: str = "auto",
-                 max_batch_rows: int = 2048, on_step: Callable[[int, int, float], None] | None = None,
-                 log_path: str | Path | None = None) -> MultiFitResult:
+def fit_profiles(
+    bank: Bank,
+    train: Examples,
+    cfg: FitConfig = FitConfig(),
+    *,
+    shared_head: str = "auto",
+    max_batch_rows: int = 2048,
+    on_step: Callable[[int, int, float], None] | None = None,
+    log_path: str | Path | None = None,
+) -> MultiFitResult:
     """Fit every profile of `train` (its `profiles` column) in one run.
 
     shared_head: "auto" uses the bank's shared head when it carries one (profiles then hold
@@ -86,8 +94,9 @@ def fit_profiles(bank: Bank, train: Examples, cfg: FitConfig = FitConfig(), *, s
         raise DataError(f"{train.source}: training data needs labels")
     if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.clip_norm:
         # clipping the global norm of all profiles' gradients would couple profiles that a lone fit keeps apart
-        raise UsageError("fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, "
-                         "clip_norm or peers")
+        raise UsageError(
+            "fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, clip_norm or peers"
+        )
     groups = train.by_profile()  # checks every name (names.py); files use profile_filename
     use_bank_head = shared_head == "auto" and bank.head is not None and cfg.method == "x-peft"
     task, names = task_and_labels(train, cfg, bank.head if use_bank_head else None)  # from all rows, on every rank
@@ -133,18 +142,40 @@ def _plans(groups: dict[str, list[int]], y_all: list, task: str, cfg: FitConfig)
     ttype = torch.float32 if task == TASK_REGRESSION else torch.long
     plans = []
     for name, rows in groups.items():
-        tr, va = split_holdout(len(rows), cfg.val_fraction, cfg.seed) if cfg.val_fraction > 0 else (
-            list(range(len(rows))), [])
+        tr, va = (
+            split_holdout(len(rows), cfg.val_fraction, cfg.seed)
+            if cfg.val_fraction > 0
+            else (list(range(len(rows))), [])
+        )
         tr_rows, va_rows = [rows[i] for i in tr], [rows[i] for i in va]
         nb = (len(tr_rows) + cfg.batch_size - 1) // cfg.batch_size
-        plans.append(_Plan(name, tr_rows, torch.tensor([y_all[i] for i in tr_rows], dtype=ttype),
-                           va_rows, [y_all[i] for i in va_rows], nb, nb * cfg.epochs,
-                           torch.Generator().manual_seed(cfg.seed)))
+        plans.append(
+            _Plan(
+                name,
+                tr_rows,
+                torch.tensor([y_all[i] for i in tr_rows], dtype=ttype),
+                va_rows,
+                [y_all[i] for i in va_rows],
+                nb,
+                nb * cfg.epochs,
+                torch.Generator().manual_seed(cfg.seed),
+            )
+        )
     return plans
 
 
-def _routed_model(bank: Bank, encoder, cfg: FitConfig, task: str, n_out: int, count: int, k: int, shared: bool,
-                  use_bank_head: bool, device: torch.device) -> RoutedModel:
+def _routed_model(
+    bank: Bank,
+    encoder,
+    cfg: FitConfig,
+    task: str,
+    n_out: int,
+    count: int,
+    k: int,
+    shared: bool,
+    use_bank_head: bool,
+    device: torch.device,
+) -> RoutedModel:
     """The PLM with a table of `count` profiles of `cfg.method` at every site, and their heads."""
     hidden = int(getattr(encoder.config, "hidden_size", getattr(encoder.config, "dim", 0)))
     heads = HeadTable(hidden, n_out, count, seed=cfg.seed, shared=shared)
@@ -157,8 +188,17 @@ def _routed_model(bank: Bank, encoder, cfg: FitConfig, task: str, n_out: int, co
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau)
         table = MaskTable(bank.A, bank.B, count, spec, ln=bank.config.ln, seed=cfg.seed)
-        model = RoutedModel(encoder, site_names, bank.rank, table, heads, task, ln=bank.config.ln,
-                            ln_eps=bank.config.ln_eps, scale=bank.config.scale).to(device)
+        model = RoutedModel(
+            encoder,
+            site_names,
+            bank.rank,
+            table,
+            heads,
+            task,
+            ln=bank.config.ln,
+            ln_eps=bank.config.ln_eps,
+            scale=bank.config.scale,
+        ).to(device)
         table.seed_generators(device, cfg.seed)
     elif cfg.method == "single-adapter":
         table = AdapterTable([(s.d_in, s.d_out) for s in bank.sites], bank.rank, count, seed=cfg.seed)
@@ -181,7 +221,9 @@ def _optimizer(model: RoutedModel, plans: list[_Plan], cfg: FitConfig, train_sha
     for i, p in enumerate(plans):
         for kind, params in model.profile_groups(i).items():
             if params:
-                merged.setdefault((kind, p.total), {"params": [], "lr": lr_of[kind], "total": p.total})["params"] += params
+                merged.setdefault((kind, p.total), {"params": [], "lr": lr_of[kind], "total": p.total})["params"] += (
+                    params
+                )
     param_groups = list(merged.values())
     steps = max(p.total for p in plans)
     synced: list[torch.nn.Parameter] = []  # parameters every profile trains: gradients summed over processes
@@ -193,12 +235,26 @@ def _optimizer(model: RoutedModel, plans: list[_Plan], cfg: FitConfig, train_sha
     return make_optimizer(param_groups, w.device), synced, steps
 
 
-def _train(model: RoutedModel, tokenizer, enc: dict, plans: list[_Plan], opt, update: Update, steps: int,
-           cfg: FitConfig, task: str, device: torch.device, max_batch_rows: int, log: LossLog) -> list[dict]:
+def _train(
+    model: RoutedModel,
+    tokenizer,
+    enc: dict,
+    plans: list[_Plan],
+    opt,
+    update: Update,
+    steps: int,
+    cfg: FitConfig,
+    task: str,
+    device: torch.device,
+    max_batch_rows: int,
+    log: LossLog,
+) -> list[dict]:
     """The loop: at step t every profile with work left takes the batch its lone fit takes at t; the
     loss is the sum of their mean losses, in forward passes of at most max_batch_rows rows. Returns
     each step's unrounded per-profile losses (for merging the logs of several processes)."""
-    loss_fn = torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
+    loss_fn = (
+        torch.nn.MSELoss(reduction="none") if task == TASK_REGRESSION else torch.nn.CrossEntropyLoss(reduction="none")
+    )
     raw: list[dict[str, float]] = []
     model.train()
     for t in range(steps):
@@ -209,7 +265,7 @@ def _train(model: RoutedModel, tokenizer, enc: dict, plans: list[_Plan], opt, up
             j = t % p.batches
             if j == 0:
                 p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
-            local = p.perm[j * cfg.batch_size:(j + 1) * cfg.batch_size]
+            local = p.perm[j * cfg.batch_size : (j + 1) * cfg.batch_size]
             picked.append((i, [p.rows[x] for x in local], p.targets[local]))
         set_learning_rates(opt, t, warmup=cfg.warmup)  # each group's own schedule length
         opt.zero_grad(set_to_none=True)
@@ -276,14 +332,23 @@ def _gather(w, names: list[str], profiles: dict, val: dict, raw: list[dict], sec
         pp = {n: pp[n] for n in names if n in pp}  # as one process logs them
         if pp:
             merged.append(_step_record(t + 1, pp))
-    return ({n: prof[n] for n in names}, {n: vals[n] for n in names if n in vals}, merged,
-            max(part[3] for part in parts), max(part[4] for part in parts))
+    return (
+        {n: prof[n] for n in names},
+        {n: vals[n] for n in names if n in vals},
+        merged,
+        max(part[3] for part in parts),
+        max(part[4] for part in parts),
+    )
 
 
 def _step_record(step: int, losses: dict[str, float]) -> dict:
     """One line of the loss log: the step's mean over its profiles, and each profile's loss."""
-    return {"step": step, "profiles": len(losses), "loss": round(sum(losses.values()) / max(1, len(losses)), 6),
-            "per_profile": {n: round(v, 6) for n, v in losses.items()}}
+    return {
+        "step": step,
+        "profiles": len(losses),
+        "loss": round(sum(losses.values()) / max(1, len(losses)), 6),
+        "per_profile": {n: round(v, 6) for n, v in losses.items()},
+    }
 
 
 def _chunks(picked: list, max_rows: int):
@@ -300,13 +365,21 @@ def _chunks(picked: list, max_rows: int):
 
 
 @torch.no_grad()
-def routed_outputs(model: RoutedModel, tokenizer, enc: dict, rows: list[int], pids: list[int], device,
-                   batch_size: int = 128, precision: str = "auto") -> torch.Tensor:
+def routed_outputs(
+    model: RoutedModel,
+    tokenizer,
+    enc: dict,
+    rows: list[int],
+    pids: list[int],
+    device,
+    batch_size: int = 128,
+    precision: str = "auto",
+) -> torch.Tensor:
     """Head outputs of tokenised rows, each row with its own profile, float32 on CPU, in order."""
     outs = []
     for s in range(0, len(rows), batch_size):
-        batch = collate(tokenizer, enc, rows[s:s + batch_size], device)
-        pid = torch.tensor(pids[s:s + batch_size])  # on the CPU: routing needs no sync
+        batch = collate(tokenizer, enc, rows[s : s + batch_size], device)
+        pid = torch.tensor(pids[s : s + batch_size])  # on the CPU: routing needs no sync
         with compute_context(device, precision):
             outs.append(model(**batch, profile_ids=pid).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
@@ -320,7 +393,7 @@ def _validate(model, tokenizer, enc, plans: list[_Plan], task, n_out, cfg, devic
     out = routed_outputs(model, tokenizer, enc, rows, pids, device, cfg.batch_size * 8, cfg.precision)
     res, pos = {}, 0
     for p in plans:
-        o = out[pos:pos + len(p.val_rows)]
+        o = out[pos : pos + len(p.val_rows)]
         pos += len(p.val_rows)
         if not p.val_rows:
             continue
@@ -331,8 +404,18 @@ def _validate(model, tokenizer, enc, plans: list[_Plan], task, n_out, cfg, devic
     return res
 
 
-def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, task: str, names, k: int,
-             shared: bool, meta: dict) -> Profile | AdapterProfile:
+def _extract(
+    model: RoutedModel,
+    i: int,
+    name: str,
+    cfg: FitConfig,
+    bank: Bank,
+    task: str,
+    names,
+    k: int,
+    shared: bool,
+    meta: dict,
+) -> Profile | AdapterProfile:
     heads = model.heads
     hw = None if shared else heads.weight[i].detach().float().cpu()
     hb = None if shared else heads.bias[i].detach().float().cpu()
@@ -342,13 +425,35 @@ def _extract(model: RoutedModel, i: int, name: str, cfg: FitConfig, bank: Bank, 
         ma, mb, k = stored_masks(cfg.mask, la, lb, k)
         ln_w = t.ln_w[i].detach().float().cpu().numpy() if len(t.ln_w) else None
         ln_b = t.ln_b[i].detach().float().cpu().numpy() if len(t.ln_b) else None
-        return Profile(name=name, mask_kind=cfg.mask, n=bank.n, L=bank.L, k=k,
-                       bank_hash=bank.bank_hash, mask_a=ma, mask_b=mb, ln_weight=ln_w, ln_bias=ln_b,
-                       head_weight=None if hw is None else hw.numpy(), head_bias=None if hb is None else hb.numpy(),
-                       task=task, labels=None if shared else names, meta=meta)
+        return Profile(
+            name=name,
+            mask_kind=cfg.mask,
+            n=bank.n,
+            L=bank.L,
+            k=k,
+            bank_hash=bank.bank_hash,
+            mask_a=ma,
+            mask_b=mb,
+            ln_weight=ln_w,
+            ln_bias=ln_b,
+            head_weight=None if hw is None else hw.numpy(),
+            head_bias=None if hb is None else hb.numpy(),
+            task=task,
+            labels=None if shared else names,
+            meta=meta,
+        )
     if shared:  # a baseline keeps the shared head it was trained with (mtl: each profile's full model)
         hw, hb = heads.weight[0], heads.bias[0]
     a, b = model.table.adapter(i) if cfg.method == "single-adapter" else ([], [])
     tensors = adapter_tensors([s.name for s in bank.sites], a, b, hw, hb)
-    return AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,
-                          sites=[s.name for s in bank.sites], bank_hash=bank.bank_hash, tensors=tensors, meta=meta)
+    return AdapterProfile(
+        name=name,
+        method=cfg.method,
+        task=task,
+        labels=names,
+        rank=bank.rank,
+        sites=[s.name for s in bank.sites],
+        bank_hash=bank.bank_hash,
+        tensors=tensors,
+        meta=meta,
+    )

@@ -6,6 +6,7 @@ UTF-8 bytes without control characters. It never becomes a path as it is: the fi
 `_` and `-` (at most 80, not starting or ending with `.` or `_`), or else a cleaned stem and a hash of the name,
 so "../../x", "/etc/passwd" or "a/b" cannot leave the folder a profile is written to.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,7 @@ import unicodedata
 
 from .errors import DataError
 
-MAX_NAME = 255          # UTF-8 bytes, as formats/xpm.md allows
+MAX_NAME = 255  # UTF-8 bytes, as formats/xpm.md allows
 
 
 def check_name(name: object, where: str = "profile name") -> str:

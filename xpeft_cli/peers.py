@@ -8,6 +8,7 @@ X-PEFT uses, so `train.fit_profile` trains every method with one loop, one sched
 What a profile of a peer costs on disk is what peft itself saves for it (`get_peft_model_state_dict`,
 which leaves out VeRA's regenerable projections and keeps only VB-LoRA's top-k), plus the head.
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,10 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 # IA3's targets where peft has no default for the architecture: key, value, feed-forward output.
-IA3_TARGETS = {"mpnet": (["attn.k", "attn.v", "output.dense"], ["output.dense"]),
-               "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"])}
+IA3_TARGETS = {
+    "mpnet": (["attn.k", "attn.v", "output.dense"], ["output.dense"]),
+    "distilbert": (["k_lin", "v_lin", "lin2"], ["lin2"]),
+}
 
 
 def peft_config(kind: str, opts: dict, site_names: list[str], seed: int, model_type: str = ""):
@@ -53,26 +56,44 @@ def peft_config(kind: str, opts: dict, site_names: list[str], seed: int, model_t
         r = int(opts.get("r", 8))
         return peft.LoraConfig(r=r, lora_alpha=opts.get("alpha", r), lora_dropout=0.0, target_modules=site_names)
     if kind == "vera":
-        return peft.VeraConfig(r=int(opts.get("r", 256)), target_modules=site_names, vera_dropout=0.0,
-                               projection_prng_key=seed, save_projection=False, d_initial=opts.get("d_initial", 0.1))
+        return peft.VeraConfig(
+            r=int(opts.get("r", 256)),
+            target_modules=site_names,
+            vera_dropout=0.0,
+            projection_prng_key=seed,
+            save_projection=False,
+            d_initial=opts.get("d_initial", 0.1),
+        )
     if kind == "ia3":
         if model_type in IA3_TARGETS:
             targets, ff = IA3_TARGETS[model_type]
             return peft.IA3Config(target_modules=targets, feedforward_modules=ff)
         return peft.IA3Config()  # peft's default targets: key, value and the feed-forward output
     if kind == "vblora":
-        return peft.VBLoRAConfig(r=int(opts.get("r", 4)), target_modules=site_names,
-                                 num_vectors=int(opts.get("num_vectors", 256)),
-                                 vector_length=int(opts.get("vector_length", 128)), topk=int(opts.get("topk", 2)),
-                                 vblora_dropout=0.0, save_only_topk_weights=True)
+        return peft.VBLoRAConfig(
+            r=int(opts.get("r", 4)),
+            target_modules=site_names,
+            num_vectors=int(opts.get("num_vectors", 256)),
+            vector_length=int(opts.get("vector_length", 128)),
+            topk=int(opts.get("topk", 2)),
+            vblora_dropout=0.0,
+            save_only_topk_weights=True,
+        )
     raise UsageError(f"peer {kind!r} is not a peft method")
 
 
 class PeerModel(EncoderClassifier):
     """A frozen encoder with a peft peer (or BitFit's biases) and the mean-pooled head."""
 
-    def __init__(self, encoder: nn.Module, spec: str, site_names: list[str], num_outputs: int,
-                 task: str = TASK_CLASSIFICATION, seed: int = 0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        spec: str,
+        site_names: list[str],
+        num_outputs: int,
+        task: str = TASK_CLASSIFICATION,
+        seed: int = 0,
+    ):
         super().__init__(encoder, num_outputs, task, seed)
         self.spec = spec
         self.kind, self.opts = parse_spec(spec)
@@ -80,8 +101,10 @@ class PeerModel(EncoderClassifier):
             import peft
 
             torch.manual_seed(seed)  # peft initialises the adapter weights from the global generator
-            self.encoder = peft.get_peft_model(self.encoder, peft_config(self.kind, self.opts, site_names, seed,
-                                                                               getattr(encoder.config, "model_type", "")))
+            self.encoder = peft.get_peft_model(
+                self.encoder,
+                peft_config(self.kind, self.opts, site_names, seed, getattr(encoder.config, "model_type", "")),
+            )
         elif self.kind == "bitfit":
             for name, p in self.encoder.named_parameters():
                 p.requires_grad_(name.endswith(".bias"))

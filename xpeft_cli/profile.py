@@ -2,6 +2,7 @@
 
 Moving a profile in and out of an XPeftModel lives here; the bytes on disk live in xpm.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,19 +18,19 @@ from .model import TASK_CLASSIFICATION, TASK_REGRESSION, XPeftModel
 @dataclass
 class Profile:
     name: str
-    mask_kind: str                 # "hard" | "soft" | "sign"
+    mask_kind: str  # "hard" | "soft" | "sign"
     n: int
     L: int
-    k: int                         # 0 for soft masks
-    bank_hash: str                 # hex SHA-256 of the bank it was fitted on
-    mask_a: np.ndarray             # hard: bool (L, N), set = selected; sign: bool, set = +; soft: float32 logits
+    k: int  # 0 for soft masks
+    bank_hash: str  # hex SHA-256 of the bank it was fitted on
+    mask_a: np.ndarray  # hard: bool (L, N), set = selected; sign: bool, set = +; soft: float32 logits
     mask_b: np.ndarray
-    soft_dtype: str = "float32"    # how soft logits are stored: float32 | float16
-    param_dtype: str = "float32"   # how the LN, output-vector and head sections are stored: float32 | float16
-    ln_weight: np.ndarray | None = None   # (L, b)
+    soft_dtype: str = "float32"  # how soft logits are stored: float32 | float16
+    param_dtype: str = "float32"  # how the LN, output-vector and head sections are stored: float32 | float16
+    ln_weight: np.ndarray | None = None  # (L, b)
     ln_bias: np.ndarray | None = None
     head_weight: np.ndarray | None = None  # (C, d)
-    head_bias: np.ndarray | None = None    # (C,)
+    head_bias: np.ndarray | None = None  # (C,)
     task: str = TASK_CLASSIFICATION
     labels: list[str] | None = None
     meta: dict = field(default_factory=dict)
@@ -55,22 +56,34 @@ def stored_masks(kind: str, la: torch.Tensor, lb: torch.Tensor, k: int) -> tuple
     return la.numpy().astype(np.float32), lb.numpy().astype(np.float32), 0
 
 
-def profile_from_model(model: XPeftModel, name: str, n: int, labels: list[str] | None,
-                       meta: dict | None = None, with_head: bool = True) -> Profile:
+def profile_from_model(
+    model: XPeftModel, name: str, n: int, labels: list[str] | None, meta: dict | None = None, with_head: bool = True
+) -> Profile:
     """Freeze a trained model's profile parameters. Hard masks become their noiseless top-k bits."""
     la, lb = (t.detach().float().cpu() for t in model.mask_logits())
     spec = model.spec
     mask_a, mask_b, k = stored_masks(spec.kind, la, lb, spec.k)
     ln_w = ln_b = None
-    if model.sites and model.sites[0].ln is not None:
-        ln_w = torch.stack([s.ln.weight.detach().float().cpu() for s in model.sites]).numpy()
-        ln_b = torch.stack([s.ln.bias.detach().float().cpu() for s in model.sites]).numpy()
+    lns = [s.ln for s in model.sites if s.ln is not None]
+    if lns and len(lns) == len(model.sites):
+        ln_w = torch.stack([ln.weight.detach().float().cpu() for ln in lns]).numpy()
+        ln_b = torch.stack([ln.bias.detach().float().cpu() for ln in lns]).numpy()
     return Profile(
-        name=name, mask_kind=spec.kind, n=n, L=len(model.sites), k=k, bank_hash=model.bank_hash,
-        mask_a=mask_a, mask_b=mask_b, ln_weight=ln_w, ln_bias=ln_b,
+        name=name,
+        mask_kind=spec.kind,
+        n=n,
+        L=len(model.sites),
+        k=k,
+        bank_hash=model.bank_hash,
+        mask_a=mask_a,
+        mask_b=mask_b,
+        ln_weight=ln_w,
+        ln_bias=ln_b,
         head_weight=model.head.weight.detach().float().cpu().numpy() if with_head else None,
         head_bias=model.head.bias.detach().float().cpu().numpy() if with_head else None,
-        task=model.task, labels=labels if with_head else None, meta=dict(meta or {}),
+        task=model.task,
+        labels=labels if with_head else None,
+        meta=dict(meta or {}),
     )
 
 
@@ -87,19 +100,28 @@ def with_param_dtype(p: Profile, dtype: str) -> Profile:
 
     if dtype == "float32":
         return replace(p, param_dtype=dtype)
-    return replace(p, param_dtype=dtype, ln_weight=rnd(p.ln_weight), ln_bias=rnd(p.ln_bias),
-                   head_weight=rnd(p.head_weight), head_bias=rnd(p.head_bias))
+    return replace(
+        p,
+        param_dtype=dtype,
+        ln_weight=rnd(p.ln_weight),
+        ln_bias=rnd(p.ln_bias),
+        head_weight=rnd(p.head_weight),
+        head_bias=rnd(p.head_bias),
+    )
 
 
 def inference_weights(p: Profile) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_A, W_B), each (L, N) float32: the weights a stored profile mixes the bank with.
     hard: k-hot/k; sign: ±1/N; soft: softmax of the logits."""
-    if p.mask_kind == "hard":
-        return tuple(torch.from_numpy(np.asarray(m, dtype=np.float32)) / p.k for m in (p.mask_a, p.mask_b))
-    if p.mask_kind == "sign":
-        return tuple(sign_weights(bits_to_logits(torch.from_numpy(np.asarray(m, dtype=bool)), "sign"), training=False)
-                     for m in (p.mask_a, p.mask_b))
-    return tuple(soft_weights(torch.from_numpy(np.asarray(m, dtype=np.float32))) for m in (p.mask_a, p.mask_b))
+
+    def weights(m) -> torch.Tensor:
+        if p.mask_kind == "hard":
+            return torch.from_numpy(np.asarray(m, dtype=np.float32)) / p.k
+        if p.mask_kind == "sign":
+            return sign_weights(bits_to_logits(torch.from_numpy(np.asarray(m, dtype=bool)), "sign"), training=False)
+        return soft_weights(torch.from_numpy(np.asarray(m, dtype=np.float32)))
+
+    return weights(p.mask_a), weights(p.mask_b)
 
 
 def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> None:
@@ -124,7 +146,7 @@ def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> N
         for i, s in enumerate(model.sites):
             s.logits_a.copy_(la[i])
             s.logits_b.copy_(lb[i])
-            if s.ln is not None and profile.ln_weight is not None:
+            if s.ln is not None and profile.ln_weight is not None and profile.ln_bias is not None:
                 s.ln.weight.copy_(torch.from_numpy(profile.ln_weight[i]))
                 s.ln.bias.copy_(torch.from_numpy(profile.ln_bias[i]))
         if profile.head_weight is not None:
@@ -145,34 +167,60 @@ def profile_to_json(p: Profile) -> dict:
     """A lossless JSON view. Hard masks list the selected adapter indices of each site; sign masks
     the indices of the adapters that join with +."""
     if p.mask_kind in ("hard", "sign"):  # sign: the adapters that join with +
-        masks = {"A": [np.flatnonzero(r).tolist() for r in p.mask_a], "B": [np.flatnonzero(r).tolist() for r in p.mask_b]}
+        masks = {
+            "A": [np.flatnonzero(r).tolist() for r in p.mask_a],
+            "B": [np.flatnonzero(r).tolist() for r in p.mask_b],
+        }
     else:
         masks = {"A": _floats(p.mask_a), "B": _floats(p.mask_b)}
     return {
-        "name": p.name, "mask": p.mask_kind, "n": p.n, "L": p.L, "k": p.k, "bank_hash": p.bank_hash,
-        "soft_dtype": p.soft_dtype if p.mask_kind == "soft" else None, "masks": masks,
-        "ln": None if p.ln_weight is None else {"weight": _floats(p.ln_weight), "bias": _floats(p.ln_bias)},
-        "head": None if p.head_weight is None else {"task": p.task, "weight": _floats(p.head_weight),
-                                                    "bias": _floats(p.head_bias)},
-        "labels": p.labels, "meta": p.meta,
+        "name": p.name,
+        "mask": p.mask_kind,
+        "n": p.n,
+        "L": p.L,
+        "k": p.k,
+        "bank_hash": p.bank_hash,
+        "soft_dtype": p.soft_dtype if p.mask_kind == "soft" else None,
+        "masks": masks,
+        "ln": None
+        if p.ln_weight is None or p.ln_bias is None
+        else {"weight": _floats(p.ln_weight), "bias": _floats(p.ln_bias)},
+        "head": None
+        if p.head_weight is None or p.head_bias is None
+        else {"task": p.task, "weight": _floats(p.head_weight), "bias": _floats(p.head_bias)},
+        "labels": p.labels,
+        "meta": p.meta,
     } | ({"param_dtype": p.param_dtype} if p.param_dtype != "float32" else {})
 
 
 def profile_from_json(obj: dict) -> Profile:
     n, L = int(obj["n"]), int(obj["L"])
     if obj["mask"] in ("hard", "sign"):
+
         def rows(sel):
             m = np.zeros((L, n), dtype=bool)
             for l, idx in enumerate(sel):
                 m[l, idx] = True
             return m
+
         mask_a, mask_b = rows(obj["masks"]["A"]), rows(obj["masks"]["B"])
     else:
         mask_a = np.asarray(obj["masks"]["A"], dtype=np.float32).reshape(L, n)
         mask_b = np.asarray(obj["masks"]["B"], dtype=np.float32).reshape(L, n)
-    p = Profile(name=obj["name"], mask_kind=obj["mask"], n=n, L=L, k=int(obj["k"]), bank_hash=obj["bank_hash"],
-                mask_a=mask_a, mask_b=mask_b, soft_dtype=obj.get("soft_dtype") or "float32",
-                labels=obj.get("labels"), meta=obj.get("meta") or {}, param_dtype=obj.get("param_dtype", "float32"))
+    p = Profile(
+        name=obj["name"],
+        mask_kind=obj["mask"],
+        n=n,
+        L=L,
+        k=int(obj["k"]),
+        bank_hash=obj["bank_hash"],
+        mask_a=mask_a,
+        mask_b=mask_b,
+        soft_dtype=obj.get("soft_dtype") or "float32",
+        labels=obj.get("labels"),
+        meta=obj.get("meta") or {},
+        param_dtype=obj.get("param_dtype", "float32"),
+    )
     if obj.get("ln"):
         p.ln_weight = np.asarray(obj["ln"]["weight"], dtype=np.float32)
         p.ln_bias = np.asarray(obj["ln"]["bias"], dtype=np.float32)
@@ -191,7 +239,10 @@ def harden(p: Profile, k: int) -> Profile:
         return p
     if not 1 <= k <= p.n:
         raise ValueError(f"k must be in 1..{p.n}")
-    la, lb = torch.from_numpy(np.asarray(p.mask_a, dtype=np.float32)), torch.from_numpy(np.asarray(p.mask_b, dtype=np.float32))
+    la, lb = (
+        torch.from_numpy(np.asarray(p.mask_a, dtype=np.float32)),
+        torch.from_numpy(np.asarray(p.mask_b, dtype=np.float32)),
+    )
     if p.mask_kind == "hard" and k != p.k:
         raise ValueError(f"a hard profile selects k={p.k}; re-selecting another k needs its logits")
     bits_a = (hard_inference_weights(la, k) > 0).numpy()

@@ -6,6 +6,7 @@ mixing (SplitMix64's finaliser) and IEEE basic arithmetic only, so the bytes do 
 depend on the torch/numpy version, the CPU, or the order in which adapters are made.
 No transcendental functions are used: their last bit differs between libm builds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,7 @@ def uniform_block(seed: int, site: int, tensor: int, adapters: range, numel: int
     value = float32(((2m + 1 - 2**24) / 2**24) * bound), computed in float64.
     """
     keys = np.array([stream_key(seed, site, tensor, i) for i in adapters], dtype=np.uint64)
-    counters = (np.arange(1, numel + 1, dtype=np.uint64) * np.uint64(GAMMA))
+    counters = np.arange(1, numel + 1, dtype=np.uint64) * np.uint64(GAMMA)
     with np.errstate(over="ignore"):
         h = _mix64_array(keys[:, None] + counters[None, :])
     m = (h >> np.uint64(40)).astype(np.float64)

@@ -10,6 +10,7 @@ profiles it holds, so an absent profile gets no gradient (None) and AdamW skips 
 each profile's own data order, Gumbel generator and schedule, one run therefore takes the
 same optimisation steps per profile as fitting each profile alone (up to float noise).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,11 @@ from .model import TASK_REGRESSION, _set_submodule, mean_pool
 class Route:
     """What the sites need for one forward: per present profile Â, B̂ (and LN affine), per row an index."""
 
-    a_hat: torch.Tensor            # (U, d_in, b)
-    b_hat: torch.Tensor            # (U, b, d_out)
-    ln_w: torch.Tensor | None      # (U, b)
+    a_hat: torch.Tensor  # (U, d_in, b)
+    b_hat: torch.Tensor  # (U, b, d_out)
+    ln_w: torch.Tensor | None  # (U, b)
     ln_b: torch.Tensor | None
-    rows: torch.Tensor             # (B,) index into U
+    rows: torch.Tensor  # (B,) index into U
 
 
 @dataclass
@@ -46,8 +47,8 @@ class RowRoute:
     the narrow h (b wide) and bmm, with no per-site gathers or affine ops on the wide output.
     """
 
-    a: torch.Tensor                # (R, d_in, b), R = 1 (one profile in the batch) or B (per row)
-    b: torch.Tensor                # (R, b, d_out), or (R, b+1, d_out) = [diag(γ) B̂; β B̂] when `affine`
+    a: torch.Tensor  # (R, d_in, b), R = 1 (one profile in the batch) or B (per row)
+    b: torch.Tensor  # (R, b, d_out), or (R, b+1, d_out) = [diag(γ) B̂; β B̂] when `affine`
     affine: bool = False
 
 
@@ -75,7 +76,7 @@ class RoutedLinear(nn.Module):
         shape = x.shape
         x3 = x.reshape(shape[0], -1, shape[-1])
         auto = torch.is_autocast_enabled(x.device.type)
-        if r.a_hat.shape[0] == 1:   # one profile in the batch: plain matmuls, no gather
+        if r.a_hat.shape[0] == 1:  # one profile in the batch: plain matmuls, no gather
             h = x3 @ _cast(r.a_hat[0], x, auto)
         else:
             h = torch.bmm(x3, _cast(r.a_hat[r.rows], x, auto))
@@ -142,8 +143,9 @@ class _BankTable(nn.Module):
         a, b = self.stack(g)
         return a[i], b[i]
 
-    def mix_group(self, g: int, w: torch.Tensor | None,
-                  chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix_group(
+        self, g: int, w: torch.Tensor | None, chosen: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(Â, B̂) of every site in shape group g for U profiles: two mixes (mixing.mix).
 
         w (U, L, 2, N) dense weights; or, for hard masks, chosen (U, L, 2, k) with w the
@@ -168,8 +170,15 @@ class _BankTable(nn.Module):
 class MaskTable(_BankTable):
     """Trainable X-PEFT profiles over a frozen bank: mask logits (L×N, twice), LN affine (L×b)."""
 
-    def __init__(self, bank_a: list[torch.Tensor], bank_b: list[torch.Tensor], count: int, spec: MaskSpec,
-                 ln: bool, seed: int = 0):
+    def __init__(
+        self,
+        bank_a: list[torch.Tensor],
+        bank_b: list[torch.Tensor],
+        count: int,
+        spec: MaskSpec,
+        ln: bool,
+        seed: int = 0,
+    ):
         super().__init__(bank_a, bank_b)
         self.spec = spec
         start = initial_logits(spec.kind, self.L, self.n, seed)  # each profile starts as its lone fit would
@@ -192,12 +201,18 @@ class MaskTable(_BankTable):
         """
         u = len(present)
         logits = torch.stack([t for p in present for t in (self.logits_a[p], self.logits_b[p])])  # (2U, L, N)
-        logits = logits.view(u, 2, self.L, self.n).transpose(1, 2)                               # (U, L, 2, N)
+        logits = logits.view(u, 2, self.L, self.n).transpose(1, 2)  # (U, L, 2, N)
         noise = None
         if self.spec.kind == "hard" and self.training and self.spec.nu:
             draw = (self.L, 2, self.n)
-            noise = gumbel(torch.stack([torch.rand(draw, generator=self.generators[p], device=logits.device,
-                                                   dtype=logits.dtype) for p in present]))
+            noise = gumbel(
+                torch.stack(
+                    [
+                        torch.rand(draw, generator=self.generators[p], device=logits.device, dtype=logits.dtype)
+                        for p in present
+                    ]
+                )
+            )
         return mask_choice(logits, self.spec, self.training, noise)
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
@@ -207,7 +222,7 @@ class MaskTable(_BankTable):
             ln_b = torch.stack([self.ln_b[p] for p in present])
         out: list[Route | None] = [None] * self.L
         for g, sites in enumerate(self.shape_groups):
-            a_hat, b_hat = self.mix_group(g, w, chosen)   # every site of this shape in two mixes
+            a_hat, b_hat = self.mix_group(g, w, chosen)  # every site of this shape in two mixes
             for i, l in enumerate(sites):
                 ln = (ln_w[:, l], ln_b[:, l]) if len(self.ln_w) else (None, None)
                 out[l] = Route(a_hat[i], b_hat[i], *ln, rows)
@@ -238,16 +253,25 @@ class AdapterTable(nn.Module):
                 self.b.append(nn.Parameter(torch.zeros(rank, d_out)))
 
     def routes(self, present: list[int], rows: torch.Tensor) -> list[Route]:
-        return [Route(torch.stack([self.a[p * self.L + l] for p in present]),
-                      torch.stack([self.b[p * self.L + l] for p in present]), None, None, rows)
-                for l in range(self.L)]
+        return [
+            Route(
+                torch.stack([self.a[p * self.L + l] for p in present]),
+                torch.stack([self.b[p * self.L + l] for p in present]),
+                None,
+                None,
+                rows,
+            )
+            for l in range(self.L)
+        ]
 
     def groups(self, p: int) -> dict[str, list[nn.Parameter]]:
         return {"adapter": [t for l in range(self.L) for t in (self.a[p * self.L + l], self.b[p * self.L + l])]}
 
     def adapter(self, p: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return ([self.a[p * self.L + l].detach() for l in range(self.L)],
-                [self.b[p * self.L + l].detach() for l in range(self.L)])
+        return (
+            [self.a[p * self.L + l].detach() for l in range(self.L)],
+            [self.b[p * self.L + l].detach() for l in range(self.L)],
+        )
 
 
 def _dense_weights(p) -> torch.Tensor:
@@ -275,8 +299,9 @@ class FrozenMaskTable(_BankTable):
         # host syncs (what CUDA graphs need).
         zero = torch.zeros(1, self.L, 2, self.n)
         bits = [torch.from_numpy(np.stack([profiles[i].mask_a, profiles[i].mask_b], 1)) for i in hard]
-        self.register_buffer("bits", torch.cat([torch.stack(bits) if bits else zero[:0].bool(), zero.bool()]),
-                             persistent=False)
+        self.register_buffer(
+            "bits", torch.cat([torch.stack(bits) if bits else zero[:0].bool(), zero.bool()]), persistent=False
+        )
         self.register_buffer("k", torch.tensor([float(profiles[i].k) for i in hard] + [1.0]), persistent=False)
         soft_w = [_dense_weights(profiles[i]) for i in soft]  # soft and sign profiles: their weights as they are
         self.register_buffer("soft", torch.cat([torch.stack(soft_w) if soft_w else zero[:0], zero]), persistent=False)
@@ -363,7 +388,7 @@ class FrozenMaskTable(_BankTable):
                 if s == 0:
                     held.append([t.new_empty(count, t.shape[0], *t.shape[2:]) for t in parts])
                 for dest, t in zip(held[g], parts):
-                    dest[s:s + len(ids)] = t.transpose(0, 1)
+                    dest[s : s + len(ids)] = t.transpose(0, 1)
         for g, (a, b) in enumerate(held):
             self.register_buffer(f"mixed_a{g}", a, persistent=False)
             self.register_buffer(f"mixed_b{g}", b, persistent=False)
@@ -386,7 +411,7 @@ class FrozenMaskTable(_BankTable):
         """Routes from the precomputed Â, B̂: two contiguous gathers per shape group."""
         out: list[RowRoute | None] = [None] * self.L
         for g, sites in enumerate(self.shape_groups):
-            a = getattr(self, f"mixed_a{g}").index_select(0, ids)   # (B, G, d_in, b)
+            a = getattr(self, f"mixed_a{g}").index_select(0, ids)  # (B, G, d_in, b)
             b = getattr(self, f"mixed_b{g}").index_select(0, ids)
             for i, l in enumerate(sites):
                 out[l] = RowRoute(a[:, i], b[:, i], self.has_ln)
@@ -453,8 +478,18 @@ class RoutedModel(nn.Module):
     forward(..., profile_ids) runs each row with its own profile; `table=None` is head-only.
     """
 
-    def __init__(self, encoder: nn.Module, site_names: list[str], rank: int, table: nn.Module | None,
-                 heads: HeadTable, task: str, ln: bool = False, ln_eps: float = 1e-5, scale: float = 1.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        site_names: list[str],
+        rank: int,
+        table: nn.Module | None,
+        heads: HeadTable,
+        task: str,
+        ln: bool = False,
+        ln_eps: float = 1e-5,
+        scale: float = 1.0,
+    ):
         super().__init__()
         self.encoder, self.table, self.heads, self.task = encoder, table, heads, task
         for p in encoder.parameters():

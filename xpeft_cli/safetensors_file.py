@@ -1,4 +1,5 @@
 """Reading a safetensors file whole, with damage reported as an IntegrityError (one line)."""
+
 from __future__ import annotations
 
 from pathlib import Path

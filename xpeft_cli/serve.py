@@ -2,6 +2,7 @@
 profiles share a batch (routing.py gives each row its own Â, B̂, LN and head). Answers come
 back in request order.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 import torch
 
 from .bank import Bank
+from .batches import predict_outputs
 from .config import DEFAULT_CACHE_GB
 from .data import Examples
+from .distributed import pick_device
 from .errors import DataError, IntegrityError, UsageError, WrongBankError
 from .evaluate import default_max_length, with_bank_head
 from .model import TASK_REGRESSION
@@ -22,8 +25,6 @@ from .names import profile_filename
 from .plm import load_encoder
 from .profile import Profile
 from .store import Store, is_store
-from .distributed import pick_device
-from .batches import predict_outputs
 from .xpm import read_xpm
 
 
@@ -104,24 +105,26 @@ class ProfileSource:
             raise DataError(f"{self.path}: two files hold the profile {dup[0]!r}")
         return profiles
 
-    def save(self, profile: Profile, data: bytes, everyone: list[Profile]) -> Path:
+    def save(self, profile: Profile, data: bytes) -> Path:
         """Keep `profile` (its .xpm bytes `data`) atomically: as its NAME.xpm in a folder (replacing
-        that file), or by rewriting a store with `everyone` (all profiles, this one included)."""
-        from .atomic import atomic_write_bytes
+        that file), or by rewriting a store with what it holds now plus this profile, under the
+        store's lock (atomic.locked), so that profiles another process added meanwhile stay."""
+        from .atomic import atomic_write_bytes, locked
         from .store import write_store
 
         if self.single is not None:
             raise DataError(f"{self.path} is one profile file: serve a folder or a store to add profiles")
         if self.store is not None:
-            write_store(everyone, self.path)
+            with locked(self.path):
+                with Store(self.path) as now:
+                    held = [p for p in now if p.name != profile.name]
+                write_store(held + [profile], self.path)
             self.store.close()
             self.store = Store(self.path)
             return self.path
         path = self.path / f"{profile_filename(profile.name)}.xpm"  # a file-system-safe name, never a path
         atomic_write_bytes(path, data)
         return path
-
-
 
 
 class ProfileServer:
@@ -132,8 +135,17 @@ class ProfileServer:
     per-profile reload or regrouping: switching profile costs nothing.
     """
 
-    def __init__(self, bank: Bank, profiles: list[Profile], device: str = "auto", force: bool = False,
-                 encoder=None, tokenizer=None, cuda_graphs: bool = False, cache_gb: float = DEFAULT_CACHE_GB):
+    def __init__(
+        self,
+        bank: Bank,
+        profiles: list[Profile],
+        device: str = "auto",
+        force: bool = False,
+        encoder=None,
+        tokenizer=None,
+        cuda_graphs: bool = False,
+        cache_gb: float = DEFAULT_CACHE_GB,
+    ):
         from .routing import RoutedModel
 
         if not profiles:
@@ -150,8 +162,17 @@ class ProfileServer:
             encoder, tokenizer = load_encoder(bank.plm)
         self.tokenizer = tokenizer
         table, heads = self._tables(self.profiles)
-        self.model = RoutedModel(encoder, [s.name for s in bank.sites], bank.rank, table, heads, "classification",
-                                 ln=bank.config.ln, ln_eps=bank.config.ln_eps, scale=bank.config.scale)
+        self.model = RoutedModel(
+            encoder,
+            [s.name for s in bank.sites],
+            bank.rank,
+            table,
+            heads,
+            "classification",
+            ln=bank.config.ln,
+            ln_eps=bank.config.ln_eps,
+            scale=bank.config.scale,
+        )
         self.model.to(self.device).eval()
         self.cuda_graphs = cuda_graphs
         self._graphed: dict[int, object] = {}  # batch size -> GraphedForward
@@ -170,7 +191,7 @@ class ProfileServer:
             table.cast_bank(torch.bfloat16)
         if table.mixed_bytes() <= self.cache_gb * 2**30:  # every Â, B̂ mixed once: batches gather, not mix
             table.precompute()
-            table.release_bank()   # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
+            table.release_bank()  # the bank and mask tables are not read again (0.7 GB: bert-base, N=400, bf16)
         return table, heads
 
     def prepare(self, *added: Profile) -> tuple[list[Profile], object]:
@@ -202,19 +223,29 @@ class ProfileServer:
         return self.model.table.cached
 
     @torch.no_grad()
-    def outputs(self, texts: list[str], pairs: list[str] | None, profile_idx: list[int], batch_size: int = 64,
-                max_length: int | None = None) -> torch.Tensor:
+    def outputs(
+        self,
+        texts: list[str],
+        pairs: list[str] | None,
+        profile_idx: list[int],
+        batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> torch.Tensor:
         """Raw head outputs (C_max wide; narrower heads padded with −inf), float32 on CPU, in order."""
+        from .batches import collate, compute_context
         from .plm import max_tokens
-        from .batches import compute_context, collate
 
         limit = max_tokens(self.model.encoder)
         lengths = [min(limit, max_length or default_max_length(self.profiles[i])) for i in profile_idx]
         enc: dict[str, list] = {}
         for length in sorted(set(lengths)):  # each row truncated at its own profile's length
             rows = [j for j, n in enumerate(lengths) if n == length]
-            part = self.tokenizer([texts[j] for j in rows], [pairs[j] for j in rows] if pairs else None,
-                                  truncation=True, max_length=length)
+            part = self.tokenizer(
+                [texts[j] for j in rows],
+                [pairs[j] for j in rows] if pairs else None,
+                truncation=True,
+                max_length=length,
+            )
             for key in ("input_ids", "token_type_ids", "attention_mask"):
                 if key in part:
                     col = enc.setdefault(key, [None] * len(texts))
@@ -225,7 +256,7 @@ class ProfileServer:
         for s in range(0, len(texts), batch_size):
             idx = list(range(s, min(s + batch_size, len(texts))))
             batch = collate(self.tokenizer, enc, idx, self.device)
-            pid = torch.tensor(profile_idx[s:s + batch_size])  # stays on the CPU: routing needs no sync
+            pid = torch.tensor(profile_idx[s : s + batch_size])  # stays on the CPU: routing needs no sync
             if graphed is not None:
                 outs.append(graphed(batch, pid).float().cpu())
                 continue
@@ -250,8 +281,11 @@ class ProfileServer:
         probs = torch.softmax(logits, -1)
         score = float(probs.max())  # NaN (from huge or non-finite head weights) is not JSON: null
         finite = math.isfinite(score)
-        return {"prediction": prof.labels[int(logits.argmax())], "score": round(score, 6) if finite else None,
-                "scores": {lab: round(float(v), 6) for lab, v in zip(prof.labels, probs)} if finite else None}
+        return {
+            "prediction": prof.labels[int(logits.argmax())],
+            "score": round(score, 6) if finite else None,
+            "scores": {lab: round(float(v), 6) for lab, v in zip(prof.labels, probs)} if finite else None,
+        }
 
 
 @dataclass
@@ -279,9 +313,20 @@ def parse_line(no: int, line: str, source: str) -> Request | Failed | None:
         return Failed(no, str(exc), obj.get("id") if isinstance(obj, dict) else None)
 
 
-def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, write, batch_size: int = 64,
-                   max_length: int | None = None, device: str = "auto", cuda_graphs: bool = False,
-                   cache_gb: float = DEFAULT_CACHE_GB, known: list[str] | None = None, wait_s: float = 0.02) -> dict:
+def stream_predict(
+    bank: Bank,
+    profiles: ProfileSource,
+    lines,
+    source: str,
+    write,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
+    cuda_graphs: bool = False,
+    cache_gb: float = DEFAULT_CACHE_GB,
+    known: list[str] | None = None,
+    wait_s: float = 0.02,
+) -> dict:
     """Answer a stream of request lines as they come: `write` gets one JSON line per request line,
     in order, as soon as the batch holding it is done (a batch closes at `batch_size` rows or when
     no line arrives for `wait_s`). A line that cannot be answered (bad JSON, missing field, unknown
@@ -340,15 +385,21 @@ def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, writ
         if ok:
             pidx = [server.index[r.profile] for r in ok]
             pairs = [r.text_pair or "" for r in ok] if any(r.text_pair for r in ok) else None
-            out = dict(zip((id(r) for r in ok), zip(server.outputs([r.text for r in ok], pairs, pidx, batch_size,
-                                                                    max_length), pidx)))
+            out = dict(
+                zip(
+                    (id(r) for r in ok),
+                    zip(server.outputs([r.text for r in ok], pairs, pidx, batch_size, max_length), pidx),
+                )
+            )
         for r in chunk:
             if isinstance(r, Failed) or r.profile in state["failed"]:
                 msg = r.error if isinstance(r, Failed) else f"{source}: line {r.index}: {state['failed'][r.profile]}"
                 counts["errors"] += 1
                 counts["first_error"] = counts["first_error"] or msg
-                emit({"line": r.line if isinstance(r, Failed) else r.index, "error": msg}
-                     | ({"id": r.id} if r.id is not None else {}))
+                emit(
+                    {"line": r.line if isinstance(r, Failed) else r.index, "error": msg}
+                    | ({"id": r.id} if r.id is not None else {})
+                )
                 continue
             o, i = out[id(r)]
             counts["answers"] += 1
@@ -377,14 +428,21 @@ def stream_predict(bank: Bank, profiles: ProfileSource, lines, source: str, writ
 def check_profile(bank: Bank, p: Profile, force: bool = False) -> None:
     """Refuse a profile fitted on another bank (unless forced) or of another shape."""
     if p.bank_hash != bank.bank_hash and not force:
-        raise WrongBankError(f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank "
-                             f"({bank.bank_hash[:16]}…)")
+        raise WrongBankError(
+            f"profile {p.name!r} was fitted on bank {p.bank_hash[:16]}…, not on this bank ({bank.bank_hash[:16]}…)"
+        )
     if p.L != bank.L or p.n != bank.n:
         raise WrongBankError(f"profile {p.name!r}: shape (L, N) does not match the bank")
 
 
-def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_size: int = 64,
-                  max_length: int | None = None, device: str = "auto") -> dict:
+def evaluate_many(
+    bank: Bank,
+    profiles: ProfileSource,
+    data: Examples,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    device: str = "auto",
+) -> dict:
     """Per-profile metrics of a multi-profile labelled file (its `profiles` column), and their means.
 
     X-PEFT profiles run together through one ProfileServer; baselines one by one. Macro-F1 is
@@ -403,15 +461,21 @@ def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_siz
         found.update({n: server.profiles[server.index[n]] for n in xpm})  # with the bank's head where shared
         rows = [i for n in xpm for i in groups[n]]
         pidx = [server.index[n] for n in xpm for _ in groups[n]]
-        out = server.outputs([data.texts[i] for i in rows], [data.pairs[i] for i in rows] if data.pairs else None,
-                             pidx, batch_size, max_length)
+        out = server.outputs(
+            [data.texts[i] for i in rows],
+            [data.pairs[i] for i in rows] if data.pairs else None,
+            pidx,
+            batch_size,
+            max_length,
+        )
         for n, part in zip(xpm, out.split([len(groups[n]) for n in xpm])):
-            outputs[n] = part[:, :found[n].num_outputs]
+            outputs[n] = part[:, : found[n].num_outputs]
     for n, prof in found.items():
         if n not in outputs:  # a baseline: its own model
             model, tok, dev = model_for_profile(bank, prof, device)
-            outputs[n] = predict_outputs(model, tok, data.subset(groups[n]), batch_size,
-                                         max_length or default_max_length(prof), dev).reshape(len(groups[n]), -1)
+            outputs[n] = predict_outputs(
+                model, tok, data.subset(groups[n]), batch_size, max_length or default_max_length(prof), dev
+            ).reshape(len(groups[n]), -1)
     per: dict[str, dict] = {}
     for n, prof in found.items():
         y = encode_labels(data.subset(groups[n]), prof.task, prof.labels)
@@ -423,5 +487,10 @@ def evaluate_many(bank: Bank, profiles: ProfileSource, data: Examples, batch_siz
     mean = {k: sum(m[k] for m in per.values()) / len(per) for k in keys}
     rows_total = sum(m["n"] for m in per.values())
     pooled = {k: sum(m[k] * m["n"] for m in per.values()) / rows_total for k in keys if k == "accuracy"}
-    return {"profiles": {n: per[n] for n in groups}, "mean": mean, "row_weighted": pooled, "count": len(per),
-            "rows": rows_total}
+    return {
+        "profiles": {n: per[n] for n in groups},
+        "mean": mean,
+        "row_weighted": pooled,
+        "count": len(per),
+        "rows": rows_total,
+    }

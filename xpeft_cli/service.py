@@ -9,6 +9,7 @@ the served profiles live, and swapped in between two batches: no restart, no req
 Bad input is a 4xx JSON answer {"error": "<the one line the CLI would print>"}; nothing a request
 sends can stop the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -29,9 +31,9 @@ from .config import DEFAULT_CACHE_GB, MAX_TEXT_CHARS
 from .errors import DataError, UsageError, WrongBankError, XpeftError
 from .serve import ProfileServer, ProfileSource, Request
 
-MAX_ROWS = 10_000          # rows in one POST /v1/classify
+MAX_ROWS = 10_000  # rows in one POST /v1/classify
 MAX_PROFILE_BYTES = 64 << 20
-GATHER_BATCHES = 8         # model batches one gathering may hold when rows are already queued
+GATHER_BATCHES = 8  # model batches one gathering may hold when rows are already queued
 
 
 class ServiceError(Exception):
@@ -89,16 +91,28 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("xpeft_requests", "HTTP requests answered", ["endpoint", "status"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "xpeft_requests", "HTTP requests answered", ["endpoint", "status"], registry=self.registry
+        )
         self.rows = Counter("xpeft_rows", "Rows classified", registry=self.registry)
-        self.batch_rows = Histogram("xpeft_batch_rows", "Rows per model batch", registry=self.registry,
-                                    buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
-        self.batch_profiles = Histogram("xpeft_batch_profiles", "Distinct profiles per model batch",
-                                        registry=self.registry, buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256])
-        self.latency = Histogram("xpeft_request_seconds", "Time from arrival to answer of a classify request",
-                                 registry=self.registry,
-                                 buckets=[.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10])
+        self.batch_rows = Histogram(
+            "xpeft_batch_rows",
+            "Rows per model batch",
+            registry=self.registry,
+            buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+        )
+        self.batch_profiles = Histogram(
+            "xpeft_batch_profiles",
+            "Distinct profiles per model batch",
+            registry=self.registry,
+            buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+        )
+        self.latency = Histogram(
+            "xpeft_request_seconds",
+            "Time from arrival to answer of a classify request",
+            registry=self.registry,
+            buckets=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
         self.profiles = Gauge("xpeft_profiles_loaded", "Profiles the server holds", registry=self.registry)
 
     def text(self) -> bytes:
@@ -110,8 +124,14 @@ class Metrics:
 class Batcher:
     """Gathers rows of concurrent requests into mixed-profile batches and runs them one at a time."""
 
-    def __init__(self, server: ProfileServer, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 metrics: Metrics | None = None, where: str = "this server"):
+    def __init__(
+        self,
+        server: ProfileServer,
+        max_batch: int = 64,
+        max_wait_ms: float = 5.0,
+        metrics: Metrics | None = None,
+        where: str = "this server",
+    ):
         self.where = where
         self.server, self.max_batch, self.max_wait = server, max_batch, max_wait_ms / 1000.0
         self.metrics = metrics
@@ -183,16 +203,23 @@ class Batcher:
             self.metrics.rows.inc(len(rows))
             for s in range(0, len(rows), self.max_batch):
                 self.metrics.batch_rows.observe(min(self.max_batch, len(rows) - s))
-                self.metrics.batch_profiles.observe(len(set(pidx[s:s + self.max_batch])))
+                self.metrics.batch_profiles.observe(len(set(pidx[s : s + self.max_batch])))
         per, s = [], 0
         for j in jobs:
-            per.append(answers[s:s + len(j.rows)])
+            per.append(answers[s : s + len(j.rows)])
             s += len(j.rows)
         return per
 
 
-def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int = 64, max_wait_ms: float = 5.0,
-               max_text_chars: int = MAX_TEXT_CHARS, originals: dict | None = None):
+def create_app(
+    server: ProfileServer,
+    source: ProfileSource,
+    *,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    originals: dict | None = None,
+):
     """The ASGI app serving `server`'s profiles; `source` is where added profiles are written.
 
     `originals`: name → the profile as stored (without a bank's shared head attached), for
@@ -213,8 +240,11 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
         yield
         await batcher.stop()
 
-    app = FastAPI(title="xpeft serve", summary="X-PEFT profiles behind one endpoint: mixed-profile batches on one "
-                  "frozen model.", lifespan=lifespan)
+    app = FastAPI(
+        title="xpeft serve",
+        summary="X-PEFT profiles behind one endpoint: mixed-profile batches on one frozen model.",
+        lifespan=lifespan,
+    )
     app.state.batcher, app.state.metrics = batcher, metrics
 
     def error(status: int, message: str, endpoint: str) -> JSONResponse:
@@ -225,11 +255,28 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
         metrics.requests.labels(endpoint, str(status)).inc()
         return JSONResponse(body, status_code=status)
 
-    row_schema = {"type": "object", "required": ["profile", "text"], "properties": {
-        "profile": {"type": "string"}, "text": {"type": "string"}, "text_pair": {"type": "string"}, "id": {}}}
+    row_schema = {
+        "type": "object",
+        "required": ["profile", "text"],
+        "properties": {
+            "profile": {"type": "string"},
+            "text": {"type": "string"},
+            "text_pair": {"type": "string"},
+            "id": {},
+        },
+    }
 
-    @app.post("/v1/classify", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"oneOf": [row_schema, {"type": "array", "items": row_schema}]}}}}})
+    @app.post(
+        "/v1/classify",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"oneOf": [row_schema, {"type": "array", "items": row_schema}]}}
+                },
+            }
+        },
+    )
     async def classify(request: HttpRequest):
         """One request or a list, each naming its profile. Answers as `xpeft predict` does, in order:
         {"profile", "prediction", "score"} (regression: "prediction" only), with "id" when given."""
@@ -249,8 +296,7 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
         if offset < 0 or not 1 <= limit <= 10_000:
             return error(422, "offset must be 0 or more and limit 1..10000", "profiles")
         page = list(itertools.islice(stored.values(), offset, offset + limit))
-        return ok({"count": len(stored), "offset": offset, "profiles": [describe_profile(p) for p in page]},
-                  "profiles")
+        return ok({"count": len(stored), "offset": offset, "profiles": [describe_profile(p) for p in page]}, "profiles")
 
     @app.get("/v1/profiles/{name}")
     async def get_profile(name: str):
@@ -258,8 +304,15 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
             return error(404, f"no profile {name!r} in {source.path}", "profile")
         return ok(describe_profile(stored[name]), "profile")
 
-    @app.post("/v1/profiles", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    @app.post(
+        "/v1/profiles",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def add_profile(request: HttpRequest):
         """Add or replace a profile from the bytes of its .xpm file: verified in full and against
         the bank, written atomically beside the others, served from the next batch on."""
@@ -270,8 +323,7 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
             try:
                 profile = decode(data).profile
                 profiles, tables = await asyncio.to_thread(server.prepare, profile)
-                everyone = [stored.get(p.name, p) if p.name != profile.name else profile for p in profiles]
-                path = await asyncio.to_thread(source.save, profile, data, everyone)
+                path = await asyncio.to_thread(source.save, profile, data)
             except XpeftError as exc:
                 return error(status_of(exc), str(exc), "add")
             replaced = profile.name in stored
@@ -279,16 +331,28 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
             def swap():
                 with batcher.lock:
                     server.install(profiles, tables)
+
             await asyncio.to_thread(swap)
             stored[profile.name] = profile
             metrics.profiles.set(len(stored))
-        return ok({"profile": profile.name, "replaced": replaced, "written": str(path)} | describe_profile(profile),
-                  "add", 200 if replaced else 201)
+        return ok(
+            {"profile": profile.name, "replaced": replaced, "written": str(path)} | describe_profile(profile),
+            "add",
+            200 if replaced else 201,
+        )
 
     @app.get("/health")
     async def health():
-        return ok({"status": "ok", "profiles": len(stored), "device": str(server.device),
-                   "bank_hash": server.bank.bank_hash, "cuda_graphs": server.cuda_graphs}, "health")
+        return ok(
+            {
+                "status": "ok",
+                "profiles": len(stored),
+                "device": str(server.device),
+                "bank_hash": server.bank.bank_hash,
+                "cuda_graphs": server.cuda_graphs,
+            },
+            "health",
+        )
 
     @app.get("/metrics")
     async def prometheus():
@@ -308,9 +372,18 @@ def create_app(server: ProfileServer, source: ProfileSource, *, max_batch: int =
     return app
 
 
-def build_service(profiles: str, bank_dir: str, *, model: str | None = None, device: str = "auto",
-                  cuda_graphs: bool = False, cache_gb: float = DEFAULT_CACHE_GB, max_batch: int = 64,
-                  max_wait_ms: float = 5.0, max_text_chars: int = MAX_TEXT_CHARS):
+def build_service(
+    profiles: str,
+    bank_dir: str,
+    *,
+    model: str | None = None,
+    device: str = "auto",
+    cuda_graphs: bool = False,
+    cache_gb: float = DEFAULT_CACHE_GB,
+    max_batch: int = 64,
+    max_wait_ms: float = 5.0,
+    max_text_chars: int = MAX_TEXT_CHARS,
+):
     """Load the bank and every profile of a folder or store; returns the app (and its server)."""
     from .bank import Bank
 
@@ -322,8 +395,14 @@ def build_service(profiles: str, bank_dir: str, *, model: str | None = None, dev
     bank = Bank.load(bank_dir, model=model)
     found = source.all()
     server = ProfileServer(bank, found, device, cuda_graphs=cuda_graphs, cache_gb=cache_gb)
-    app = create_app(server, source, max_batch=max_batch, max_wait_ms=max_wait_ms, max_text_chars=max_text_chars,
-                     originals={p.name: p for p in found})
+    app = create_app(
+        server,
+        source,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_text_chars=max_text_chars,
+        originals={p.name: p for p in found},
+    )
     return app, server
 
 
@@ -347,7 +426,7 @@ def bind(host: str, port: int) -> socket.socket:
 class BackgroundServer:
     """Runs an app with uvicorn in a thread on a socket of its own (tests, benchmarks, notebooks):
 
-        with BackgroundServer(app) as url: httpx.post(url + "/v1/classify", json=...)
+    with BackgroundServer(app) as url: httpx.post(url + "/v1/classify", json=...)
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):

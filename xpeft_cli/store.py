@@ -4,6 +4,7 @@ formats/xps.md is normative; this module follows its sections (§2 header, §3 r
 §4 index, §5 lookup). Each record is a complete .xpm file with its own checksum, so a store
 is verified record by record with the same reader.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,7 @@ MAGIC = b"\x89XPS\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
 HEADER = struct.Struct("<8sBBHIIQI")  # magic, major, minor, reserved, count, buckets, index offset, header crc
 # §4 Index entry (24 bytes)
-ENTRY = struct.Struct("<QQII")        # key, record offset, record length, reserved
+ENTRY = struct.Struct("<QQII")  # key, record offset, record length, reserved
 MAX_RECORDS = 1 << 28
 
 
@@ -91,8 +92,14 @@ class Store:
             raise IntegrityError(f"{self.path}: store version {major}.{minor} is not supported")
         if zlib.crc32(head[:-4]) != crc:
             raise IntegrityError(f"{self.path}: not a valid store: header checksum mismatch")
-        if (reserved or count > MAX_RECORDS or buckets & (buckets - 1) or buckets < 2 * max(count, 1)
-                or index_offset < HEADER.size or index_offset + buckets * ENTRY.size + 4 != self.size):
+        if (
+            reserved
+            or count > MAX_RECORDS
+            or buckets & (buckets - 1)
+            or buckets < 2 * max(count, 1)
+            or index_offset < HEADER.size
+            or index_offset + buckets * ENTRY.size + 4 != self.size
+        ):
             raise IntegrityError(f"{self.path}: not a valid store: header fields do not fit the file size")
         self.count, self.buckets, self.index_offset = count, buckets, index_offset
 
@@ -144,13 +151,19 @@ class Store:
         (crc,) = struct.unpack("<I", self._fh.read(4))
         if zlib.crc32(index) != crc:
             raise IntegrityError(f"{self.path}: not a valid store: index checksum mismatch")
-        entries = sorted((e for e in (ENTRY.unpack_from(index, i * ENTRY.size) for i in range(self.buckets)) if e[0]),
-                         key=lambda e: e[1])  # file order
+        entries = sorted(
+            (e for e in (ENTRY.unpack_from(index, i * ENTRY.size) for i in range(self.buckets)) if e[0]),
+            key=lambda e: e[1],
+        )  # file order
         if len(entries) != self.count:
             raise IntegrityError(f"{self.path}: index holds {len(entries)} records, header says {self.count}")
+        end = HEADER.size
         for key, off, length, _ in entries:
             if off < HEADER.size or off + length > self.index_offset:
                 raise IntegrityError(f"{self.path}: index entry points outside the records")
+            if off < end:  # two entries for one record (or overlapping ones) would read it twice
+                raise IntegrityError(f"{self.path}: index entries overlap at offset {off}")
+            end = off + length
             p = self._record(off, length)
             if name_key(p.name) != key:
                 raise IntegrityError(f"{self.path}: record {p.name!r} is filed under another name's key")

@@ -4,6 +4,7 @@ Each preset knows how its files in a data folder (laid out as ../shared/data: gl
 superglue/<task>/) are read — TSV without quote handling, BOMs, missing headers, string labels —
 and which metrics the benchmark reports. Files are read with `datasets` local loaders.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ TSV = {"delimiter": "\t", "quoting": 3, "keep_default_na": False, "na_filter": F
 
 @dataclass(frozen=True)
 class Split:
-    path: str                      # relative to the data folder
-    builder: str = "csv"           # datasets builder: csv | json
+    path: str  # relative to the data folder
+    builder: str = "csv"  # datasets builder: csv | json
     options: dict = field(default_factory=dict)
     text: str = "sentence"
     text_pair: str | None = None
@@ -35,11 +36,11 @@ class Split:
 class Preset:
     name: str
     task_type: str
-    labels: tuple[str, ...] | None   # class names in head order (None for regression)
-    metric: str                      # mcc | acc | acc_f1 | pearson_spearman | acc_gps
+    labels: tuple[str, ...] | None  # class names in head order (None for regression)
+    metric: str  # mcc | acc | acc_f1 | pearson_spearman | acc_gps
     train: Split | None
     dev: Split | None
-    trained_on: str | None = None    # diagnostics are fitted on another task's train split
+    trained_on: str | None = None  # diagnostics are fitted on another task's train split
     note: str = ""
 
 
@@ -50,42 +51,142 @@ def _glue(task: str, file: str, **kw) -> Split:
 COLA = dict(options=TSV | {"header": None, "column_names": ["source", "label", "judgement", "sentence"]})
 PAIR_NLI = dict(text="sentence1", text_pair="sentence2", options=TSV)
 MRPC = dict(text="#1 String", text_pair="#2 String", label="Quality", options=TSV | {"encoding": "utf-8-sig"})
-QQP = dict(text="question1", text_pair="question2", label="is_duplicate",
-           options=TSV | {"header": None, "column_names": ["id", "qid1", "qid2", "question1", "question2",
-                                                          "is_duplicate"]})
+QQP = dict(
+    text="question1",
+    text_pair="question2",
+    label="is_duplicate",
+    options=TSV | {"header": None, "column_names": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]},
+)
 NLI_JSON = dict(builder="json", text="premise", text_pair="hypothesis")
 TO_BINARY = {"entailment": "entailment", "neutral": "not_entailment", "contradiction": "not_entailment"}
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("cola", TASK_CLASSIFICATION, ("0", "1"), "mcc", _glue("cola", "train.tsv", **COLA), _glue("cola", "dev.tsv", **COLA)),
-    Preset("sst2", TASK_CLASSIFICATION, ("0", "1"), "acc", _glue("sst2", "train.tsv", options=TSV),
-           _glue("sst2", "dev.tsv", options=TSV)),
-    Preset("mrpc", TASK_CLASSIFICATION, ("0", "1"), "acc_f1", _glue("mrpc", "train.tsv", **MRPC),
-           _glue("mrpc", "dev.tsv", **MRPC)),
-    Preset("qqp", TASK_CLASSIFICATION, ("0", "1"), "acc_f1", _glue("qqp", "train_subset.tsv", **QQP), None,
-           note="only a 23,497-row subset of train exists here; no dev split"),
-    Preset("stsb", TASK_REGRESSION, None, "pearson_spearman",
-           _glue("stsb", "train.tsv", text="sentence1", text_pair="sentence2", label="score", options=TSV),
-           _glue("stsb", "dev.tsv", text="sentence1", text_pair="sentence2", label="score", options=TSV)),
-    Preset("mnli", TASK_CLASSIFICATION, ("contradiction", "entailment", "neutral"), "acc", None,
-           _glue("mnli", "dev_matched.jsonl", **NLI_JSON), note="only dev_matched exists here"),
-    Preset("qnli", TASK_CLASSIFICATION, ("entailment", "not_entailment"), "acc", None,
-           _glue("qnli", "dev.tsv", text="question", text_pair="sentence", options=TSV), note="only dev exists here"),
-    Preset("rte", TASK_CLASSIFICATION, ("entailment", "not_entailment"), "acc", _glue("rte", "train.tsv", **PAIR_NLI),
-           _glue("rte", "dev.tsv", **PAIR_NLI)),
-    Preset("wnli", TASK_CLASSIFICATION, ("0", "1"), "acc", _glue("wnli", "train.tsv", **PAIR_NLI),
-           _glue("wnli", "dev.tsv", **PAIR_NLI)),
-    Preset("cb", TASK_CLASSIFICATION, ("contradiction", "entailment", "neutral"), "acc",
-           Split("superglue/cb/train.jsonl", **NLI_JSON), Split("superglue/cb/val.jsonl", **NLI_JSON)),
-    Preset("boolq", TASK_CLASSIFICATION, ("0", "1"), "acc", None,
-           Split("superglue/boolq/val.csv", text="question", text_pair="passage",
-                 options={"keep_default_na": False, "na_filter": False}), note="only val exists here"),
-    Preset("axb", TASK_CLASSIFICATION, ("entailment", "not_entailment"), "mcc", None,
-           Split("superglue/axb/diagnostic-full.tsv", text="Premise", text_pair="Hypothesis", label="Label",
-                 options=TSV, label_map=TO_BINARY), trained_on="rte"),
-    Preset("axg", TASK_CLASSIFICATION, ("entailment", "not_entailment"), "acc_gps", None,
-           Split("superglue/axg/AX-g.jsonl", **NLI_JSON), trained_on="rte"),
-]}
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "cola",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "mcc",
+            _glue("cola", "train.tsv", **COLA),
+            _glue("cola", "dev.tsv", **COLA),
+        ),
+        Preset(
+            "sst2",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "acc",
+            _glue("sst2", "train.tsv", options=TSV),
+            _glue("sst2", "dev.tsv", options=TSV),
+        ),
+        Preset(
+            "mrpc",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "acc_f1",
+            _glue("mrpc", "train.tsv", **MRPC),
+            _glue("mrpc", "dev.tsv", **MRPC),
+        ),
+        Preset(
+            "qqp",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "acc_f1",
+            _glue("qqp", "train_subset.tsv", **QQP),
+            None,
+            note="only a 23,497-row subset of train exists here; no dev split",
+        ),
+        Preset(
+            "stsb",
+            TASK_REGRESSION,
+            None,
+            "pearson_spearman",
+            _glue("stsb", "train.tsv", text="sentence1", text_pair="sentence2", label="score", options=TSV),
+            _glue("stsb", "dev.tsv", text="sentence1", text_pair="sentence2", label="score", options=TSV),
+        ),
+        Preset(
+            "mnli",
+            TASK_CLASSIFICATION,
+            ("contradiction", "entailment", "neutral"),
+            "acc",
+            None,
+            _glue("mnli", "dev_matched.jsonl", **NLI_JSON),
+            note="only dev_matched exists here",
+        ),
+        Preset(
+            "qnli",
+            TASK_CLASSIFICATION,
+            ("entailment", "not_entailment"),
+            "acc",
+            None,
+            _glue("qnli", "dev.tsv", text="question", text_pair="sentence", options=TSV),
+            note="only dev exists here",
+        ),
+        Preset(
+            "rte",
+            TASK_CLASSIFICATION,
+            ("entailment", "not_entailment"),
+            "acc",
+            _glue("rte", "train.tsv", **PAIR_NLI),
+            _glue("rte", "dev.tsv", **PAIR_NLI),
+        ),
+        Preset(
+            "wnli",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "acc",
+            _glue("wnli", "train.tsv", **PAIR_NLI),
+            _glue("wnli", "dev.tsv", **PAIR_NLI),
+        ),
+        Preset(
+            "cb",
+            TASK_CLASSIFICATION,
+            ("contradiction", "entailment", "neutral"),
+            "acc",
+            Split("superglue/cb/train.jsonl", **NLI_JSON),
+            Split("superglue/cb/val.jsonl", **NLI_JSON),
+        ),
+        Preset(
+            "boolq",
+            TASK_CLASSIFICATION,
+            ("0", "1"),
+            "acc",
+            None,
+            Split(
+                "superglue/boolq/val.csv",
+                text="question",
+                text_pair="passage",
+                options={"keep_default_na": False, "na_filter": False},
+            ),
+            note="only val exists here",
+        ),
+        Preset(
+            "axb",
+            TASK_CLASSIFICATION,
+            ("entailment", "not_entailment"),
+            "mcc",
+            None,
+            Split(
+                "superglue/axb/diagnostic-full.tsv",
+                text="Premise",
+                text_pair="Hypothesis",
+                label="Label",
+                options=TSV,
+                label_map=TO_BINARY,
+            ),
+            trained_on="rte",
+        ),
+        Preset(
+            "axg",
+            TASK_CLASSIFICATION,
+            ("entailment", "not_entailment"),
+            "acc_gps",
+            None,
+            Split("superglue/axg/AX-g.jsonl", **NLI_JSON),
+            trained_on="rte",
+        ),
+    ]
+}
 
 
 def preset(name: str) -> Preset:

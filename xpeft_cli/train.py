@@ -6,6 +6,7 @@ checkpoints to resume from. Masks get their own learning rate: with the paper's 
 moves the mask logits and the masks stay uniform (design.md). The schedule decays linearly, as in
 the paper. Many profiles in one run: multifit.py, on the same core.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,8 +24,17 @@ from .config import FitConfig  # noqa: F401  (defined torch-free, re-exported)
 from .data import Examples, encode_labels, infer_task, label_names, split_holdout
 from .distributed import share, world
 from .errors import DataError, UsageError
-from .loop import LossLog, Update, eager_step, fit_metadata, fit_settings, graphed_step, make_optimizer, \
-    schedule, set_learning_rates  # noqa: F401  (schedule: re-exported)
+from .loop import (
+    LossLog,
+    Update,
+    eager_step,
+    fit_metadata,
+    fit_settings,
+    graphed_step,
+    make_optimizer,
+    schedule,  # noqa: F401  (schedule: re-exported)
+    set_learning_rates,
+)
 from .masks import MaskSpec
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION, EncoderClassifier, XPeftModel
 from .plm import load_encoder, max_tokens
@@ -53,19 +63,31 @@ def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str
     return task, names
 
 
-def build_model(bank: Bank, encoder, cfg: FitConfig, task: str, n_out: int, k: int, gumbel: torch.Generator,
-                shared, device: torch.device) -> tuple[EncoderClassifier, list[dict]]:
+def build_model(
+    bank: Bank,
+    encoder,
+    cfg: FitConfig,
+    task: str,
+    n_out: int,
+    k: int,
+    gumbel: torch.Generator,
+    shared,
+    device: torch.device,
+) -> tuple[EncoderClassifier, list[dict]]:
     """The model `cfg.method` trains, on `device`, and its param groups, each with its learning rate."""
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
-        model = XPeftModel(encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed, ln_init=cfg.ln_init,
-                           out_vector=cfg.out_vector).to(device)
+        model = XPeftModel(
+            encoder, bank, n_out, task=task, spec=spec, seed=cfg.seed, ln_init=cfg.ln_init, out_vector=cfg.out_vector
+        ).to(device)
         if device.type == "cuda" and uses_bf16(device, cfg.precision):
             model.cast_bank(torch.bfloat16)  # autocast would otherwise re-cast the whole bank every step
-        groups = [{"params": model.mask_parameters(), "lr": cfg.lr_masks},
-                  {"params": model.ln_parameters(), "lr": cfg.lr_ln},
-                  {"params": model.head_parameters(), "lr": cfg.lr_head},
-                  {"params": model.out_parameters(), "lr": cfg.lr_out}]
+        groups = [
+            {"params": model.mask_parameters(), "lr": cfg.lr_masks},
+            {"params": model.ln_parameters(), "lr": cfg.lr_ln},
+            {"params": model.head_parameters(), "lr": cfg.lr_head},
+            {"params": model.out_parameters(), "lr": cfg.lr_out},
+        ]
         if shared is not None:
             model.use_shared_head(shared)
             groups[2]["params"] = []
@@ -75,10 +97,13 @@ def build_model(bank: Bank, encoder, cfg: FitConfig, task: str, n_out: int, k: i
         model = PeerModel(encoder, cfg.peer, [s.name for s in bank.sites], n_out, task=task, seed=cfg.seed).to(device)
         groups = model.parameter_groups(cfg.lr_adapter, cfg.lr_head)
     else:
-        model = BaselineModel(encoder, cfg.method, [s.name for s in bank.sites], bank.rank, n_out, task=task,
-                              seed=cfg.seed).to(device)
-        groups = [{"params": model.adapter_parameters(), "lr": cfg.lr_adapter},
-                  {"params": model.head_parameters(), "lr": cfg.lr_head}]
+        model = BaselineModel(
+            encoder, cfg.method, [s.name for s in bank.sites], bank.rank, n_out, task=task, seed=cfg.seed
+        ).to(device)
+        groups = [
+            {"params": model.adapter_parameters(), "lr": cfg.lr_adapter},
+            {"params": model.head_parameters(), "lr": cfg.lr_head},
+        ]
     if cfg.gradient_checkpointing:
         try:
             model.gradient_checkpointing()
@@ -101,11 +126,18 @@ class _Checkpoints:
         return bool(self.path and self.every and step % self.every == 0)
 
 
-def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConfig(),
-                eval_data: Examples | None = None,
-                on_step: Callable[[int, int, float], None] | None = None,
-                log_path: str | Path | None = None, checkpoint_path: str | Path | None = None,
-                checkpoint_every: int = 0, resume: bool = False) -> FitResult:
+def fit_profile(
+    bank: Bank,
+    train: Examples,
+    name: str,
+    cfg: FitConfig = FitConfig(),
+    eval_data: Examples | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+    log_path: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+) -> FitResult:
     """Fit one profile on `train` (a holdout of it validates, unless `eval_data` is given).
 
     With `checkpoint_path` and `checkpoint_every`, the state is saved every that many steps;
@@ -137,26 +169,62 @@ def fit_profile(bank: Bank, train: Examples, name: str, cfg: FitConfig = FitConf
     max_len = min(cfg.max_length, max_tokens(encoder))
     step_fn = _step_function(model, opt, cfg, task == TASK_REGRESSION, w, max_len, tokenizer.pad_token_id or 0, gumbel)
     checkpoints = _Checkpoints(
-        Path(checkpoint_path) if checkpoint_path else None, checkpoint_every,
+        Path(checkpoint_path) if checkpoint_path else None,
+        checkpoint_every,
         {k2: v for k2, v in fit_settings(cfg).items() if k2 not in ("labels", "head", "gradient_checkpointing")}
         | {"name": name, "bank": bank.bank_hash},
         ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else "",
-        {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names,
-         "bank_hash": bank.bank_hash, "method": cfg.method})
+        {
+            "name": name,
+            "n": bank.n,
+            "k": k,
+            "mask": cfg.mask,
+            "task": task,
+            "labels": names,
+            "bank_hash": bank.bank_hash,
+            "method": cfg.method,
+        },
+    )
     t0 = time.perf_counter()
-    steps, val_metrics, history = _epochs(model, tokenizer, opt, step_fn, cfg, train, y_train, eval_data, max_len,
-                                          (task, names, n_out), gumbel, w, checkpoints, resume, log_path, on_step)
+    steps, val_metrics, history = _epochs(
+        model,
+        tokenizer,
+        opt,
+        step_fn,
+        cfg,
+        train,
+        y_train,
+        eval_data,
+        max_len,
+        (task, names, n_out),
+        gumbel,
+        w,
+        checkpoints,
+        resume,
+        log_path,
+        on_step,
+    )
     seconds = time.perf_counter() - t0
-    profile = _profile(model, bank, name, cfg, task, names, fit_metadata(cfg, k, task, train.labels, steps),
-                       own_head=shared is None)
+    profile = _profile(
+        model, bank, name, cfg, task, names, fit_metadata(cfg, k, task, train.labels, steps), own_head=shared is None
+    )
     return FitResult(profile, model, tokenizer, history, val_metrics, seconds, steps)
 
 
 def _step_function(model, opt, cfg: FitConfig, regression: bool, w, max_len: int, pad_id: int, gumbel):
     """The fit's step, chosen once: a captured CUDA graph, or eager (one process, or a share of each batch)."""
     if cfg.cuda_graphs:
-        return graphed_step(model, opt, regression, cfg.batch_size, max_len, w.device, cfg.precision, pad_id,
-                            [gumbel] if cfg.method == "x-peft" else [])
+        return graphed_step(
+            model,
+            opt,
+            regression,
+            cfg.batch_size,
+            max_len,
+            w.device,
+            cfg.precision,
+            pad_id,
+            [gumbel] if cfg.method == "x-peft" else [],
+        )
     trainable = [p for g in opt.param_groups for p in g["params"]]
     clamped = list(model.mask_parameters()) if cfg.mask_clip and cfg.method == "x-peft" else []
     update = Update(opt, w, synced=trainable, clip_norm=cfg.clip_norm, clamped=clamped, mask_clip=cfg.mask_clip)
@@ -168,17 +236,42 @@ def _profile(model, bank: Bank, name: str, cfg: FitConfig, task: str, names, met
     baseline's tensors."""
     model.eval()
     if cfg.method == "x-peft":
-        profile = with_param_dtype(profile_from_model(model, name, bank.n, names, meta, with_head=own_head),
-                                   cfg.param_dtype)
+        profile = with_param_dtype(
+            profile_from_model(model, name, bank.n, names, meta, with_head=own_head), cfg.param_dtype
+        )
         apply_profile(model, profile)
         return profile
-    return AdapterProfile(name=name, method=cfg.method, task=task, labels=names, rank=bank.rank,
-                          sites=[s.name for s in bank.sites], bank_hash=bank.bank_hash,
-                          tensors=model.tensors(), meta=meta)
+    return AdapterProfile(
+        name=name,
+        method=cfg.method,
+        task=task,
+        labels=names,
+        rank=bank.rank,
+        sites=[s.name for s in bank.sites],
+        bank_hash=bank.bank_hash,
+        tensors=model.tensors(),
+        meta=meta,
+    )
 
 
-def _epochs(model, tokenizer, opt, step_fn, cfg: FitConfig, train: Examples, y_train: list, eval_data,
-            max_len: int, labelling: tuple, gumbel, w, checkpoints: _Checkpoints, resume: bool, log_path, on_step):
+def _epochs(
+    model,
+    tokenizer,
+    opt,
+    step_fn,
+    cfg: FitConfig,
+    train: Examples,
+    y_train: list,
+    eval_data,
+    max_len: int,
+    labelling: tuple,
+    gumbel,
+    w,
+    checkpoints: _Checkpoints,
+    resume: bool,
+    log_path,
+    on_step,
+):
     """The loop: every epoch one seeded permutation of the rows, batch by batch through `step_fn`,
     with checkpoints and a validation record after each epoch. Returns (steps, last validation, history)."""
     task, names, n_out = labelling
@@ -191,8 +284,9 @@ def _epochs(model, tokenizer, opt, step_fn, cfg: FitConfig, train: Examples, y_t
     y_val = encode_labels(eval_data, task, names) if eval_data is not None else None
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     if resume:
-        pos, order_state, history = ckpt.load(checkpoints.path, model, opt, gumbel, checkpoints.config,
-                                               checkpoints.fingerprint)
+        pos, order_state, history = ckpt.load(
+            checkpoints.path, model, opt, gumbel, checkpoints.config, checkpoints.fingerprint
+        )
         order_gen.set_state(order_state)
     val_metrics, step = None, pos.step
     with LossLog(log_path, w.is_main, on_step, history) as log:
@@ -201,7 +295,7 @@ def _epochs(model, tokenizer, opt, step_fn, cfg: FitConfig, train: Examples, y_t
             epoch_order = order_gen.get_state()  # a resumed fit re-draws this epoch's order from here
             perm = torch.randperm(len(train), generator=order_gen).tolist()
             for b in range(pos.batch if epoch == pos.epoch else 0, n_batches):
-                idx, weight = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], 1.0
+                idx, weight = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size], 1.0
                 if w.size > 1:
                     idx, weight = share(idx, w)
                 batch = collate(tokenizer, enc_train, idx, device)
@@ -214,10 +308,21 @@ def _epochs(model, tokenizer, opt, step_fn, cfg: FitConfig, train: Examples, y_t
                 log.step({"epoch": epoch, "step": step, "loss": round(loss_value, 6)}, total, loss_value)
                 if checkpoints.due(step) and w.is_main:
                     log.flush()
-                    ckpt.save(checkpoints.path, model, opt, ckpt.Position(epoch, b + 1, step), epoch_order,
-                              gumbel, checkpoints.config, checkpoints.fingerprint, log.history, checkpoints.identity)
+                    ckpt.save(
+                        checkpoints.path,
+                        model,
+                        opt,
+                        ckpt.Position(epoch, b + 1, step),
+                        epoch_order,
+                        gumbel,
+                        checkpoints.config,
+                        checkpoints.fingerprint,
+                        log.history,
+                        checkpoints.identity,
+                    )
             if eval_data is not None and w.is_main:  # the other ranks hold the same parameters
-                val_metrics, _ = score(model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2,
-                                       cfg.max_length, device, cfg.precision)
+                val_metrics, _ = score(
+                    model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2, cfg.max_length, device, cfg.precision
+                )
                 log.note({"epoch": epoch, "step": step, "val": val_metrics})
     return step, val_metrics, log.history

@@ -4,6 +4,7 @@ this module follow it: §2 header, §3 name, §4 masks, §5 sections, §6 checks
 The reader never trusts a length: every size is computed from already-validated header
 fields or checked against the bytes that remain, before anything is allocated.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ from .profile import Profile
 # §2 Header -------------------------------------------------------------------------------
 MAGIC = b"\x89XPM\r\n\x1a\n"
 MAJOR, MINOR = 1, 0
-MINOR_SIGN = 1   # 1.1 added mask encoding 3 (sign bits); files without it are still written as 1.0
+MINOR_SIGN = 1  # 1.1 added mask encoding 3 (sign bits); files without it are still written as 1.0
 HEADER = struct.Struct("<8sBBBBHHH32sB")  # magic, major, minor, encoding, reserved, N, L, k, bank hash, name len
 ENC_HARD, ENC_SOFT_F16, ENC_SOFT_F32, ENC_SIGN = 0, 1, 2, 3
 BIT_ENCODINGS = (ENC_HARD, ENC_SIGN)
@@ -36,7 +37,7 @@ CHECKSUM_SIZE = 4
 SEC_LN, SEC_HEAD, SEC_LABELS, SEC_META = 0x01, 0x02, 0x03, 0x80
 SECTION_NAMES = {SEC_LN: "ln", SEC_HEAD: "head", SEC_LABELS: "labels", SEC_META: "meta"}
 SECTION_HEADER = struct.Struct("<BI")
-DTYPES = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
+DTYPES: dict[int, np.dtype] = {1: np.dtype("<f2"), 2: np.dtype("<f4")}
 DTYPE_CODES = {"float16": 1, "float32": 2}
 TASKS = {0: "classification", 1: "regression"}
 TASK_CODES = {v: k for k, v in TASKS.items()}
@@ -49,7 +50,7 @@ MAX_N, MAX_L, MAX_NAME, MAX_LABEL, MAX_FILE = 65535, 4096, 255, 255, 256 * 1024 
 class Decoded:
     profile: Profile
     version: tuple[int, int]
-    sizes: dict[str, int]       # bytes per part of the file, summing to the file size
+    sizes: dict[str, int]  # bytes per part of the file, summing to the file size
     skipped_sections: list[int]  # ancillary sections this reader does not know
 
 
@@ -107,33 +108,49 @@ def _encode(p: Profile) -> bytes:
         enc = ENC_SOFT_F16 if p.soft_dtype == "float16" else ENC_SOFT_F32
         dt = DTYPES[enc]
         masks = np.asarray(p.mask_a).astype(dt).tobytes() + np.asarray(p.mask_b).astype(dt).tobytes()
-    out = bytearray(HEADER.pack(MAGIC, MAJOR, MINOR_SIGN if enc == ENC_SIGN else MINOR, enc, 0, p.n, p.L,
-                                p.k if enc == ENC_HARD else 0,
-                                bytes.fromhex(p.bank_hash), len(name)))
+    out = bytearray(
+        HEADER.pack(
+            MAGIC,
+            MAJOR,
+            MINOR_SIGN if enc == ENC_SIGN else MINOR,
+            enc,
+            0,
+            p.n,
+            p.L,
+            p.k if enc == ENC_HARD else 0,
+            bytes.fromhex(p.bank_hash),
+            len(name),
+        )
+    )
     out += name + masks
     code = DTYPE_CODES.get(p.param_dtype)
     if code is None:
         raise DataError(f"parameter dtype must be one of {', '.join(DTYPE_CODES)}")
     dt = DTYPES[code]
-    if p.ln_weight is not None:
+    if (p.ln_weight is None) != (p.ln_bias is None) or (p.head_weight is None) != (p.head_bias is None):
+        raise DataError("a weight without its bias (or a bias without its weight) cannot be written")
+    if p.ln_weight is not None and p.ln_bias is not None:
         L, b = p.ln_weight.shape
         payload = struct.pack("<BH", code, b) + p.ln_weight.astype(dt).tobytes() + p.ln_bias.astype(dt).tobytes()
         out += _section(SEC_LN, payload)
-    if p.head_weight is not None:
+    if p.head_weight is not None and p.head_bias is not None:
         c, d = p.head_weight.shape
-        payload = (struct.pack("<BBHH", code, TASK_CODES[p.task], c, d)
-                   + p.head_weight.astype(dt).tobytes() + p.head_bias.astype(dt).tobytes())
+        payload = (
+            struct.pack("<BBHH", code, TASK_CODES[p.task], c, d)
+            + p.head_weight.astype(dt).tobytes()
+            + p.head_bias.astype(dt).tobytes()
+        )
         out += _section(SEC_HEAD, payload)
     if p.labels:
         if len(p.labels) > 65535:
             raise DataError(f"{len(p.labels)} labels: an .xpm holds at most 65535")
-        payload = bytearray(struct.pack("<H", len(p.labels)))
+        labels = bytearray(struct.pack("<H", len(p.labels)))
         for lab in p.labels:
             raw = str(lab).encode("utf-8")
             if not 1 <= len(raw) <= MAX_LABEL:
                 raise DataError(f"label {lab!r} must be 1..{MAX_LABEL} UTF-8 bytes")
-            payload += bytes([len(raw)]) + raw
-        out += _section(SEC_LABELS, bytes(payload))
+            labels += bytes([len(raw)]) + raw
+        out += _section(SEC_LABELS, bytes(labels))
     if p.meta:
         out += _section(SEC_META, json.dumps(p.meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
     out += struct.pack("<I", zlib.crc32(out))
@@ -170,7 +187,7 @@ def _unpack_bits(buf: memoryview, pos: int, n: int, L: int, k: int | None, what:
     rows = np.zeros((L, n), dtype=bool)
     for l in range(L):
         ba = bitarray(endian="big")
-        ba.frombytes(bytes(buf[pos + l * rb: pos + (l + 1) * rb]))
+        ba.frombytes(bytes(buf[pos + l * rb : pos + (l + 1) * rb]))
         if ba[n:].any():
             raise _Bad(f"{what} row {l}: padding bits are not zero")
         row = ba[:n]
@@ -223,7 +240,7 @@ def _decode(buf: memoryview) -> Decoded:
     if name_len == 0:
         raise _Bad("empty profile name")
     try:
-        name = bytes(body[pos: pos + name_len]).decode("utf-8")
+        name = bytes(body[pos : pos + name_len]).decode("utf-8")
     except UnicodeDecodeError:
         raise _Bad("profile name is not UTF-8") from None
     pos += name_len
@@ -243,9 +260,17 @@ def _decode(buf: memoryview) -> Decoded:
     pos += mb
     sizes["masks"] = mb
     kind = {ENC_HARD: "hard", ENC_SIGN: "sign"}.get(enc, "soft")
-    profile = Profile(name=name, mask_kind=kind, n=n, L=L, k=k,
-                      bank_hash=bytes(bank_hash).hex(), mask_a=mask_a, mask_b=mask_b,
-                      soft_dtype="float16" if enc == ENC_SOFT_F16 else "float32")
+    profile = Profile(
+        name=name,
+        mask_kind=kind,
+        n=n,
+        L=L,
+        k=k,
+        bank_hash=bytes(bank_hash).hex(),
+        mask_a=mask_a,
+        mask_b=mask_b,
+        soft_dtype="float16" if enc == ENC_SOFT_F16 else "float32",
+    )
     # §5 Sections
     skipped, last_id = [], -1
     while pos < end:
@@ -256,7 +281,7 @@ def _decode(buf: memoryview) -> Decoded:
         if sec_id <= last_id:
             raise _Bad(f"section 0x{sec_id:02x} out of order or repeated")
         last_id = sec_id
-        payload = body[pos: pos + length]
+        payload = body[pos : pos + length]
         if sec_id == SEC_LN:
             _read_ln(payload, profile)
         elif sec_id == SEC_HEAD:
@@ -324,7 +349,7 @@ def _read_labels(payload: memoryview, p: Profile) -> None:
             raise _Bad(f"label {i} is empty")
         _need(payload, pos + 1, ln, f"label {i}")
         try:
-            labels.append(bytes(payload[pos + 1: pos + 1 + ln]).decode("utf-8"))
+            labels.append(bytes(payload[pos + 1 : pos + 1 + ln]).decode("utf-8"))
         except UnicodeDecodeError:
             raise _Bad(f"label {i} is not UTF-8") from None
         pos += 1 + ln

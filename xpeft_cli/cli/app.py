@@ -1,4 +1,5 @@
 """Entry point: builds the Typer app and turns every error into one line and an exit code."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,8 @@ _NO_ARGS_HELP = tuple(getattr(m, "NoArgsIsHelpError") for m in _CLICK if hasattr
 app = typer.Typer(
     name="xpeft",
     help="X-PEFT profiles: fit tiny per-user masks over one shared bank of LoRA adapters.\n\n"
-         "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input data, 4 integrity failure, 5 model missing.",
+    "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad input data, 4 integrity failure, 5 model missing, "
+    "6 cannot write (disk full; the old file is kept).",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -45,14 +47,29 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print xpeft's version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print xpeft's version and exit."
+    ),
+) -> None:
     """X-PEFT profiles: fit tiny per-user masks over one shared bank of LoRA adapters."""
 
 
 def _register() -> None:
-    from . import (bank_cmd, bench_cmd, convert_cmd, eval_cmd, export_cmd, fit_cmd, inspect_cmd, pack_cmd,
-                   plot_cmd, predict_cmd, report_cmd, serve_cmd)
+    from . import (
+        bank_cmd,
+        bench_cmd,
+        convert_cmd,
+        eval_cmd,
+        export_cmd,
+        fit_cmd,
+        inspect_cmd,
+        pack_cmd,
+        plot_cmd,
+        predict_cmd,
+        report_cmd,
+        serve_cmd,
+    )
 
     app.add_typer(bank_cmd.app, name="bank")
     app.add_typer(report_cmd.app, name="report")
@@ -91,6 +108,17 @@ def _json_error(message: str, code: int) -> None:
         sys.stdout.flush()
 
 
+def _internal(exc: BaseException) -> int:
+    """A bug: one line, with a way to see more (XPEFT_DEBUG=1 re-raises for the traceback)."""
+    if os.environ.get("XPEFT_DEBUG"):
+        raise exc
+    print(
+        f"xpeft: internal error: {exc.__class__.__name__}: {_one_line(exc)[:300]} (set XPEFT_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; never lets a traceback reach the user unless XPEFT_DEBUG=1."""
     command = typer.main.get_command(app)
@@ -124,12 +152,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("xpeft: interrupted", file=sys.stderr)
         code = 130
+    except OSError as exc:  # a write outside atomic_path (a log, a folder) on a full disk: exit 6, not a bug
+        from ..errors import WRITE_ERRNOS, write_error
+
+        if exc.errno not in WRITE_ERRNOS or os.environ.get("XPEFT_DEBUG"):
+            code = _internal(exc)
+        else:
+            err = write_error(exc.filename or "an output", exc)
+            print(f"xpeft: error: {_one_line(err)}", file=sys.stderr)
+            code = err.exit_code
+            _json_error(_one_line(err), code)
     except Exception as exc:  # a bug: still one line, with a way to see more
-        if os.environ.get("XPEFT_DEBUG"):
-            raise
-        print(f"xpeft: internal error: {exc.__class__.__name__}: {_one_line(exc)[:300]} "
-              "(set XPEFT_DEBUG=1 for a traceback)", file=sys.stderr)
-        code = EXIT_INTERNAL
+        code = _internal(exc)
     if code:
         from ..distributed import mark_failed
 

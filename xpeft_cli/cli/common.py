@@ -1,4 +1,5 @@
 """Options shared by several commands."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,19 +20,42 @@ EPOCHS_MAX = 10_000
 BATCH_MAX = 65_536
 GB_MAX = 1e6
 
-CacheGbOpt = typer.Option(DEFAULT_CACHE_GB, "--cache-gb", min=0, max=GB_MAX, metavar="GIB",
-                          help="Mix every served profile's Â, B̂ once at start-up when they fit in this many GiB "
-                          "(batches then gather them instead of mixing from the bank); 0 mixes per batch.")
+CacheGbOpt = typer.Option(
+    DEFAULT_CACHE_GB,
+    "--cache-gb",
+    min=0,
+    max=GB_MAX,
+    metavar="GIB",
+    help="Mix every served profile's Â, B̂ once at start-up when they fit in this many GiB "
+    "(batches then gather them instead of mixing from the bank); 0 mixes per batch.",
+)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
-QuietOpt = typer.Option(False, "--quiet", "-q", help="Print nothing but errors (no notes, progress or summary; "
-                        "data a command writes to stdout still goes there); the exit status tells how it went.")
-BankOpt = typer.Option(Path("bank"), "--bank", "-b", envvar=ENV_BANK, show_envvar=True,
-                       help="Bank folder (made by 'xpeft bank create').")
-ModelOpt = typer.Option(None, "--model", envvar="XPEFT_MODEL", show_envvar=True,
-                        help="Where to find the bank's PLM (folder or cached hub id); its hash must match.")
-DevicesOpt = typer.Option(1, "--devices", min=1, max=1024, help="Run data-parallel on this many processes, one per GPU "
-                          "(or on CPU with --device cpu). Each profile's fit follows the steps one process takes: "
-                          "bit for bit on CPU, up to float noise on GPUs (README: Data-parallel fits).")
+QuietOpt = typer.Option(
+    False,
+    "--quiet",
+    "-q",
+    help="Print nothing but errors (no notes, progress or summary; "
+    "data a command writes to stdout still goes there); the exit status tells how it went.",
+)
+BankOpt = typer.Option(
+    Path("bank"), "--bank", "-b", envvar=ENV_BANK, show_envvar=True, help="Bank folder (made by 'xpeft bank create')."
+)
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    envvar="XPEFT_MODEL",
+    show_envvar=True,
+    help="Where to find the bank's PLM (folder or cached hub id); its hash must match.",
+)
+DevicesOpt = typer.Option(
+    1,
+    "--devices",
+    min=1,
+    max=1024,
+    help="Run data-parallel on this many processes, one per GPU "
+    "(or on CPU with --device cpu). Each profile's fit follows the steps one process takes: "
+    "bit for bit on CPU, up to float noise on GPUs (README: Data-parallel fits).",
+)
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32.")
 TextCol = typer.Option("text", "--text-column", help="Column with the text.")
 PairCol = typer.Option(None, "--text-pair-column", help="Column with the second text of a pair task.")

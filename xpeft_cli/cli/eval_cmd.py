@@ -1,4 +1,5 @@
 """`xpeft eval`: score a profile on labelled data."""
+
 from __future__ import annotations
 
 import json
@@ -10,31 +11,60 @@ from rich.table import Table
 from ..atomic import atomic_write_text
 from ..errors import UsageError
 from . import output
-from .common import BankOpt, JsonOpt, QuietOpt, LabelCol, ModelOpt, OptPath, OptStr, PairCol, TextCol, BATCH_MAX, TOKENS_MAX
+from .common import (
+    BATCH_MAX,
+    TOKENS_MAX,
+    BankOpt,
+    JsonOpt,
+    LabelCol,
+    ModelOpt,
+    OptPath,
+    OptStr,
+    PairCol,
+    QuietOpt,
+    TextCol,
+)
 
 
 def evaluate(
     profile: OptPath = typer.Option(None, "--profile", "-p", help="Profile file (.xpm, or a baseline's .safetensors)."),
-    profiles: OptPath = typer.Option(None, "--profiles", "-P", help="Many profiles: a folder of NAME.xpm (or "
-                                     "baselines' NAME.safetensors) or an .xps store; each row of --data is scored "
-                                     "by the profile its --profile-column names."),
-    profile_column: str = typer.Option("profile", "--profile-column", help="With --profiles: the column naming "
-                                       "each row's profile."),
+    profiles: OptPath = typer.Option(
+        None,
+        "--profiles",
+        "-P",
+        help="Many profiles: a folder of NAME.xpm (or "
+        "baselines' NAME.safetensors) or an .xps store; each row of --data is scored "
+        "by the profile its --profile-column names.",
+    ),
+    profile_column: str = typer.Option(
+        "profile", "--profile-column", help="With --profiles: the column naming each row's profile."
+    ),
     data: OptPath = typer.Option(None, "--data", "-d", help="Labelled data to score (or use --task)."),
-    task_preset: OptStr = typer.Option(None, "--task", help="A GLUE/SuperGLUE preset: score its dev split from "
-                                       "--data-dir with the official metrics."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="XPEFT_DATA_DIR", show_envvar=True,
-                                  help="Folder holding glue/ and superglue/ (for --task)."),
+    task_preset: OptStr = typer.Option(
+        None, "--task", help="A GLUE/SuperGLUE preset: score its dev split from --data-dir with the official metrics."
+    ),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        "--data-dir",
+        envvar="XPEFT_DATA_DIR",
+        show_envvar=True,
+        help="Folder holding glue/ and superglue/ (for --task).",
+    ),
     bank_dir: Path = BankOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
-    max_length: int = typer.Option(None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (default: as fitted)."),
+    max_length: int = typer.Option(
+        None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (default: as fitted)."
+    ),
     text_column: str = TextCol,
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
     predictions: OptPath = typer.Option(None, "--predictions", help="Also write one JSON line per row."),
     device: str = typer.Option("auto", "--device"),
-    force: bool = typer.Option(False, "--force", help="Use a profile fitted on another bank (results are meaningless "
-                               "unless the banks hold the same adapters)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Use a profile fitted on another bank (results are meaningless unless the banks hold the same adapters).",
+    ),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
@@ -44,20 +74,28 @@ def evaluate(
     With --profiles: per-profile accuracy and macro-F1 and their averages over profiles.
     """
     from ..bank import Bank
-    from ..data import Columns
-    from ..data import encode_labels
-    from ..data import load_examples
-    from ..evaluate import evaluate_profile
-    from ..evaluate import read_profile
-    from ..evaluate import with_bank_head
-    from ..tasks import load_split
-    from ..tasks import official_metrics
-    from ..tasks import preset
+    from ..data import Columns, encode_labels, load_examples
+    from ..evaluate import evaluate_profile, read_profile, with_bank_head
+    from ..tasks import load_split, official_metrics, preset
+
     if (profile is None) == (profiles is None):
         raise UsageError("give one profile with --profile FILE, or many with --profiles DIR|STORE")
     if profiles is not None:
-        return _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column,
-                          text_pair_column, label_column, device, model, json_out, quiet)
+        return _eval_many(
+            profiles,
+            data,
+            profile_column,
+            bank_dir,
+            batch_size,
+            max_length,
+            text_column,
+            text_pair_column,
+            label_column,
+            device,
+            model,
+            json_out,
+            quiet,
+        )
     if (data is None) == (task_preset is None):
         raise UsageError("give the data with --data FILE or --task PRESET (one of them)")
     prof = read_profile(profile)
@@ -69,19 +107,34 @@ def evaluate(
     bank = Bank.load(bank_dir, model=model)
     prof = with_bank_head(bank, prof)
     if force and prof.bank_hash != bank.bank_hash:
-        output.note(f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
-                            f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here", quiet)
-    metrics, preds = evaluate_profile(bank, prof, examples, batch_size=batch_size, max_length=max_length,
-                                      device=device, force=force)
+        output.note(
+            f"WARNING: --force: {profile} was fitted on bank {prof.bank_hash[:16]}…, "
+            f"not on {bank_dir} ({bank.bank_hash[:16]}…); its masks select other adapters here",
+            quiet,
+        )
+    metrics, preds = evaluate_profile(
+        bank, prof, examples, batch_size=batch_size, max_length=max_length, device=device, force=force
+    )
     if task_preset:
-        metrics = official_metrics(p, encode_labels(examples, prof.task, prof.labels),
-                                   preds if prof.task == "regression" else [prof.labels.index(x) for x in preds])
+        metrics = official_metrics(
+            p,
+            encode_labels(examples, prof.task, prof.labels),
+            preds if prof.task == "regression" else [prof.labels.index(x) for x in preds],
+        )
     if predictions:
-        lines = [json.dumps({"text": t, "label": y, "prediction": p})
-                 for t, y, p in zip(examples.texts, examples.labels, preds)]
+        lines = [
+            json.dumps({"text": t, "label": y, "prediction": p})
+            for t, y, p in zip(examples.texts, examples.labels, preds)
+        ]
         atomic_write_text(predictions, "\n".join(lines) + "\n")
-    res = {"profile": prof.name, "file": str(profile), "data": str(data or examples.source), "task": prof.task,
-           "preset": task_preset, "metrics": metrics}
+    res = {
+        "profile": prof.name,
+        "file": str(profile),
+        "data": str(data or examples.source),
+        "task": prof.task,
+        "preset": task_preset,
+        "metrics": metrics,
+    }
     if json_out:
         output.emit_json(res)
         return
@@ -94,17 +147,30 @@ def evaluate(
     output.stdout.print(t)
 
 
-def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length, text_column, text_pair_column,
-               label_column, device, model, json_out, quiet) -> None:
+def _eval_many(
+    profiles,
+    data,
+    profile_column,
+    bank_dir,
+    batch_size,
+    max_length,
+    text_column,
+    text_pair_column,
+    label_column,
+    device,
+    model,
+    json_out,
+    quiet,
+) -> None:
     from ..bank import Bank
-    from ..data import Columns
-    from ..data import load_examples
+    from ..data import Columns, load_examples
     from ..serve import ProfileSource, evaluate_many
 
     if data is None:
         raise UsageError("--profiles needs --data FILE with a profile column")
-    examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column,
-                                           profile=profile_column))
+    examples = load_examples(
+        data, Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
+    )
     source = ProfileSource(profiles)
     bank = Bank.load(bank_dir, model=model)
     res = evaluate_many(bank, source, examples, batch_size, max_length, device)
@@ -115,8 +181,7 @@ def _eval_many(profiles, data, profile_column, bank_dir, batch_size, max_length,
     if quiet:
         return
     keys = list(res["mean"])
-    t = Table("profile", "rows", *keys, box=None,
-              title=f"{res['count']} profiles on {data} ({res['rows']} rows)")
+    t = Table("profile", "rows", *keys, box=None, title=f"{res['count']} profiles on {data} ({res['rows']} rows)")
     for name, m in res["profiles"].items():
         t.add_row(name, str(m["n"]), *(f"{m[k]:.4f}" for k in keys))
     t.add_row("mean over profiles", "", *(f"{res['mean'][k]:.4f}" for k in keys))

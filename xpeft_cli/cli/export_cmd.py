@@ -1,4 +1,5 @@
 """`xpeft export`: a profile as a standard peft LoRA adapter folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import typer
 
 from ..errors import IntegrityError, UsageError
 from . import output
-from .common import BankOpt, JsonOpt, QuietOpt, ModelOpt, OptStr
+from .common import BankOpt, JsonOpt, ModelOpt, OptStr, QuietOpt
 
 
 def export(
@@ -23,6 +24,7 @@ def export(
     from ..bank import Bank
     from ..export import export_peft
     from ..xpm import read_xpm
+
     if to != "peft":
         raise UsageError("--to: only 'peft' is supported")
     bank = Bank.load(bank_dir, model=model)
@@ -33,5 +35,7 @@ def export(
     if json_out:
         output.emit_json(res)
     elif not quiet:
-        output.stdout.print(f"wrote {out}: LoRA r={res['rank']} on {res['sites']} modules, {res['bytes']:,} bytes "
-                            f"({', '.join(res['files'])})")
+        output.stdout.print(
+            f"wrote {out}: LoRA r={res['rank']} on {res['sites']} modules, {res['bytes']:,} bytes "
+            f"({', '.join(res['files'])})"
+        )

@@ -1,4 +1,5 @@
 """`xpeft inspect`: what an .xpm holds, byte by byte, and whether it belongs to a bank."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,13 @@ from rich.table import Table
 
 from ..errors import IntegrityError
 from . import output
-from .common import JsonOpt, QuietOpt, OptPath
+from .common import JsonOpt, OptPath, QuietOpt
 
 
 def recorded_bank_hash(bank_dir: Path) -> str:
     """The hash in a bank's manifest (`xpeft bank verify` checks the tensors behind it)."""
     from ..bank import read_manifest
+
     return read_manifest(bank_dir)["bank_hash"]
 
 
@@ -25,6 +27,7 @@ def inspect(
 ) -> None:
     """Show an .xpm profile: header, sections and their sizes, checksum, selected adapters."""
     from ..describe import describe_file
+
     info = describe_file(file)
     if bank is not None:
         recorded = recorded_bank_hash(bank)
@@ -40,13 +43,14 @@ def inspect(
             t.add_row(key, output.plain(info[key]))
         if info["labels"]:
             t.add_row("labels", output.plain(", ".join(info["labels"])))
-        t.add_row("bank hash", info["bank_hash"] + ("" if bank is None else
-                                                    "  (matches)" if info["bank_match"] else "  (OTHER BANK)"))
+        t.add_row(
+            "bank hash",
+            info["bank_hash"] + ("" if bank is None else "  (matches)" if info["bank_match"] else "  (OTHER BANK)"),
+        )
         output.stdout.print(t)
     else:
         t = Table(show_header=False, box=None, pad_edge=False)
-        for key in ("file", "bytes", "version", "checksum", "profile", "mask", "n", "L", "k", "b", "task",
-                    "classes"):
+        for key in ("file", "bytes", "version", "checksum", "profile", "mask", "n", "L", "k", "b", "task", "classes"):
             t.add_row(key, output.plain(info[key]))
         if info["labels"]:
             t.add_row("labels", output.plain(", ".join(info["labels"])))

@@ -5,6 +5,7 @@ LOCAL_RANK, MASTER_ADDR/PORT). Rank 0 prints and writes; the others are silent. 
 bare launcher, a failure keeps xpeft's contract: the failing rank's one-line error and its
 exit code, and the other ranks are stopped rather than left waiting on it.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,20 +38,26 @@ def _without_devices(argv: list[str]) -> list[str]:
 
 def relaunch(argv: list[str], devices: int, device: str) -> int:
     """Run `xpeft argv` (minus --devices) as `devices` processes; return the run's exit code."""
-    from ..distributed import check_process_device
-    from ..distributed import launched_size
     import torch
 
+    from ..distributed import check_process_device, launched_size
+
     if launched_size() > 1:
-        raise UsageError("--devices: this process was already started by a launcher (accelerate launch, "
-                         "torchrun); drop --devices")
+        raise UsageError(
+            "--devices: this process was already started by a launcher (accelerate launch, torchrun); drop --devices"
+        )
     check_process_device(device)
     gpus = torch.cuda.device_count() if device != "cpu" else 0
     if gpus and devices > gpus:
         raise UsageError(f"--devices {devices}: only {gpus} GPUs here")
     args = [sys.executable, "-m", "xpeft_cli", *_without_devices(argv)]
-    base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(devices),
-                LOCAL_WORLD_SIZE=str(devices))
+    base = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        WORLD_SIZE=str(devices),
+        LOCAL_WORLD_SIZE=str(devices),
+    )
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     procs, errs = [], []
     try:
@@ -58,8 +65,7 @@ def relaunch(argv: list[str], devices: int, device: str) -> int:
             env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
             err = None if rank == 0 else tempfile.TemporaryFile()  # shown only if that rank is the one failing
             errs.append(err)
-            procs.append(subprocess.Popen(args, env=env, stdout=None if rank == 0 else subprocess.DEVNULL,
-                                          stderr=err))
+            procs.append(subprocess.Popen(args, env=env, stdout=None if rank == 0 else subprocess.DEVNULL, stderr=err))
         failed = None
         while failed is None and any(p.poll() is None for p in procs):
             failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)

@@ -3,6 +3,7 @@
 The option lists come from the CLI itself, so a test can tell when the committed pages are stale;
 EXIT STATUS, ENVIRONMENT, FILES and EXAMPLES are written here by hand.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,48 +15,68 @@ from .. import __version__
 from .app import app
 
 DATE = "2026-11"
-EXIT_STATUS = [("0", "Success."), ("1", "Internal error (a bug); set XPEFT_DEBUG=1 for a traceback."),
-               ("2", "Usage: bad or conflicting options, or an existing bank without --force."),
-               ("3", "Bad input data: no such file, unparsable line, missing column, empty or unknown label, "
-                     "no bank folder."),
-               ("4", "Integrity: damaged, truncated or forged .xpm file, a profile of another bank, "
-                     "bank or PLM hash mismatch."),
-               ("5", "The PLM is not available offline.")]
-ENVIRONMENT = [("XPEFT_BANK", "Bank folder used when --bank is not given (default ./bank)."),
-               ("XPEFT_MODEL", "PLM folder or locally cached hub id (default: the bundled all-MiniLM-L6-v2)."),
-               ("XPEFT_DEBUG", "When set, internal errors show a Python traceback."),
-               ("RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT",
-                "Set by --devices, accelerate launch or torchrun: this process is one worker of a data-parallel "
-                "fit; only rank 0 prints and writes.")]
-FILES = [("bank/bank.json", "Bank manifest with the bank hash (formats/bank.md)."),
-         ("bank/adapters.safetensors", "Bank tensors, for trained or materialised banks."),
-         ("PROFILE.xpm", "A profile (formats/xpm.md, xpeft-xpm(5))."),
-         ("PROFILE.fit.jsonl", "Loss and validation log of a fit, one JSON object per line.")]
+EXIT_STATUS = [
+    ("0", "Success."),
+    ("1", "Internal error (a bug); set XPEFT_DEBUG=1 for a traceback."),
+    ("2", "Usage: bad or conflicting options, or an existing bank without --force."),
+    ("3", "Bad input data: no such file, unparsable line, missing column, empty or unknown label, no bank folder."),
+    ("4", "Integrity: damaged, truncated or forged .xpm file, a profile of another bank, bank or PLM hash mismatch."),
+    ("5", "The PLM is not available offline."),
+]
+ENVIRONMENT = [
+    ("XPEFT_BANK", "Bank folder used when --bank is not given (default ./bank)."),
+    ("XPEFT_MODEL", "PLM folder or locally cached hub id (default: the bundled all-MiniLM-L6-v2)."),
+    ("XPEFT_DEBUG", "When set, internal errors show a Python traceback."),
+    (
+        "RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT",
+        "Set by --devices, accelerate launch or torchrun: this process is one worker of a data-parallel "
+        "fit; only rank 0 prints and writes.",
+    ),
+]
+FILES = [
+    ("bank/bank.json", "Bank manifest with the bank hash (formats/bank.md)."),
+    ("bank/adapters.safetensors", "Bank tensors, for trained or materialised banks."),
+    ("PROFILE.xpm", "A profile (formats/xpm.md, xpeft-xpm(5))."),
+    ("PROFILE.fit.jsonl", "Loss and validation log of a fit, one JSON object per line."),
+]
 EXAMPLES = {
-    "xpeft": ["xpeft bank create --random -n 400", "xpeft fit --profile alice --data alice.jsonl",
-              "xpeft inspect alice.xpm", "xpeft eval --profile alice.xpm --data test.jsonl --json | jq .metrics"],
-    "xpeft-bank-create": ["xpeft bank create --random -n 400", "xpeft bank create --random -n 100 --model ./my-bert "
-                          "--targets query,value -o bank-qv",
-                          "xpeft bank create --from-profiles authors.jsonl --profile-column author --profiles 40 "
-                          "--method mtl -o bank-mtl --devices 2"],
+    "xpeft": [
+        "xpeft bank create --random -n 400",
+        "xpeft fit --profile alice --data alice.jsonl",
+        "xpeft inspect alice.xpm",
+        "xpeft eval --profile alice.xpm --data test.jsonl --json | jq .metrics",
+    ],
+    "xpeft-bank-create": [
+        "xpeft bank create --random -n 400",
+        "xpeft bank create --random -n 100 --model ./my-bert --targets query,value -o bank-qv",
+        "xpeft bank create --from-profiles authors.jsonl --profile-column author --profiles 40 "
+        "--method mtl -o bank-mtl --devices 2",
+    ],
     "xpeft-bank-verify": ["xpeft bank verify bank || echo 'bank damaged'"],
-    "xpeft-fit": ["xpeft fit --profile alice --data alice.jsonl",
-                  "xpeft fit --profile sst2-lora --task sst2 --data-dir ../shared/data --method single-adapter",
-                  "xpeft fit -p bob -d bob.csv --text-column review --label-column stars --mask soft --epochs 5",
-                  "xpeft fit -d authors.jsonl --profile-column author -o profiles/ --devices 2",
-                  "accelerate launch --num_processes 2 -m xpeft_cli fit -d authors.jsonl --profile-column author "
-                  "-o profiles/"],
+    "xpeft-fit": [
+        "xpeft fit --profile alice --data alice.jsonl",
+        "xpeft fit --profile sst2-lora --task sst2 --data-dir ../shared/data --method single-adapter",
+        "xpeft fit -p bob -d bob.csv --text-column review --label-column stars --mask soft --epochs 5",
+        "xpeft fit -d authors.jsonl --profile-column author -o profiles/ --devices 2",
+        "accelerate launch --num_processes 2 -m xpeft_cli fit -d authors.jsonl --profile-column author -o profiles/",
+    ],
     "xpeft-inspect": ["xpeft inspect alice.xpm --bank bank", "xpeft inspect alice.xpm --json | jq .sections"],
     "xpeft-eval": ["xpeft eval --profile alice.xpm --data alice_test.jsonl --predictions preds.jsonl"],
     "xpeft-report-memory": ["xpeft report memory", "xpeft report memory --bank bank --profile alice.xpm --json"],
-    "xpeft-bench-glue": ["xpeft bench glue --data-dir ../shared/data --tasks rte --tasks mrpc --n 100 --n 400",
-                         "xpeft bench glue --data-dir data --methods x-peft --mask hard -o runs/hard"],
+    "xpeft-bench-glue": [
+        "xpeft bench glue --data-dir ../shared/data --tasks rte --tasks mrpc --n 100 --n 400",
+        "xpeft bench glue --data-dir data --methods x-peft --mask hard -o runs/hard",
+    ],
     "xpeft-pack": ["xpeft pack profiles/ -o all.xps", "xpeft pack sofia.xpm --k 50 -o sofia-hard.xpm"],
-    "xpeft-predict": ["xpeft predict --profiles profiles/ < requests.jsonl > answers.jsonl",
-                      "echo '{\"profile\": \"alice\", \"text\": \"What a match!\"}' | xpeft predict -P all.xps"],
-    "xpeft-serve": ["xpeft serve --profiles profiles/ --port 8080",
-                    "curl -s localhost:8080/v1/classify -d '{\"profile\": \"alice\", \"text\": \"What a match!\"}'",
-                    "curl -s --data-binary @erin.xpm localhost:8080/v1/profiles"],
+    "xpeft-predict": [
+        "xpeft predict --profiles profiles/ < requests.jsonl > answers.jsonl",
+        'echo \'{"profile": "alice", "text": "What a match!"}\' | xpeft predict -P all.xps',
+    ],
+    "xpeft-serve": [
+        "xpeft serve --profiles profiles/ --port 8080",
+        'curl -s localhost:8080/v1/classify -d \'{"profile": "alice", "text": "What a match!"}\'',
+        "curl -s --data-binary @erin.xpm localhost:8080/v1/profiles",
+    ],
     "xpeft-verify": ["xpeft verify profiles/*.xpm --bank bank || echo 'some profiles failed'"],
 }
 
@@ -92,17 +113,27 @@ def render(path: list[str], cmd) -> tuple[str, str]:
     title = page.upper()
     help_text = (cmd.help or "").strip()
     summary = help_text.splitlines()[0] if help_text else ""
-    lines = [f'.TH {_esc(title)} 1 "{DATE}" "xpeft {__version__}" "xpeft manual"', ".SH NAME",
-             f"{_esc(page)} \\- {_esc(summary)}", ".SH SYNOPSIS",
-             f"\\fB{_esc(' '.join(path))}\\fR " + ("COMMAND [OPTIONS]" if hasattr(cmd, "commands") else "[OPTIONS]"
-                                                  + "".join(f" {a.name.upper()}" for a in cmd.params
-                                                            if a.param_type_name == "argument"))]
+    lines = [
+        f'.TH {_esc(title)} 1 "{DATE}" "xpeft {__version__}" "xpeft manual"',
+        ".SH NAME",
+        f"{_esc(page)} \\- {_esc(summary)}",
+        ".SH SYNOPSIS",
+        f"\\fB{_esc(' '.join(path))}\\fR "
+        + (
+            "COMMAND [OPTIONS]"
+            if hasattr(cmd, "commands")
+            else "[OPTIONS]" + "".join(f" {a.name.upper()}" for a in cmd.params if a.param_type_name == "argument")
+        ),
+    ]
     lines += [".SH DESCRIPTION", _esc(help_text)]
     if hasattr(cmd, "commands"):
         lines += [".SH COMMANDS"]
         for name, sub in sorted(cmd.commands.items()):
-            lines += [".TP", f"\\fB{_esc(name)}\\fR", _esc((sub.help or "").strip().splitlines()[0] if sub.help else ""),
-                      ]
+            lines += [
+                ".TP",
+                f"\\fB{_esc(name)}\\fR",
+                _esc((sub.help or "").strip().splitlines()[0] if sub.help else ""),
+            ]
     opts = _option_lines(cmd, path[-1])
     if opts:
         lines += [".SH OPTIONS"] + opts

@@ -1,4 +1,5 @@
 """Printing: one JSON object on stdout with --json, rich tables otherwise, progress on stderr."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import sys
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.text import Text
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,8 +47,14 @@ def progress(description: str, enabled: bool):
     if not enabled or not stderr.is_terminal:
         yield lambda step, total, loss: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task(description, total=None, loss=float("nan"))
 

@@ -1,6 +1,8 @@
 """`xpeft pack`, `xpeft unpack`, `xpeft verify`: move profiles between forms and check them."""
+
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -9,10 +11,10 @@ import numpy as np
 import typer
 
 from ..atomic import atomic_write_text, atomic_write_with
-from ..names import profile_filename
 from ..errors import DataError, IntegrityError, UsageError, XpeftError
+from ..names import profile_filename
 from . import output
-from .common import JsonOpt, QuietOpt, OptPath, OptStr
+from .common import JsonOpt, OptPath, OptStr, QuietOpt
 from .inspect_cmd import recorded_bank_hash
 
 
@@ -29,9 +31,9 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def _profiles(path: Path, k: int | None = None) -> list:
-    from ..store import Store
-    from ..store import is_store
+    from ..store import Store, is_store
     from ..xpm import read_xpm
+
     if path.name.endswith(".safetensors"):  # a fit checkpoint (xpeft fit --checkpoint-every)
         from ..checkpoint import profile_from_checkpoint
 
@@ -43,19 +45,35 @@ def _profiles(path: Path, k: int | None = None) -> list:
 
 
 def pack(
-    inputs: List[Path] = typer.Argument(..., help=".xpm files, stores, fit checkpoints (*.ckpt.safetensors), "
-                                        "or folders of them."),
+    inputs: List[Path] = typer.Argument(
+        ..., help=".xpm files, stores, fit checkpoints (*.ckpt.safetensors), or folders of them."
+    ),
     out: Path = typer.Option(..., "--output", "-o", help="An .xpm (one input) or an .xps store (any number)."),
-    k: Optional[int] = typer.Option(None, "--k", min=1, max=65535, help="Turn soft profiles into hard ones selecting k adapters."),
+    k: Optional[int] = typer.Option(
+        None, "--k", min=1, max=65535, help="Turn soft profiles into hard ones selecting k adapters."
+    ),
     masks_only: bool = typer.Option(False, "--masks-only", help="Drop LN, head, labels and meta (bank supplies them)."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
     """Convert profiles (soft → hard with --k, a fit checkpoint → .xpm, masks-only) or pack many into a store (.xps)."""
-    from ..profile import harden
-    from ..profile import strip_to_masks
+    from ..atomic import locked
+
+    # Adding to a store reads it and writes it back: hold its lock throughout, so that two packs into
+    # one store (or a pack and a serving `POST /v1/profiles`) follow each other and lose nothing.
+    with locked(out) if out.suffix == ".xps" else contextlib.nullcontext():
+        res = _pack(inputs, out, k, masks_only)
+    if json_out:
+        output.emit_json(res)
+    elif not quiet:
+        output.stdout.print(f"wrote {out}: {res['profiles']} profile(s), {res['bytes']:,} bytes")
+
+
+def _pack(inputs: list[Path], out: Path, k: int | None, masks_only: bool) -> dict:
+    from ..profile import harden, strip_to_masks
     from ..store import write_store
     from ..xpm import write_xpm
+
     profiles = [p for path in _expand(inputs) for p in _profiles(path, k)]
     if not profiles:
         raise DataError("no profiles found in the inputs")
@@ -66,8 +84,10 @@ def pack(
                 raise UsageError(f"--k must be in 1..{p.n}")
             p = harden(p, k)
         elif k is not None and p.mask_kind == "sign":
-            raise UsageError(f"{p.name!r} has sign masks (every adapter joins, with a sign): --k selects adapters "
-                             "of soft profiles only")
+            raise UsageError(
+                f"{p.name!r} has sign masks (every adapter joins, with a sign): --k selects adapters "
+                "of soft profiles only"
+            )
         elif k is not None and k != p.k:
             raise UsageError(f"{p.name!r} is already hard with k={p.k}; its logits are gone, so k cannot change")
         converted.append(strip_to_masks(p) if masks_only else p)
@@ -77,12 +97,12 @@ def pack(
         size = write_xpm(converted[0], out)
     else:
         raise UsageError(f"{len(converted)} profiles need a store: name the output *.xps")
-    res = {"output": str(out), "profiles": len(converted), "bytes": size,
-           "bytes_per_profile": round(size / len(converted), 1)}
-    if json_out:
-        output.emit_json(res)
-    elif not quiet:
-        output.stdout.print(f"wrote {out}: {len(converted)} profile(s), {size:,} bytes")
+    return {
+        "output": str(out),
+        "profiles": len(converted),
+        "bytes": size,
+        "bytes_per_profile": round(size / len(converted), 1),
+    }
 
 
 def _save_npy(path, array) -> None:
@@ -95,15 +115,19 @@ def unpack(
     out: OptPath = typer.Option(None, "--output", "-o", help="JSON file (default: stdout)."),
     npy: OptPath = typer.Option(None, "--npy", help="Write arrays as .npy files into this folder instead."),
     name: OptStr = typer.Option(None, "--name", help="From a store: only this profile (an O(1) lookup)."),
-    json_out: bool = typer.Option(False, "--json", help="With --output or --npy: print one JSON object saying what "
-                                  "was written (without them stdout carries the decoded JSON itself)."),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="With --output or --npy: print one JSON object saying what "
+        "was written (without them stdout carries the decoded JSON itself).",
+    ),
     quiet: bool = QuietOpt,
 ) -> None:
     """Decode profiles to JSON (lossless) or to NumPy .npy arrays plus a JSON summary."""
     from ..profile import profile_to_json
-    from ..store import Store
-    from ..store import is_store
+    from ..store import Store, is_store
     from ..xpm import read_xpm
+
     if is_store(file):
         with Store(file) as s:
             profiles = [s.get(name)] if name else list(s)
@@ -113,8 +137,14 @@ def unpack(
         npy.mkdir(parents=True, exist_ok=True)
         for p in profiles:
             stem = profile_filename(p.name)  # a name read from a file is never a path (names.py)
-            arrays = {"mask_a": p.mask_a, "mask_b": p.mask_b, "ln_weight": p.ln_weight, "ln_bias": p.ln_bias,
-                      "head_weight": p.head_weight, "head_bias": p.head_bias}
+            arrays = {
+                "mask_a": p.mask_a,
+                "mask_b": p.mask_b,
+                "ln_weight": p.ln_weight,
+                "ln_bias": p.ln_bias,
+                "head_weight": p.head_weight,
+                "head_bias": p.head_bias,
+            }
             for key, arr in arrays.items():
                 if arr is not None:
                     atomic_write_with(npy / f"{stem}.{key}.npy", lambda tmp, a=arr: _save_npy(tmp, a))
@@ -122,8 +152,11 @@ def unpack(
             atomic_write_text(npy / f"{stem}.json", json.dumps(summary, indent=2) + "\n")
         _unpacked({"output": str(npy), "format": "npy", "profiles": len(profiles)}, json_out, quiet)
         return
-    doc = profile_to_json(profiles[0]) if len(profiles) == 1 and not is_store(file) else \
-        {"profiles": [profile_to_json(p) for p in profiles]}
+    doc = (
+        profile_to_json(profiles[0])
+        if len(profiles) == 1 and not is_store(file)
+        else {"profiles": [profile_to_json(p) for p in profiles]}
+    )
     text = json.dumps(doc) + "\n"
     if out:
         atomic_write_text(out, text)
@@ -148,9 +181,9 @@ def verify(
     quiet: bool = QuietOpt,
 ) -> None:
     """Check many profiles: readable, checksums intact, and (with --bank) of that bank. Exit 4 if any fails."""
-    from ..store import Store
-    from ..store import is_store
+    from ..store import Store, is_store
     from ..xpm import read_xpm_full
+
     expected = recorded_bank_hash(bank) if bank else None
     results = []
     for path in _expand(files):

@@ -1,4 +1,5 @@
 """`xpeft plot …`: PNG figures of masks and training runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,15 +9,15 @@ import typer
 
 from ..errors import DataError
 from . import output
-from .common import JsonOpt, QuietOpt, SEED_MAX
+from .common import SEED_MAX, JsonOpt, QuietOpt
 
 app = typer.Typer(help="PNG figures: mask t-SNE, mask heatmaps, loss curves.", no_args_is_help=True)
 
 
 def _profiles(paths: list[Path]) -> list:
-    from ..store import Store
-    from ..store import is_store
+    from ..store import Store, is_store
     from ..xpm import read_xpm
+
     out = []
     for p in paths:
         if p.is_dir():
@@ -40,33 +41,45 @@ def _done(res: dict, json_out: bool, quiet: bool) -> None:
 
 
 @app.command("masks")
-def masks(sources: List[Path] = typer.Argument(..., help="Profiles: folders of .xpm, .xps stores or .xpm files."),
-          out: Path = typer.Option(Path("masks.png"), "--output", "-o"),
-          seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="t-SNE seed."),
-          perplexity: float = typer.Option(30.0, "--perplexity", min=1, max=10_000),
-          json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def masks(
+    sources: List[Path] = typer.Argument(..., help="Profiles: folders of .xpm, .xps stores or .xpm files."),
+    out: Path = typer.Option(Path("masks.png"), "--output", "-o"),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="t-SNE seed."),
+    perplexity: float = typer.Option(30.0, "--perplexity", min=1, max=10_000),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
     """t-SNE of the profiles' masks, coloured by each profile's majority training label (paper Fig. 3)."""
     from .. import plots
+
     _done(plots.plot_masks(_profiles(sources), out, seed, perplexity), json_out, quiet)
 
 
 @app.command("heatmap")
-def heatmap(files: List[Path] = typer.Argument(..., help=".xpm files."),
-            out: Path = typer.Option(Path("heatmap.png"), "--output", "-o"),
-            json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def heatmap(
+    files: List[Path] = typer.Argument(..., help=".xpm files."),
+    out: Path = typer.Option(Path("heatmap.png"), "--output", "-o"),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
     """M_A and M_B of each profile as site × adapter images (paper Fig. 6)."""
     from .. import plots
+
     _done(plots.plot_heatmap(_profiles(files), out), json_out, quiet)
 
 
 @app.command("curves")
-def curves(logs: List[Path] = typer.Argument(..., help="Fit logs (JSONL written by 'xpeft fit --log')."),
-           out: Path = typer.Option(Path("curves.png"), "--output", "-o"),
-           smooth: int = typer.Option(10, "--smooth", min=1, max=1_000_000, help="Running-mean window in steps."),
-           label: Optional[List[str]] = typer.Option(None, "--label", help="A legend name per log, in order."),
-           json_out: bool = JsonOpt, quiet: bool = QuietOpt) -> None:
+def curves(
+    logs: List[Path] = typer.Argument(..., help="Fit logs (JSONL written by 'xpeft fit --log')."),
+    out: Path = typer.Option(Path("curves.png"), "--output", "-o"),
+    smooth: int = typer.Option(10, "--smooth", min=1, max=1_000_000, help="Running-mean window in steps."),
+    label: Optional[List[str]] = typer.Option(None, "--label", help="A legend name per log, in order."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
     """Training loss against step, one line per log (paper Fig. 5)."""
     from .. import plots
+
     for p in logs:
         if not p.is_file():
             raise DataError(f"{p}: no such log file")

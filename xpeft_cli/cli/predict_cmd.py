@@ -1,4 +1,5 @@
 """`xpeft predict`: JSONL requests (a profile per row) in, JSONL answers out, in order."""
+
 from __future__ import annotations
 
 import json
@@ -11,27 +12,40 @@ import typer
 from ..atomic import atomic_write_text
 from ..errors import DataError, UsageError
 from . import output
-from .common import CacheGbOpt, BankOpt, ModelOpt, OptStr, QuietOpt, BATCH_MAX, TOKENS_MAX
+from .common import BATCH_MAX, TOKENS_MAX, BankOpt, CacheGbOpt, ModelOpt, OptStr, QuietOpt
 
 
 def predict(
-    profiles: Path = typer.Option(..., "--profiles", "-P", help="A folder of NAME.xpm files, an .xps store, or "
-                                  "one .xpm file."),
-    data: str = typer.Option("-", "--data", "-d", help="Requests, JSONL: {\"profile\", \"text\", [\"text_pair\"], "
-                             "[\"id\"]} per line; '-' reads standard input."),
+    profiles: Path = typer.Option(
+        ..., "--profiles", "-P", help="A folder of NAME.xpm files, an .xps store, or one .xpm file."
+    ),
+    data: str = typer.Option(
+        "-",
+        "--data",
+        "-d",
+        help='Requests, JSONL: {"profile", "text", ["text_pair"], ["id"]} per line; \'-\' reads standard input.',
+    ),
     out: OptStr = typer.Option(None, "--output", "-o", help="Answers file (default: standard output)."),
     bank_dir: Path = BankOpt,
     batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
-    max_length: int = typer.Option(None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per request (default: each profile's own, "
-                                   "as fitted)."),
+    max_length: int = typer.Option(
+        None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per request (default: each profile's own, as fitted)."
+    ),
     device: str = typer.Option("auto", "--device"),
-    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="Replay each padded batch shape as a captured "
-                                     "CUDA graph (GPU only): removes kernel-launch time, pads rows to --batch-size "
-                                     "and lengths to a multiple of 32."),
+    cuda_graphs: bool = typer.Option(
+        False,
+        "--cuda-graphs",
+        help="Replay each padded batch shape as a captured "
+        "CUDA graph (GPU only): removes kernel-launch time, pads rows to --batch-size "
+        "and lengths to a multiple of 32.",
+    ),
     cache_gb: float = CacheGbOpt,
     model: OptStr = ModelOpt,
-    json_out: bool = typer.Option(False, "--json", help="With --output: print one JSON object saying what was "
-                                  "written (without it stdout carries the answers)."),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="With --output: print one JSON object saying what was written (without it stdout carries the answers).",
+    ),
     quiet: bool = QuietOpt,
 ) -> None:
     """Answer requests for many profiles with one model: one JSON line per request, in request order,
@@ -39,8 +53,8 @@ def predict(
     regression: "prediction" only). A line that cannot be answered gets {"line", "error"} and the rest
     go on; the exit status is then 3."""
     from ..bank import Bank
-    from ..serve import ProfileSource
-    from ..serve import stream_predict
+    from ..serve import ProfileSource, stream_predict
+
     if json_out and not out:
         raise UsageError("--json needs --output: without it stdout carries the answers")
     t0 = time.perf_counter()
@@ -49,15 +63,17 @@ def predict(
     collected: list[str] = []
     write = collected.append if out else _print_now
     if data == "-":
-        counts = stream_predict(bank, source, sys.stdin, "stdin", write, batch_size, max_length, device, cuda_graphs,
-                                cache_gb)
+        counts = stream_predict(
+            bank, source, sys.stdin, "stdin", write, batch_size, max_length, device, cuda_graphs, cache_gb
+        )
     else:
         try:
             with open(data, encoding="utf-8") as fh:
                 known = _profile_names(fh)  # loaded together up front: one table build for the whole file
                 fh.seek(0)
-                counts = stream_predict(bank, source, fh, data, write, batch_size, max_length, device, cuda_graphs,
-                                        cache_gb, known=known)
+                counts = stream_predict(
+                    bank, source, fh, data, write, batch_size, max_length, device, cuda_graphs, cache_gb, known=known
+                )
         except FileNotFoundError:
             raise DataError(f"{data}: no such requests file") from None
     total = counts["answers"] + counts["errors"]
@@ -66,10 +82,16 @@ def predict(
     if not total:
         raise DataError(f"{'stdin' if data == '-' else data}: no requests")
     if counts["errors"]:
-        raise DataError(f"{counts['errors']} of {total} requests could not be answered (error records in the "
-                        f"output; first: {counts['first_error']})")
-    res = {"output": out, "answers": counts["answers"], "profiles": counts["profiles"],
-           "seconds": round(time.perf_counter() - t0, 2)}
+        raise DataError(
+            f"{counts['errors']} of {total} requests could not be answered (error records in the "
+            f"output; first: {counts['first_error']})"
+        )
+    res = {
+        "output": out,
+        "answers": counts["answers"],
+        "profiles": counts["profiles"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     if not out:
         return
     if json_out:
