@@ -76,7 +76,7 @@ def test_random_bank_defaults(tiny_bank):
     assert [s.name for s in bank.sites] == [
         f"encoder.layer.{i}.{m}" for i in range(2) for m in ("attention.output.dense", "output.dense")
     ]
-    assert not (folder / "adapters.safetensors").exists()  # nothing big on disk
+    assert not list(folder.glob("adapters*.safetensors"))  # nothing big on disk
     m = json.loads((folder / "bank.json").read_text())
     assert m["bank_hash"] == bank.bank_hash and m["generator"]["seed"] == 3
 
@@ -110,9 +110,11 @@ def test_tampered_tensors_are_refused(tiny_bank, tmp_path):
 
     bank, _ = tiny_bank
     bank.save(tmp_path / "mat", materialize=True)
-    t = load_file(str(tmp_path / "mat" / "adapters.safetensors"))
+    (tensors,) = (tmp_path / "mat").glob("adapters-*.safetensors")  # named by content: adapters-<hash16>
+    assert tensors.name == f"adapters-{bank.bank_hash[:16]}.safetensors"
+    t = load_file(str(tensors))
     t["sites.1.B"][0, 0, 0] += 1e-3
-    save_file(t, str(tmp_path / "mat" / "adapters.safetensors"))
+    save_file(t, str(tensors))
     with pytest.raises(IntegrityError):
         Bank.load(tmp_path / "mat")
 

@@ -195,3 +195,128 @@ def test_pack_killed_keeps_the_old_store(tmp_path):
         assert names in ({f"p{i}" for i in range(20)}, {f"p{i}" for i in range(40)}), trial
         if len(names) == 20:
             assert store.read_bytes() == old
+
+
+def test_checkpoint_is_checksummed_and_its_position_range_checked(tiny_bert, tmp_path):
+    """A flipped bit anywhere in a checkpoint is refused (never resumed into another profile), and a
+    position outside the fit (epoch -3) is refused even with a recomputed checksum."""
+    import json as _json
+
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from xpeft_cli import checkpoint as ckpt
+    from xpeft_cli.config import FitConfig
+    from xpeft_cli.data import Examples
+    from xpeft_cli.errors import IntegrityError
+    from xpeft_cli.train import fit_profile
+
+    from helpers import make_bank
+
+    bank = make_bank(tiny_bert, tmp_path / "bank", n=8)
+    rows = sentiment_rows(24, 0)
+    ex = Examples([r["text"] for r in rows], None, [r["label"] for r in rows], "t")
+    cfg = FitConfig(epochs=2, batch_size=8, device="cpu", val_fraction=0)
+    path = tmp_path / "a.ckpt.safetensors"
+    whole = fit_profile(bank, ex, "a", cfg, checkpoint_path=path, checkpoint_every=2)
+    good = path.read_bytes()
+    from xpeft_cli.xpm import encode
+
+    resumed = fit_profile(bank, ex, "a", cfg, checkpoint_path=path, checkpoint_every=2, resume=True)
+    assert encode(resumed.profile) == encode(whole.profile)
+
+    flipped = bytearray(good)
+    flipped[-100] ^= 0x04  # inside the tensor data
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(IntegrityError, match="checksum"):
+        fit_profile(bank, ex, "a", cfg, checkpoint_path=path, checkpoint_every=2, resume=True)
+    with pytest.raises(IntegrityError, match="checksum"):
+        ckpt.profile_from_checkpoint(path)
+
+    path.write_bytes(good)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    meta["position"] = _json.dumps({"epoch": -3, "batch": 0, "step": 0})
+    meta["checksum"] = ckpt.checksum(meta, tensors)
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(IntegrityError, match="position"):
+        fit_profile(bank, ex, "a", cfg, checkpoint_path=path, checkpoint_every=2, resume=True)
+
+
+def test_bank_replacement_killed_leaves_a_loadable_bank(tmp_path, tiny_bert):
+    """`bank create --materialize --force` killed at random moments: the folder always loads, as the
+    old bank or the new one (tensors are named by content and the manifest switches last)."""
+    from xpeft_cli.bank import Bank
+
+    env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
+    env.pop("XPEFT_BANK", None)
+    make = [
+        sys.executable,
+        "-m",
+        "xpeft_cli",
+        "bank",
+        "create",
+        "--random",
+        "-n",
+        "2000",
+        "--materialize",
+        "-o",
+        "b",
+        "-q",
+    ]
+    assert subprocess.run(make, cwd=tmp_path, env=env).returncode == 0
+    Bank.load(tmp_path / "b")
+    rng = random.Random(2)
+    for trial in range(6):
+        proc = subprocess.Popen(make + ["--force", "--seed", str(trial + 1)], cwd=tmp_path, env=env)
+        time.sleep(1.0 + rng.random() * 2.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        Bank.load(tmp_path / "b")  # never a manifest without its tensors (IntegrityError otherwise)
+        assert len(list((tmp_path / "b").glob("adapters-*.safetensors"))) <= 2
+
+
+def test_multi_profile_fit_killed_leaves_every_file_whole(tmp_path, tiny_bert):
+    """A `--profile-column` fit writing into a folder of existing profiles, killed at random moments:
+    every .xpm there is complete (old or new), never torn."""
+    from xpeft_cli.xpm import read_xpm
+
+    env = dict(os.environ, XPEFT_MODEL=str(tiny_bert))
+    env.pop("XPEFT_BANK", None)
+    rows = [dict(r, who=f"u{i % 6}") for i, r in enumerate(sentiment_rows(120, 0))]
+    write_jsonl(tmp_path / "many.jsonl", rows)
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "xpeft_cli", "bank", "create", "--random", "-n", "64", "-q"], cwd=tmp_path, env=env
+        ).returncode
+        == 0
+    )
+    fit = [
+        sys.executable,
+        "-m",
+        "xpeft_cli",
+        "fit",
+        "--profile-column",
+        "who",
+        "-d",
+        "many.jsonl",
+        "-o",
+        "out",
+        "--epochs",
+        "1",
+        "-q",
+    ]
+    assert subprocess.run(fit, cwd=tmp_path, env=env).returncode == 0
+    rng = random.Random(3)
+    for trial in range(5):
+        proc = subprocess.Popen(fit + ["--seed", str(trial + 1)], cwd=tmp_path, env=env)
+        time.sleep(2.0 + rng.random() * 4.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        names = sorted(p.name for p in (tmp_path / "out").glob("*.xpm"))
+        assert len(names) == 6, names
+        for p in (tmp_path / "out").glob("*.xpm"):
+            read_xpm(p)  # complete: checksum and every section verify

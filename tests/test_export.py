@@ -59,3 +59,43 @@ def test_export_matches_peft_exactly(cli, fitted, tiny_bert):
 def test_export_refuses_a_normalising_ln(cli, fitted):
     code, _, err = cli("export", "alice.xpm", "--to", "peft", "-o", "out")
     assert code == 2 and "not linear" in err and len(err.strip().splitlines()) == 1
+
+
+def test_auto_peft_class_loads_the_export_and_the_head_gives_xpeft_answers(cli, fitted, tiny_bert):
+    """AutoPeftModelForFeatureExtraction infers its class from task_type; with the head written beside
+    the adapter (mean pooling, head.json) it answers as `xpeft predict` does. Files are 0644, and the
+    base model is named by what the bank names (here the tiny model's folder), never a resolved path."""
+    import os
+    import stat
+
+    from safetensors.torch import load_file
+
+    from xpeft_cli import Bank, read_xpm
+    from xpeft_cli.evaluate import model_for_profile
+    from xpeft_cli.model import mean_pool
+
+    assert cli("bank", "create", "--random", "-n", "16", "--ln", "none", "-o", "bank-nl")[0] == 0
+    assert cli("fit", "-p", "nl", "-d", "alice.jsonl", "--bank", "bank-nl", "--epochs", "2", "--quiet")[0] == 0
+    code, out, err = cli("export", "nl.xpm", "--bank", "bank-nl", "-o", "lora", "--json")
+    assert code == 0, err
+    cfg = json.loads((fitted / "lora" / "adapter_config.json").read_text())
+    assert cfg["task_type"] == "FEATURE_EXTRACTION" and cfg["base_model_name_or_path"] == str(tiny_bert)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (fitted / "lora").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f  # 0644 under the usual umask 022
+
+    auto = peft.AutoPeftModelForFeatureExtraction.from_pretrained(str(fitted / "lora")).eval()
+    head = load_file(str(fitted / "lora" / "head.safetensors"))
+    meta = json.loads((fitted / "lora" / "head.json").read_text())
+    assert meta["pooling"] == "mean" and meta["labels"] == ["neg", "pos"]
+    bank = Bank.load(fitted / "bank-nl")
+    ours, _, _ = model_for_profile(bank, read_xpm(fitted / "nl.xpm"), "cpu")
+    ids = torch.randint(5, 60, (4, 11), generator=torch.Generator().manual_seed(2))
+    attn = torch.ones_like(ids)
+    attn[0, 7:] = 0
+    with torch.no_grad():
+        hidden = auto(input_ids=ids, attention_mask=attn).last_hidden_state
+        logits = mean_pool(hidden, attn) @ head["weight"].T + head["bias"]
+        expected = ours(ids, attn)
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)

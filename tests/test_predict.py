@@ -99,3 +99,51 @@ def test_predict_streams_answers_and_reports_bad_lines_in_place(cli, fitted):
     assert proc.returncode == 3
     lines = [l for l in err.splitlines() if l.strip()]
     assert len(lines) == 1 and "3 of 5 requests could not be answered" in lines[0]
+
+
+def test_eval_scores_rows_with_labels_the_profile_never_saw(cli, fitted):
+    """A test label unseen in training does not stop `eval`: such rows count as errors and are counted."""
+    import json as _json
+
+    rows = sentiment_rows(12, 1) + [{"text": "the film was fine today", "label": "meh"}] * 3
+    write_jsonl(fitted / "mixed.jsonl", rows)
+    code, out, err = cli("eval", "-p", "alice.xpm", "--data", "mixed.jsonl", "--json")
+    assert code == 0, err
+    m = _json.loads(out)["metrics"]
+    assert m["unseen_labels"] == {"meh": 3} and m["n"] == 15
+    code, out, _ = cli("eval", "-p", "alice.xpm", "--data", "alice_test.jsonl", "--json")
+    known = _json.loads(out)["metrics"]
+    assert "unseen_labels" not in known
+    assert m["accuracy"] == pytest.approx(known["accuracy"] * 12 / 15)  # alice_test.jsonl's 12 rows + 3 errors
+
+
+def test_a_profile_remembers_its_columns(cli, fitted):
+    """Fitted from other column names, a profile keeps them: `eval` reads the same columns untold, and a
+    missing column's message names the option that picks another."""
+    import json as _json
+
+    rename = [{"sentence": r["text"], "y": r["label"]} for r in sentiment_rows(40, 0)]
+    write_jsonl(fitted / "renamed.jsonl", rename)
+    write_jsonl(
+        fitted / "renamed_test.jsonl", [{"sentence": r["text"], "y": r["label"]} for r in sentiment_rows(12, 1)]
+    )
+    code, _, err = cli("fit", "-p", "ren", "-d", "renamed.jsonl", "--epochs", "1", "--quiet")
+    assert code == 3 and "--text-column" in err
+    code, _, err = cli(
+        "fit",
+        "-p",
+        "ren",
+        "-d",
+        "renamed.jsonl",
+        "--text-column",
+        "sentence",
+        "--label-column",
+        "y",
+        "--epochs",
+        "1",
+        "-q",
+    )
+    assert code == 0, err
+    code, out, err = cli("eval", "-p", "ren.xpm", "-d", "renamed_test.jsonl", "--json")
+    assert code == 0, err
+    assert _json.loads(out)["metrics"]["n"] == 12

@@ -276,3 +276,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_bert, tmp_path):
         grads.append(torch.cat([m.sites[0].logits_a.grad, m.sites[1].ln.weight.grad]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=0)
+
+
+def test_curves_draw_every_step_even_of_a_short_log(cli, tmp_path):
+    """The running mean starts at step 1 (the first steps are not dropped) and a one-step log still
+    draws its point."""
+    import numpy as np
+
+    from xpeft_cli.plots import running_mean
+
+    np.testing.assert_allclose(running_mean([4.0, 2.0, 0.0, 2.0], 2), [4.0, 3.0, 1.0, 1.0])
+    np.testing.assert_allclose(running_mean([1.0, 3.0], 10), [1.0, 2.0])
+    (tmp_path / "short.fit.jsonl").write_text('{"epoch": 1, "step": 1, "loss": 0.7}\n')
+    r = _run(cli, ["plot", "curves", str(tmp_path / "short.fit.jsonl"), "-o", str(tmp_path / "s.png"), "--json"])
+    assert r.code == 0 and json.loads(r.out)["final_loss"] == {"short": 0.7}

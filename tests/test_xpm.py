@@ -196,3 +196,21 @@ def test_devices_and_pipes_are_refused_without_reading(tmp_path):
         read_xpm_full(fifo)
     with pytest.raises(DataError, match="is a directory"):
         read_xpm_full(tmp_path)
+
+
+def test_describing_a_large_hard_profile_keeps_bits_as_bits():
+    """N = 65,535, L = 128, k = 32,768: a 2 MB file. Describing it (inspect --json, GET /v1/profiles)
+    lists no 8 million indices; it says how to get the masks as arrays."""
+    import json
+
+    from xpeft_cli.describe import describe_decoded
+
+    n, L, k = 65535, 128, 32768
+    m = np.zeros((L, n), dtype=bool)
+    m[:, :k] = True
+    p = Profile(name="big", mask_kind="hard", n=n, L=L, k=k, bank_hash=HASH, mask_a=m, mask_b=m)
+    info = describe_decoded(decode(encode(p)))
+    assert info["selected"] is None and "unpack --npy" in info["selected_omitted"]
+    assert len(json.dumps(info)) < 2000
+    small = describe_decoded(decode(encode(hard_profile())))
+    assert len(small["selected"]) == 12 and len(small["selected"][0]["A"]) == 50

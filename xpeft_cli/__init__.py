@@ -27,6 +27,10 @@ _EXPORTS = {
     "predict_profile": "evaluate",
     "MaskSpec": "masks",
     "XPeftModel": "model",
+    "XPeftConfig": "peft_api",
+    "XPeftModelForSequenceClassification": "peft_api",
+    "get_xpeft_model": "peft_api",
+    "xpeft_optimizer": "peft_api",
     "resolve_model": "plm",
     "load_encoder": "plm",
     "Profile": "profile",
@@ -54,6 +58,10 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "XPeftConfig",
+    "XPeftModelForSequenceClassification",
+    "get_xpeft_model",
+    "xpeft_optimizer",
     "Bank",
     "SiteConfig",
     "Columns",

@@ -1,7 +1,7 @@
 """The adapter bank: N LoRA adapters per site, shared by every profile.
 
 A bank is a folder with `bank.json` (the manifest, see formats/bank.md) and, for trained
-or materialised banks, `adapters.safetensors`. A random bank stores no tensors: it is
+or materialised banks, `adapters-<hash>.safetensors`. A random bank stores no tensors: it is
 regenerated from its seed by the portable generator in rng.py and checked against the
 recorded bank hash, so a random bank and its materialised copy have the same hash.
 """
@@ -30,7 +30,7 @@ MAX_ADAPTERS = 65535  # the .xpm header stores N in 16 bits
 # A random bank whose tensors would take more than this is checked against its hash a chunk of
 # adapters at a time *before* it is regenerated: a forged 1 KB manifest (n_adapters: 65535) must
 # not cost gigabytes to refuse.
-STREAM_ABOVE = 1 << 30
+STREAM_ABOVE = 64 << 20  # banks above this are hash-checked while streamed, before they are held
 MAX_WIDTH = 1 << 20  # d_in, d_out of a site: far above any PLM's
 
 
@@ -90,6 +90,13 @@ class Bank:
     folder: Path | None = None
     head: SharedHead | None = None
     origin: dict | None = None  # how a trained bank was made (method, profiles, data), for `bank info`
+    # The PLM's config and tokenizer fingerprint (plm.files_fingerprint): a new bank takes it from its PLM
+    # and its hash covers it; a bank made before it existed ("") keeps the hash it had.
+    plm_files: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.plm_files is None:
+            self.plm_files = self.plm.files
 
     # ---- identity -------------------------------------------------------------------
     def canonical_header(self) -> bytes:
@@ -105,6 +112,8 @@ class Bank:
         }
         if self.head is not None:  # only then: random banks keep the hash they always had
             header["head"] = self.head.to_json()
+        if self.plm_files:  # likewise: banks made before it was recorded keep their hash
+            header["plm_files"] = self.plm_files
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
     def compute_hash(self) -> str:
@@ -119,7 +128,7 @@ class Bank:
             h.update(_le_bytes(self.head.bias))
         return h.hexdigest()
 
-    def streamed_hash(self, chunk_bytes: int = 64 << 20) -> str:
+    def streamed_hash(self, chunk_bytes: int = 1 << 20) -> str:
         """compute_hash of a random bank without holding its tensors: the generator makes any run of
         adapters alone, so they are hashed a chunk at a time, in the order compute_hash reads them."""
         if self.generator is None:
@@ -166,10 +175,10 @@ class Bank:
         hidden = int(model_config.hidden_size)
         if rank is None:
             rank = max(1, hidden // 16)
-        if not 1 <= rank <= 65535:
-            raise UsageError(f"--rank must be between 1 and 65535, got {rank}")
-        if not (math.isfinite(init_scale) and init_scale > 0):
-            raise UsageError(f"--init-scale must be a finite number above 0, got {init_scale}")
+        if not 1 <= rank <= min(min(s.d_in, s.d_out) for s in sites):
+            raise UsageError(f"--rank must be between 1 and the narrowest site's width, got {rank}")
+        if not (math.isfinite(init_scale) and 1e-6 <= init_scale <= 1e6):
+            raise UsageError(f"--init-scale must be between 1e-6 and 1e6, got {init_scale}")
         gen = {
             "name": rng.GENERATOR_NAME,
             "seed": int(seed),
@@ -198,19 +207,28 @@ class Bank:
             "format": BANK_FORMAT,
             "kind": self.kind,
             "bank_hash": self.bank_hash,
-            "plm": {"ref": self.plm.ref, "fingerprint": self.plm.fingerprint, "model_type": self.model_type},
+            "plm": {"ref": self.plm.ref, "fingerprint": self.plm.fingerprint, "model_type": self.model_type}
+            | ({"files_fingerprint": self.plm_files} if self.plm_files else {}),
             "n_adapters": self.n,
             "rank": self.rank,
             "dtype": "float32",
             "sites": [{"name": s.name, "d_in": s.d_in, "d_out": s.d_out} for s in self.sites],
             "config": self.config.to_json(),
             "generator": self.generator,
-            "tensors": TENSORS if materialized else None,
+            "tensors": self.tensors_name() if materialized else None,
             "head": None if self.head is None else self.head.to_json(),
             "origin": self.origin,
         }
 
+    def tensors_name(self) -> str:
+        """The tensor file's name, by content (`adapters-<first 16 hex of the bank hash>.safetensors`): a
+        replaced bank's new tensors never overwrite the file the old manifest names."""
+        return f"adapters-{self.bank_hash[:16]}.safetensors" if self.bank_hash else TENSORS
+
     def save(self, folder: str | Path, materialize: bool = False) -> Path:
+        """Write the bank crash-safely: the tensors under their own name, then the manifest (atomic), then
+        the files no manifest names any more. Killed at any point, the folder holds a manifest and the
+        complete tensor file it names: the old bank or the new one."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.kind != "random":
@@ -226,9 +244,13 @@ class Bank:
                 tensors["head.weight"] = self.head.weight.float().contiguous()
                 tensors["head.bias"] = self.head.bias.float().contiguous()
             atomic_write_with(
-                folder / TENSORS, lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash})
+                folder / self.tensors_name(),
+                lambda p: save_file(tensors, str(p), metadata={"bank_hash": self.bank_hash}),
             )
         atomic_write_text(folder / MANIFEST, json.dumps(self.manifest(materialize), indent=2) + "\n")
+        for old in folder.glob("adapters*.safetensors"):  # the replaced bank's tensors, once nothing names them
+            if not materialize or old.name != self.tensors_name():
+                old.unlink(missing_ok=True)
         self.folder = folder
         return folder
 
@@ -243,7 +265,9 @@ class Bank:
             n, rank = int(m["n_adapters"]), int(m["rank"])
             config = SiteConfig(**m.get("config", {}))
             plm_info = m["plm"]
-        except (ValueError, KeyError, TypeError) as exc:
+            ref, fingerprint = str(plm_info["ref"]), str(plm_info["fingerprint"])
+            files = str(plm_info.get("files_fingerprint", ""))
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             raise IntegrityError(f"{path}: malformed bank manifest ({exc.__class__.__name__}: {exc})") from None
         if not (
             1 <= n <= MAX_ADAPTERS
@@ -252,15 +276,21 @@ class Bank:
             and all(1 <= s.d_in <= MAX_WIDTH and 1 <= s.d_out <= MAX_WIDTH for s in sites)
         ):
             raise IntegrityError(f"{path}: n_adapters, rank or site widths out of range")
-        plm = resolve_model(model or plm_info["ref"])
-        if plm.fingerprint != plm_info["fingerprint"]:
+        plm = resolve_model(model or ref)
+        if plm.fingerprint != fingerprint:
             raise IntegrityError(
                 f"model {plm.ref} (sha256 {plm.fingerprint[:12]}…) is not the PLM this bank was made for "
-                f"(sha256 {plm_info['fingerprint'][:12]}…)"
+                f"(sha256 {fingerprint[:12]}…)"
             )
+        if files and plm.files != files:
+            raise IntegrityError(
+                f"model {plm.ref}: its config or tokenizer files (sha256 {plm.files[:12]}…) are not those this "
+                f"bank was made with (sha256 {files[:12]}…)"
+            )
+        _check_sites(path, plm, sites, rank)  # before anything is generated: a forged size costs nothing
         bank = cls(
             plm=plm,
-            model_type=plm_info.get("model_type", ""),
+            model_type=str(plm_info.get("model_type", "")),
             sites=sites,
             n=n,
             rank=rank,
@@ -271,16 +301,26 @@ class Bank:
             config=config,
             folder=folder,
             origin=m.get("origin"),
+            plm_files=files,
         )
         verified = False
         if m.get("tensors"):
             tensors = m["tensors"]
             # a file name inside the bank folder, never a path that leaves it
-            if not isinstance(tensors, str) or Path(tensors).name != tensors or tensors in (".", ".."):
+            if (
+                not isinstance(tensors, str)
+                or Path(tensors).name != tensors
+                or tensors in (".", "..")
+                or not 1 <= len(tensors.encode("utf-8", "surrogatepass")) <= 255
+                or "\0" in tensors
+            ):
                 raise IntegrityError(f"{path}: 'tensors' must name a file inside the bank folder, got {tensors!r}")
             bank.A, bank.B, bank.head = _load_tensors(folder / tensors, sites, n, rank, m.get("head"))
         elif isinstance(bank.generator, dict) and bank.generator.get("name") == rng.GENERATOR_NAME:
             try:
+                scale = float(bank.generator.get("init_scale", 1.0))
+                if not 1e-6 <= scale <= 1e6:  # `bank create --init-scale`'s range: values stay finite in float32
+                    raise ValueError(f"init_scale {scale!r} is outside [1e-6, 1e6]")
                 if bank.tensor_bytes() > STREAM_ABOVE:
                     if bank.streamed_hash() != m.get("bank_hash"):
                         raise IntegrityError(
@@ -321,6 +361,22 @@ def stack_by_shape(
     ]
 
 
+def _check_sites(path: Path, plm: PLMRef, sites: list[Site], rank: int) -> None:
+    """Every site must be a Linear of this PLM with the manifest's widths, and the rank at most the
+    site's narrower side: checked from the weights' headers, so a forged manifest is refused before
+    its adapters are generated (a 1 KB file must not cost gigabytes)."""
+    from .plm import linear_shape, weight_shapes
+
+    shapes = weight_shapes(plm)
+    if not shapes:
+        return  # a PLM without safetensors weights is refused when it is loaded
+    for s in sites:
+        if linear_shape(shapes, s.name) != (s.d_out, s.d_in):
+            raise IntegrityError(f"{path}: site {s.name!r} ({s.d_in}→{s.d_out}) is not a Linear of this PLM")
+        if rank > min(s.d_in, s.d_out):
+            raise IntegrityError(f"{path}: rank {rank} is above site {s.name!r}'s width")
+
+
 def read_manifest(folder: str | Path) -> dict:
     """A bank's manifest as JSON, fast (no tensors). Missing: DataError; damaged: IntegrityError."""
     path = Path(folder) / MANIFEST
@@ -328,6 +384,8 @@ def read_manifest(folder: str | Path) -> dict:
         raise DataError(f"no bank at {folder} ({MANIFEST} missing); create one with 'xpeft bank create'")
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise IntegrityError(f"{path}: malformed bank manifest (JSON nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntegrityError(f"{path}: malformed bank manifest ({exc})") from None
     if not isinstance(m, dict) or m.get("format") != BANK_FORMAT or not isinstance(m.get("bank_hash"), str):

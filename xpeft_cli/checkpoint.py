@@ -2,7 +2,8 @@
 
 Tensors: trainable parameters, AdamW moments, and the RNG states (data order at the start of
 the epoch, Gumbel noise, dropout). Metadata (JSON strings): position, config, data fingerprint
-and the loss history. No pickle. Written atomically, so a kill leaves the previous checkpoint.
+and the loss history, and a SHA-256 `checksum` over all of it (a flipped bit is refused, never
+resumed). No pickle. Written atomically, so a kill leaves the previous checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +34,26 @@ class Position:
     epoch: int  # 1-based epoch in progress
     batch: int  # batches of that epoch already done
     step: int  # optimizer steps done in total
+
+
+def checksum(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the metadata (but its own `checksum`) and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a checkpoint whose checksum holds."""
+    meta, tensors = safetensors_file.read(path)
+    if meta.get("format") != FORMAT:
+        raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
+    if meta.get("checksum") != checksum(meta, tensors):
+        raise IntegrityError(f"{path}: checkpoint checksum mismatch (the file was changed or damaged)")
+    return meta, tensors
 
 
 def save(
@@ -74,18 +95,34 @@ def save(
             | {"sites": [n.removesuffix(".logits_a") for n, _ in model.named_parameters() if n.endswith(".logits_a")]}
         ),
     }
+    meta["checksum"] = checksum(meta, tensors)
     atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load(
-    path: Path, model, opt: torch.optim.Optimizer, gumbel: torch.Generator, config: dict, fingerprint: str
+    path: Path,
+    model,
+    opt: torch.optim.Optimizer,
+    gumbel: torch.Generator,
+    config: dict,
+    fingerprint: str,
+    batches: int,
+    epochs: int,
 ) -> tuple[Position, torch.Tensor, list[dict]]:
-    """Restore model, optimizer and RNGs; returns (position, data-order RNG state at epoch start, history)."""
+    """Restore model, optimizer and RNGs; returns (position, data-order RNG state at epoch start, history).
+    The position must lie inside this fit (`epochs` of `batches`) and agree with itself."""
     if not path.is_file():
         raise UsageError(f"--resume: no checkpoint at {path}")
-    meta, tensors = safetensors_file.read(path)
-    if meta.get("format") != FORMAT:
-        raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
+    meta, tensors = _verified(path)
+    try:
+        pos = Position(**json.loads(meta["position"]))
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (pos.epoch, pos.batch, pos.step))
+        ok = ok and 1 <= pos.epoch <= epochs and 0 <= pos.batch <= batches
+        ok = ok and pos.step == (pos.epoch - 1) * batches + pos.batch
+    except (KeyError, TypeError, ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"{path}: checkpoint position {meta.get('position')!r} is not a step of this fit")
     if json.loads(meta["config"]) != json.loads(json.dumps(config, sort_keys=True)):
         raise UsageError(f"--resume: {path} was written by a fit with other options")
     if meta["data"] != fingerprint:
@@ -107,15 +144,45 @@ def load(
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return Position(**json.loads(meta["position"])), tensors["rng.order"], json.loads(meta["history"])
+    return pos, tensors["rng.order"], json.loads(meta["history"])
 
 
 def profile_from_checkpoint(path: Path, k: int | None = None):
-    """The profile as it stood at a checkpoint: soft logits, or hard top-k bits (k from the fit, or `k`)."""
+    """The profile as it stood at a checkpoint: soft logits, or hard top-k bits (k from the fit, or `k`).
+
+    A checkpoint is untrusted input: whatever in it does not make a valid profile (metadata of the
+    wrong type, tensors of the wrong shape or kind, a profile the .xpm writer refuses) is an
+    IntegrityError naming the file."""
+    from .errors import DataError, XpeftError
+    from .xpm import encode
+
+    try:
+        profile = _profile_from_checkpoint(Path(path), k)
+        encode(profile)  # everything the .xpm reader would check
+        return profile
+    except (DataError, IntegrityError) as exc:
+        message = str(exc).removeprefix(f"{path}: ")
+        raise IntegrityError(f"{path}: damaged fit checkpoint ({message})") from None
+    except XpeftError:
+        raise
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
+        raise IntegrityError(f"{path}: damaged fit checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+
+
+def _profile_from_checkpoint(path: Path, k: int | None):
     from .profile import Profile, stored_masks
 
-    meta, tensors = safetensors_file.read(path, prefix="param.")
-    if meta.get("format") != FORMAT or "profile" not in meta:
+    meta, tensors = _verified(path)
+    if "profile" not in meta:
         raise IntegrityError(f"{path}: not an xpeft fit checkpoint")
     ident = json.loads(meta["profile"])
     try:

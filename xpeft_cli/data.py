@@ -137,20 +137,22 @@ def load_examples(path: str | Path, columns: Columns = Columns(), require_label:
     table = _load_table(path)
     have = sorted(table)
 
-    def column(name: str | None, required: bool) -> list | None:
+    def column(name: str | None, required: bool, option: str) -> list | None:
         if name is None:
             return None
         if name not in table:
             if required:
-                raise DataError(f"{path}: missing column {name!r} (columns: {', '.join(have)})")
+                raise DataError(
+                    f"{path}: missing column {name!r} (columns: {', '.join(have)}); name the one to use with {option}"
+                )
             return None
         return table[name]
 
-    texts = column(columns.text, True)
+    texts = column(columns.text, True, "--text-column")
     assert texts is not None  # required: column() raised otherwise
-    pairs = column(columns.text_pair, columns.text_pair is not None)
-    labels = column(columns.label, require_label)
-    profiles = column(columns.profile, columns.profile is not None)
+    pairs = column(columns.text_pair, columns.text_pair is not None, "--text-pair-column")
+    labels = column(columns.label, require_label, "--label-column")
+    profiles = column(columns.profile, columns.profile is not None, "--profile-column")
     if profiles is not None:
         for i, v in enumerate(profiles):
             if v is None or isinstance(v, (list, dict, bool)) or not str(v).strip():

@@ -9,6 +9,8 @@ from .baselines import read_adapter
 from .profile import Profile
 from .xpm import Decoded, decode, encode, read_xpm_full
 
+MAX_LISTED = 65536  # adapter indices listed per hard profile (k·L); beyond that, only counts
+
 
 def describe_decoded(dec: Decoded) -> dict:
     """A decoded .xpm: header, masks, labels, sections; for hard masks the chosen adapters, for sign
@@ -31,9 +33,12 @@ def describe_decoded(dec: Decoded) -> dict:
         "skipped_sections": dec.skipped_sections,
         "meta": p.meta,
     }
-    if p.mask_kind == "hard":
+    if p.mask_kind == "hard" and p.k * p.L <= MAX_LISTED:
         sel_a, sel_b = p.selected()
         info["selected"] = [{"site": l, "A": sel_a[l], "B": sel_b[l]} for l in range(p.L)]
+    elif p.mask_kind == "hard":  # bits stay bits: a 2 MB file must not become gigabytes of Python lists
+        info["selected"] = None
+        info["selected_omitted"] = f"k·L = {p.k * p.L:,} indices; 'xpeft unpack --npy' writes the masks as arrays"
     elif p.mask_kind == "sign":
         info["plus"] = [{"site": l, "A": int(p.mask_a[l].sum()), "B": int(p.mask_b[l].sum())} for l in range(p.L)]
     return info

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from .bank import Bank
 from .baselines import AdapterProfile, BaselineModel, read_adapter
 from .batches import predict_outputs, score
-from .data import Examples, encode_labels
+from .data import Examples, encode_labels, label_key
 from .distributed import pick_device
 from .errors import DataError, IntegrityError
 from .masks import MaskSpec
@@ -69,7 +70,13 @@ def with_bank_head(bank: Bank, profile: AnyProfile) -> AnyProfile:
 
 
 def default_max_length(profile: AnyProfile) -> int:
-    return int(profile.meta.get("fit", {}).get("max_length", 128))
+    """The token limit the profile was fitted with (its metadata), 128 if it does not say. Metadata is
+    free-form JSON inside a file that verifies, so what it says is checked before it is used."""
+    fit = profile.meta.get("fit", {}) if isinstance(profile.meta, dict) else {}
+    value = fit.get("max_length", 128) if isinstance(fit, dict) else 128
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 16:
+        raise IntegrityError(f"profile {profile.name!r}: metadata max_length {value!r} is not a token count")
+    return value
 
 
 def evaluate_profile(
@@ -81,17 +88,29 @@ def evaluate_profile(
     device: str = "auto",
     force: bool = False,
 ) -> tuple[dict, list]:
-    """(metrics, predictions); predictions are label names, or numbers for regression."""
+    """(metrics, predictions); predictions are label names, or numbers for regression.
+
+    Test rows whose label the profile never saw are scored (the profile cannot predict them, so they
+    count as errors) and counted in metrics["unseen_labels"], rather than stopping the evaluation."""
     if data.labels is None:
         raise DataError(f"{data.source}: evaluation data needs labels")
     profile = with_bank_head(bank, profile)
-    targets = encode_labels(data, profile.task, profile.labels)
+    unseen: Counter = Counter()
+    if profile.task == TASK_REGRESSION:
+        targets = encode_labels(data, profile.task, profile.labels)
+    else:
+        known = {n: i for i, n in enumerate(profile.labels or [])}
+        keys = [label_key(v) for v in data.labels]
+        unseen = Counter(k for k in keys if k not in known)
+        targets = [known.get(k, -1) for k in keys]  # -1: a class the profile does not have
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
     metrics, preds = score(
         model, tok, data, targets, profile.num_outputs, batch_size, max_length or default_max_length(profile), dev
     )
     if profile.task != TASK_REGRESSION:
         preds = [profile.labels[i] for i in preds]
+    if unseen:
+        metrics["unseen_labels"] = dict(unseen.most_common())
     return metrics, preds
 
 

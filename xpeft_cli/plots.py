@@ -58,10 +58,14 @@ def plot_masks(profiles: list[Profile], out: Path, seed: int = 0, perplexity: fl
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 6))
     cats = [c for c, _ in Counter(labels).most_common()]
-    cmap = plt.get_cmap("tab20")
+    # tab10's ten distinct colours, then the same colours with other marker shapes: tab20's pairs are
+    # two shades of one hue, which read as one category
+    cmap, markers = plt.get_cmap("tab10"), "osD^vP*Xph"
     for i, c in enumerate(cats):
         pts = emb[[j for j, lab in enumerate(labels) if lab == c]]
-        ax.scatter(pts[:, 0], pts[:, 1], s=28, color=cmap(i % 20), label=f"{c} ({len(pts)})")
+        ax.scatter(
+            pts[:, 0], pts[:, 1], s=28, color=cmap(i % 10), marker=markers[(i // 10) % 10], label=f"{c} ({len(pts)})"
+        )
     ax.set_title(f"t-SNE of {len(profiles)} profiles' masks (colour: majority label)")
     ax.legend(fontsize=7, loc="best", markerscale=0.8, frameon=False)
     ax.set_xticks([])
@@ -78,17 +82,23 @@ def plot_heatmap(profiles: list[Profile], out: Path) -> dict:
     for row, p in zip(axes, profiles):
         wa, wb = mixing_weights(p)
         for ax, w, which in zip(row, (wa, wb), ("A", "B")):
-            if p.mask_kind == "sign":  # ±1/N: a diverging map centred on 0
-                lim = float(w.abs().max())
-                im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="coolwarm", vmin=-lim, vmax=lim)
+            from matplotlib.colors import ListedColormap
+
+            if p.mask_kind in ("sign", "hard"):  # two values per mask: two colours, a two-entry colour bar
+                states = (w > 0).float().numpy()
+                names = ("−1/N", "+1/N") if p.mask_kind == "sign" else ("not chosen", f"chosen (1/{p.k})")
+                two = ListedColormap(["#3b6fb6", "#d1495b"] if p.mask_kind == "sign" else ["#f0f0f0", "#1b4f72"])
+                im = ax.imshow(states, aspect="auto", interpolation="nearest", cmap=two, vmin=-0.5, vmax=1.5)
+                bar = fig.colorbar(im, ax=ax, fraction=0.025, ticks=[0, 1])
+                bar.ax.set_yticklabels(names, fontsize=7)
             else:
                 im = ax.imshow(w.numpy(), aspect="auto", interpolation="nearest", cmap="viridis")
+                fig.colorbar(im, ax=ax, fraction=0.025)
             ax.set_title(
                 f"{p.name}: M_{which} ({p.mask_kind}{', k=%d' % p.k if p.mask_kind == 'hard' else ''})", fontsize=9
             )
             ax.set_ylabel("site")
             ax.set_xlabel("adapter")
-            fig.colorbar(im, ax=ax, fraction=0.025)
     fig.tight_layout()
     return {"output": str(out), "profiles": [p.name for p in profiles], "bytes": _save(fig, out)}
 
@@ -108,6 +118,15 @@ def read_curve(path: Path) -> tuple[list[int], list[float]]:
     return steps, losses
 
 
+def running_mean(values: list[float], window: int) -> np.ndarray:
+    """The mean of the last `window` values at every position (of fewer at the start): one point per
+    step, so the first steps of a fit are drawn too."""
+    w = max(1, window)
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, dtype=np.float64)]))
+    idx = np.arange(1, len(values) + 1)
+    return (c[idx] - c[np.maximum(0, idx - w)]) / np.minimum(idx, w)
+
+
 def plot_curves(paths: list[Path], out: Path, smooth: int = 10, labels: list[str] | None = None) -> dict:
     """Training loss against step for each fit log (Fig. 5), smoothed by a running mean."""
     plt = _plt()
@@ -115,10 +134,9 @@ def plot_curves(paths: list[Path], out: Path, smooth: int = 10, labels: list[str
     finals = {}
     for i, path in enumerate(paths):
         steps, losses = read_curve(path)
-        w = max(1, min(smooth, len(losses)))
-        y = np.convolve(losses, np.ones(w) / w, mode="valid")
+        y = running_mean(losses, smooth)
         name = labels[i] if labels and i < len(labels) else Path(path).name.removesuffix(".jsonl").removesuffix(".fit")
-        ax.plot(steps[w - 1 :], y, label=name, lw=1.4)
+        ax.plot(steps, y, label=name, lw=1.4, marker="o" if len(steps) < 3 else None)
         finals[name] = float(y[-1])
     ax.set_xlabel("step")
     ax.set_ylabel(f"training loss (running mean of {smooth})")

@@ -133,6 +133,12 @@ def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> N
         )
     if profile.L != len(model.sites) or profile.n != model.sites[0].logits_a.numel():
         raise IntegrityError("profile shape (L, N) does not match the bank")
+    widths = {s.ln.normalized_shape[0] for s in model.sites if s.ln is not None}
+    if profile.ln_weight is not None and (not widths or set(np.shape(profile.ln_weight)[1:]) != widths):
+        raise IntegrityError(f"profile {profile.name!r}: its LN section does not fit this bank's rank")
+    if profile.head_weight is not None and profile.task == TASK_CLASSIFICATION:
+        if not profile.labels or len(profile.labels) != np.shape(profile.head_weight)[0]:
+            raise IntegrityError(f"profile {profile.name!r}: a classification head needs one label per output")
     model.spec.kind = profile.mask_kind
     if profile.mask_kind in ("hard", "sign"):
         if profile.mask_kind == "hard":

@@ -46,13 +46,23 @@ def stream_key(seed: int, site: int, tensor: int, adapter: int) -> int:
     return k
 
 
+def stream_keys(seed: int, site: int, tensor: int, adapters: range) -> np.ndarray:
+    """stream_key of every adapter in `adapters` at once (uint64): the last mixing step vectorised."""
+    k = mix64(seed + GAMMA)
+    for v in (site, tensor):
+        k = mix64(k ^ ((v + GAMMA) & MASK64))
+    ids = np.arange(adapters.start, adapters.stop, adapters.step, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix64_array(np.uint64(k) ^ (ids + np.uint64(GAMMA)))
+
+
 def uniform_block(seed: int, site: int, tensor: int, adapters: range, numel: int, bound: float) -> np.ndarray:
     """float32 array (len(adapters), numel) with values uniform in (-bound, bound).
 
     element e of adapter i: h = mix64(key(i) + (e+1)*GAMMA); m = h >> 40 (24 bits);
     value = float32(((2m + 1 - 2**24) / 2**24) * bound), computed in float64.
     """
-    keys = np.array([stream_key(seed, site, tensor, i) for i in adapters], dtype=np.uint64)
+    keys = stream_keys(seed, site, tensor, adapters)
     counters = np.arange(1, numel + 1, dtype=np.uint64) * np.uint64(GAMMA)
     with np.errstate(over="ignore"):
         h = _mix64_array(keys[:, None] + counters[None, :])

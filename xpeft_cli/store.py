@@ -142,15 +142,21 @@ class Store:
                 if p.name == name:
                     return p
             slot = (slot + 1) & (self.buckets - 1)
+        self._check_index()  # "no such profile" only from an index that is intact
         raise DataError(f"{self.path}: no profile named {name!r}")
 
-    def __iter__(self) -> Iterator[Profile]:
-        """All profiles in file order; also verifies the index checksum."""
+    def _check_index(self) -> bytes:
+        """The whole index, after checking its checksum (a damaged index is exit 4, never a miss)."""
         self._fh.seek(self.index_offset)
         index = self._fh.read(self.buckets * ENTRY.size)
         (crc,) = struct.unpack("<I", self._fh.read(4))
         if zlib.crc32(index) != crc:
             raise IntegrityError(f"{self.path}: not a valid store: index checksum mismatch")
+        return index
+
+    def __iter__(self) -> Iterator[Profile]:
+        """All profiles in file order; also verifies the index checksum."""
+        index = self._check_index()
         entries = sorted(
             (e for e in (ENTRY.unpack_from(index, i * ENTRY.size) for i in range(self.buckets)) if e[0]),
             key=lambda e: e[1],

@@ -285,7 +285,7 @@ def _epochs(
     pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
     if resume:
         pos, order_state, history = ckpt.load(
-            checkpoints.path, model, opt, gumbel, checkpoints.config, checkpoints.fingerprint
+            checkpoints.path, model, opt, gumbel, checkpoints.config, checkpoints.fingerprint, n_batches, cfg.epochs
         )
         order_gen.set_state(order_state)
     val_metrics, step = None, pos.step

@@ -118,7 +118,9 @@ def create(
         help="PLM folder or cached hub id (default: the bundled all-MiniLM-L6-v2).",
     ),
     output_dir: Path = typer.Option(Path("bank"), "--output", "-o", envvar="XPEFT_BANK", help="Bank folder to write."),
-    materialize: bool = typer.Option(False, "--materialize", help="Also write the tensors (adapters.safetensors)."),
+    materialize: bool = typer.Option(
+        False, "--materialize", help="Also write the tensors (adapters-<hash>.safetensors)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bank in that folder."),
     devices: int = DevicesOpt,
     precision: str = PrecisionOpt,
@@ -200,6 +202,12 @@ def create(
             f"rank {bank.rank}, model {plm.ref}" + (", shared head" if bank.head is not None else "")
         )
         output.stdout.print(f"bank hash {bank.bank_hash}")
+        if bank.config.ln:
+            output.note(
+                "note: its profiles do not export as peft LoRA adapters (LN(x Â) B̂ is not a LoRA); "
+                "--ln none makes a bank whose profiles do",
+                quiet,
+            )
 
 
 @app.command("info")
@@ -222,6 +230,14 @@ def info(
         t.add_row(key, str(m.get(key)))
     t.add_row("model", f"{m['plm']['ref']} (sha256 {m['plm']['fingerprint']})")
     t.add_row("sites", ", ".join(s["name"] for s in m["sites"]))
+    ln = bool(m.get("config", {}).get("ln", True)) if isinstance(m.get("config"), dict) else True
+    t.add_row(
+        "export to peft",
+        "no: the sites normalise the bottleneck (LN(x Â) B̂), which no LoRA equals; a bank made with "
+        "--ln none exports exactly"
+        if ln
+        else "yes, exactly (xpeft export --to peft)",
+    )
     if m.get("generator"):
         t.add_row("generator", json.dumps(m.get("generator")))
     if m.get("head"):

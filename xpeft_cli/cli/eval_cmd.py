@@ -99,6 +99,13 @@ def evaluate(
     if (data is None) == (task_preset is None):
         raise UsageError("give the data with --data FILE or --task PRESET (one of them)")
     prof = read_profile(profile)
+    fit = prof.meta.get("fit") if isinstance(prof.meta, dict) else None
+    recorded = fit.get("columns") if isinstance(fit, dict) else None
+    if isinstance(recorded, dict):  # the columns the profile was fitted from, unless others are named
+        named = {k: v for k, v in recorded.items() if isinstance(v, str) and v}  # metadata is untrusted
+        text_column = named.get("text", "text") if text_column == "text" else text_column
+        text_pair_column = named.get("text_pair") if text_pair_column is None else text_pair_column
+        label_column = named.get("label", "label") if label_column == "label" else label_column
     if task_preset:
         p = preset(task_preset)
         examples = load_split(p, "dev", data_dir).examples
@@ -115,6 +122,13 @@ def evaluate(
     metrics, preds = evaluate_profile(
         bank, prof, examples, batch_size=batch_size, max_length=max_length, device=device, force=force
     )
+    if metrics.get("unseen_labels"):
+        unseen = metrics["unseen_labels"]
+        output.note(
+            f"note: {sum(unseen.values())} test rows have labels the profile was not fitted on "
+            f"({', '.join(map(str, list(unseen)[:5]))}); they count as errors",
+            quiet or json_out,
+        )
     if task_preset:
         metrics = official_metrics(
             p,

@@ -17,10 +17,17 @@ def export(
     to: str = typer.Option("peft", "--to", help="Target format: peft."),
     bank_dir: Path = BankOpt,
     model: OptStr = ModelOpt,
+    base_model: OptStr = typer.Option(
+        None,
+        "--base-model",
+        help="How adapter_config.json names the base model (default: the bundled PLM's hub id, "
+        "else the bank's model reference); e.g. a local folder for offline loading.",
+    ),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Write a profile as a peft LoRA adapter that PeftModel.from_pretrained loads on the bank's PLM."""
+    """Write a profile as a peft LoRA adapter (FEATURE_EXTRACTION) that AutoPeftModelForFeatureExtraction
+    loads, with the mean-pooled head beside it (head.safetensors, head.json)."""
     from ..bank import Bank
     from ..export import export_peft
     from ..xpm import read_xpm
@@ -31,7 +38,7 @@ def export(
     prof = read_xpm(profile)
     if prof.bank_hash != bank.bank_hash:
         raise IntegrityError(f"{profile} was fitted on another bank than {bank_dir}")
-    res = export_peft(bank, prof, out)
+    res = export_peft(bank, prof, out, base_model=base_model)
     if json_out:
         output.emit_json(res)
     elif not quiet:

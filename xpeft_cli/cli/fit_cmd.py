@@ -290,6 +290,7 @@ def fit(
         )
     if not main:
         return
+    remember_columns(result.profile, cols)
     if method == "x-peft":
         size = write_xpm(result.profile, out)
         sections, k_used = read_xpm_full(out).sizes, result.profile.k
@@ -323,6 +324,14 @@ def fit(
             val = ", ".join(f"{k} {v:.3f}" for k, v in result.val_metrics.items() if k != "n" and isinstance(v, float))
             val = f"; validation ({result.val_metrics['n']} rows): {val}"
         output.stdout.print(f"wrote {out} ({size} bytes) in {result.seconds:.1f}s, {result.steps} steps{val}")
+
+
+def remember_columns(profile, cols) -> None:
+    """Keep the data's column names in the profile's metadata when they are not the defaults, so that
+    `eval` reads the same columns without being told again."""
+    named = {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label}
+    if named != {"text": "text", "text_pair": None, "label": "label"}:
+        profile.meta.setdefault("fit", {})["columns"] = named
 
 
 def _labels(labels: str | None) -> list[str] | None:
@@ -365,6 +374,8 @@ def _fit_many(cfg, *, data, cols, bank_dir, model, out, log, eval_data, max_batc
         )
     if not main:
         return
+    for prof in result.profiles.values():
+        remember_columns(prof, cols)
     files, total = write_profiles(result, out)
     method, mask = cfg.method, cfg.mask
     accs = [m["accuracy"] for m in result.val_metrics.values() if "accuracy" in m]

@@ -59,7 +59,9 @@ def inspect(
             t.add_row("bank match", "yes" if info["bank_match"] else f"NO ({bank} is another bank)")
         t.add_row("sections", ", ".join(f"{k} {v} B" for k, v in info["sections"].items()))
         output.stdout.print(t)
-        if "selected" in info:
+        if info.get("selected_omitted"):
+            output.stdout.print(f"selected adapters: not listed ({info['selected_omitted']})")
+        if info.get("selected"):
             s = Table("site", "A: selected adapters", "B: selected adapters", box=None)
             for row in info["selected"]:
                 s.add_row(str(row["site"]), " ".join(map(str, row["A"])), " ".join(map(str, row["B"])))

@@ -35,7 +35,7 @@ ENVIRONMENT = [
 ]
 FILES = [
     ("bank/bank.json", "Bank manifest with the bank hash (formats/bank.md)."),
-    ("bank/adapters.safetensors", "Bank tensors, for trained or materialised banks."),
+    ("bank/adapters-<hash>.safetensors", "Bank tensors, for trained or materialised banks (named by content)."),
     ("PROFILE.xpm", "A profile (formats/xpm.md, xpeft-xpm(5))."),
     ("PROFILE.fit.jsonl", "Loss and validation log of a fit, one JSON object per line."),
 ]
