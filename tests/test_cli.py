@@ -370,3 +370,18 @@ def test_verify_json_failure_is_its_own_single_object(cli, fitted):
     (fitted / "cut.xpm").write_bytes((fitted / "alice.xpm").read_bytes()[:-9])
     code, out, _ = cli("verify", "alice.xpm", "cut.xpm", "--json")
     assert code == 4 and json.loads(out)["failed"] == 1
+
+
+def test_every_option_has_help_and_one_meaning_for_profiles():
+    """Help for every option of every command; `--profiles` always names a collection of profiles."""
+    missing = [
+        (" ".join(path), p.opts)
+        for path, cmd in _commands()
+        for p in cmd.params
+        if getattr(p, "param_type_name", "") == "option" and not p.help
+    ]
+    assert not missing, missing
+    with_profiles = sorted(
+        " ".join(path) for path, cmd in _commands() for p in cmd.params if "--profiles" in getattr(p, "opts", [])
+    )
+    assert with_profiles == ["eval", "predict", "serve"]  # a folder or store of profiles; a count is --profile-count

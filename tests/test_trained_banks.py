@@ -66,7 +66,7 @@ def test_mtl_bank_shares_its_head_and_profiles_are_masks_only(cli, tiny_bert, tm
             str(data),
             "--profile-column",
             "author",
-            "--profiles",
+            "--profile-count",
             "3",
             "--method",
             "mtl",

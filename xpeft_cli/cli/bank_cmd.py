@@ -73,12 +73,12 @@ def create(
     from_profiles: OptPath = typer.Option(
         None,
         "--from-profiles",
-        help="Train the bank: one LoRA per profile of this labelled file (the --profiles largest profiles).",
+        help="Train the bank: one LoRA per profile of this labelled file (the --profile-count largest profiles).",
     ),
     profile_column: str = typer.Option("profile", "--profile-column", help="Column naming each row's profile."),
     profiles: int = typer.Option(
         40,
-        "--profiles",
+        "--profile-count",
         min=1,
         max=1_000_000,
         help="How many profiles (the ones with the most rows, ties by name) give the bank its adapters.",
@@ -109,7 +109,9 @@ def create(
     max_length: int = typer.Option(128, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example."),
     text_column: str = TextCol,
     label_column: str = LabelCol,
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to train (--from-profiles): auto (a GPU when there is one), cpu, cuda, cuda:1 …"
+    ),
     model: OptStr = typer.Option(
         None,
         "--model",

@@ -35,15 +35,17 @@ def glue(
         help="Folder holding glue/ and superglue/.",
     ),
     out: Path = typer.Option(Path("bench-glue"), "--output", "-o", help="Results folder (cells are resumed)."),
-    epochs: int = typer.Option(3, "--epochs", min=1, max=EPOCHS_MAX),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, max=BATCH_MAX),
-    k: int = typer.Option(D.k, "--k", min=1, max=65535),
-    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
+    epochs: int = typer.Option(3, "--epochs", min=1, max=EPOCHS_MAX, help="Training epochs of every cell."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, max=BATCH_MAX, help="Rows per training step."),
+    k: int = typer.Option(D.k, "--k", min=1, max=65535, help="Adapters selected per site by hard masks."),
+    seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of every fit."),
     max_train_rows: Optional[int] = typer.Option(
         None, "--max-train-rows", min=1, max=ROWS_MAX, help="Seeded sample of at most this many training rows per task."
     ),
-    max_length: int = typer.Option(D.max_length, "--max-length", min=1, max=TOKENS_MAX),
-    device: str = typer.Option("auto", "--device"),
+    max_length: int = typer.Option(D.max_length, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example."),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
+    ),
     model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", help="PLM (default: the bundled one)."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,

@@ -51,7 +51,7 @@ def evaluate(
         help="Folder holding glue/ and superglue/ (for --task).",
     ),
     bank_dir: Path = BankOpt,
-    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX, help="Rows per forward pass."),
     max_length: int = typer.Option(
         None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (default: as fitted)."
     ),
@@ -59,7 +59,9 @@ def evaluate(
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
     predictions: OptPath = typer.Option(None, "--predictions", help="Also write one JSON line per row."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
+    ),
     force: bool = typer.Option(
         False,
         "--force",

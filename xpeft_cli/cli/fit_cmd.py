@@ -93,8 +93,8 @@ def fit(
     k: int = typer.Option(
         D.k, "--k", min=1, max=65535, help="Adapters selected per site by a hard mask (capped at N)."
     ),
-    epochs: int = typer.Option(D.epochs, "--epochs", min=1, max=EPOCHS_MAX),
-    batch_size: int = typer.Option(D.batch_size, "--batch-size", min=1, max=BATCH_MAX),
+    epochs: int = typer.Option(D.epochs, "--epochs", min=1, max=EPOCHS_MAX, help="Passes over the training rows."),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size", min=1, max=BATCH_MAX, help="Rows per training step."),
     lr_masks: float = typer.Option(
         D.lr_masks, "--lr-masks", min=0, max=LR_MAX, help="Learning rate of the mask logits."
     ),
@@ -107,7 +107,9 @@ def fit(
     ),
     nu: float = typer.Option(D.nu, "--nu", min=0, max=100, help="Gumbel noise level ν (hard masks)."),
     tau: float = typer.Option(D.tau, "--tau", min=1e-6, max=100, help="Softmax temperature τ (hard masks)."),
-    seed: int = typer.Option(D.seed, "--seed", min=0, max=SEED_MAX),
+    seed: int = typer.Option(
+        D.seed, "--seed", min=0, max=SEED_MAX, help="Seed of the data order, holdout, noise and head."
+    ),
     max_length: int = typer.Option(
         D.max_length, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (truncation)."
     ),

@@ -43,9 +43,11 @@ def _done(res: dict, json_out: bool, quiet: bool) -> None:
 @app.command("masks")
 def masks(
     sources: List[Path] = typer.Argument(..., help="Profiles: folders of .xpm, .xps stores or .xpm files."),
-    out: Path = typer.Option(Path("masks.png"), "--output", "-o"),
+    out: Path = typer.Option(Path("masks.png"), "--output", "-o", help="PNG file to write."),
     seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="t-SNE seed."),
-    perplexity: float = typer.Option(30.0, "--perplexity", min=1, max=10_000),
+    perplexity: float = typer.Option(
+        30.0, "--perplexity", min=1, max=10_000, help="t-SNE perplexity (capped below the profile count)."
+    ),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -58,7 +60,7 @@ def masks(
 @app.command("heatmap")
 def heatmap(
     files: List[Path] = typer.Argument(..., help=".xpm files."),
-    out: Path = typer.Option(Path("heatmap.png"), "--output", "-o"),
+    out: Path = typer.Option(Path("heatmap.png"), "--output", "-o", help="PNG file to write."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -71,7 +73,7 @@ def heatmap(
 @app.command("curves")
 def curves(
     logs: List[Path] = typer.Argument(..., help="Fit logs (JSONL written by 'xpeft fit --log')."),
-    out: Path = typer.Option(Path("curves.png"), "--output", "-o"),
+    out: Path = typer.Option(Path("curves.png"), "--output", "-o", help="PNG file to write."),
     smooth: int = typer.Option(10, "--smooth", min=1, max=1_000_000, help="Running-mean window in steps."),
     label: Optional[List[str]] = typer.Option(None, "--label", help="A legend name per log, in order."),
     json_out: bool = JsonOpt,

@@ -27,11 +27,13 @@ def predict(
     ),
     out: OptStr = typer.Option(None, "--output", "-o", help="Answers file (default: standard output)."),
     bank_dir: Path = BankOpt,
-    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, max=BATCH_MAX, help="Request rows per forward pass."),
     max_length: int = typer.Option(
         None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per request (default: each profile's own, as fitted)."
     ),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option(
+        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
+    ),
     cuda_graphs: bool = typer.Option(
         False,
         "--cuda-graphs",
