@@ -60,6 +60,20 @@ def read_bank(folder: Path, model: str) -> None:
 
 
 # ---- fit checkpoints ---------------------------------------------------------------------------
+def make_peft_reader(model: str):
+    """`bank create --from-peft`'s reader, with the PLM loaded once (a folder holds the adapter)."""
+    from xpeft_cli.bank_build import from_peft
+    from xpeft_cli.plm import load_encoder, resolve_model
+
+    plm = resolve_model(model)
+    encoder, _ = load_encoder(plm)
+
+    def read(path: Path) -> None:
+        from_peft(plm, encoder, [path.parent])
+
+    return read
+
+
 def read_checkpoint(path: Path) -> None:
     from xpeft_cli.checkpoint import profile_from_checkpoint
 
@@ -104,6 +118,18 @@ def build_seeds(tmp: Path) -> dict:
         p = fit_profile(bank, ex, f"p{i}", FitConfig(epochs=1, batch_size=12, device="cpu", val_fraction=0, seed=i))
         profiles.append(p.profile)
     write_store(profiles, tmp / "s.xps")
+    import peft
+
+    lora = peft.get_peft_model(
+        enc, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["attention.output.dense", "output.dense"])
+    )
+    import torch
+
+    torch.manual_seed(0)
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # peft starts B at 0; a trained adapter's is not
+            p.data.normal_(0, 0.02)
+    lora.save_pretrained(str(tmp / "peft"))
     jsonl = "".join(json.dumps(r) + "\n" for r in rows)
     csv = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows)
     tsv = "text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in rows)
@@ -112,6 +138,8 @@ def build_seeds(tmp: Path) -> dict:
         "store": (tmp / "s.xps").read_bytes(),
         "manifest": (tmp / "bank" / "bank.json").read_bytes(),
         "checkpoint": (tmp / "a.ckpt.safetensors").read_bytes(),
+        "peft_config": (tmp / "peft" / "adapter_config.json").read_bytes(),
+        "peft_tensors": (tmp / "peft" / "adapter_model.safetensors").read_bytes(),
         "data": {".jsonl": jsonl.encode(), ".csv": csv.encode(), ".tsv": tsv.encode()},
     }
 
@@ -128,6 +156,17 @@ def run_case(kind: str, seeds: dict, rng: random.Random, work: Path) -> tuple[Pa
     elif kind == "checkpoint":
         data = checkpoint_structured(seeds["checkpoint"], rng) if structured else blind(seeds["checkpoint"], rng)
         path = work / "case.ckpt.safetensors"
+    elif kind == "peft":  # one of the two files mutated, the other as saved
+        folder = work / "peft"
+        folder.mkdir(exist_ok=True)
+        cfg, st = seeds["peft_config"], seeds["peft_tensors"]
+        if rng.random() < 0.5:
+            cfg = manifest_structured(cfg, rng) if structured else blind(cfg, rng)
+        else:
+            st = checkpoint_structured(st, rng) if structured else blind(st, rng)
+        (folder / "adapter_config.json").write_bytes(cfg)
+        (folder / "adapter_model.safetensors").write_bytes(st)
+        return folder / "adapter_config.json", len(cfg) + len(st)
     else:
         suffix = rng.choice(sorted(seeds["data"]))
         base = seeds["data"][suffix]
@@ -143,6 +182,11 @@ def run_case(kind: str, seeds: dict, rng: random.Random, work: Path) -> tuple[Pa
 
 def run_case_seed(kind: str, seeds: dict, work: Path) -> Path:
     """The unmutated seed of `kind`, written where its cases go."""
+    if kind == "peft":
+        (work / "peft").mkdir(exist_ok=True)
+        (work / "peft" / "adapter_model.safetensors").write_bytes(seeds["peft_tensors"])
+        (work / "peft" / "adapter_config.json").write_bytes(seeds["peft_config"])
+        return work / "peft" / "adapter_config.json"
     path = {
         "store": work / "case.xps",
         "manifest": work / "bank" / "bank.json",
@@ -174,6 +218,7 @@ def work(job: int, jobs: int, cases: int, seed: int, share: dict, trace_every: i
         work_dir = Path(d)
         seeds = build_seeds(work_dir / "seed")
         readers["manifest"] = lambda path: read_bank(path.parent, seeds["model"])
+        readers["peft"] = make_peft_reader(seeds["model"])
         for kind, read in readers.items():  # one-time imports and caches, outside the measurement
             read(run_case_seed(kind, seeds, work_dir))
         plan = [k for k, c in counts.items() for _ in range(c)]
@@ -228,7 +273,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--share", default="store=0.55,checkpoint=0.3,manifest=0.145,data=0.005")
+    ap.add_argument("--share", default="store=0.5,checkpoint=0.3,manifest=0.145,peft=0.05,data=0.005")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--trace-every", type=int, default=10, help="measure allocation on every N-th case")
     ap.add_argument("--no-record", action="store_true", help="print only (CI's slice, tests)")

@@ -292,7 +292,7 @@ def test_the_command_line_starts_without_torch():
     code = (
         "import sys, xpeft_cli, xpeft_cli.cli.app; "
         "from xpeft_cli.cli.app import app; import typer; typer.main.get_command(app); "
-        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'fastapi') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'fastapi', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -385,3 +385,32 @@ def test_every_option_has_help_and_one_meaning_for_profiles():
         " ".join(path) for path, cmd in _commands() for p in cmd.params if "--profiles" in getattr(p, "opts", [])
     )
     assert with_profiles == ["eval", "predict", "serve"]  # a folder or store of profiles; a count is --profile-count
+
+
+def test_metadata_that_verifies_but_cannot_be_used_is_exit_4(cli, fitted):
+    """A file whose checksums hold can still carry what the model cannot use: a max_length of "abc" or
+    -5, an LN wider than the bank's rank, a classification head without labels. eval refuses each with
+    exit 4 and one line, where it used to crash (exit 1)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from xpeft_cli.xpm import read_xpm, write_xpm
+
+    good = read_xpm(fitted / "alice.xpm")
+    cases = {
+        "abc.xpm": replace(good, meta={"fit": {"max_length": "abc"}}),
+        "neg.xpm": replace(good, meta={"fit": {"max_length": -5}}),
+        "wide.xpm": replace(
+            good,
+            ln_weight=np.ones((good.L, good.ln_weight.shape[1] + 3), np.float32),
+            ln_bias=np.zeros((good.L, good.ln_weight.shape[1] + 3), np.float32),
+        ),
+        "nolabels.xpm": replace(good, labels=None),
+    }
+    for name, prof in cases.items():
+        write_xpm(prof, fitted / name)
+        assert cli("verify", name)[0] == 0  # the file itself is sound
+        code, _, err = cli("eval", "-p", name, "-d", "alice_test.jsonl")
+        assert code == 4, (name, err)
+        one_line_error(err)

@@ -290,3 +290,32 @@ def test_curves_draw_every_step_even_of_a_short_log(cli, tmp_path):
     (tmp_path / "short.fit.jsonl").write_text('{"epoch": 1, "step": 1, "loss": 0.7}\n')
     r = _run(cli, ["plot", "curves", str(tmp_path / "short.fit.jsonl"), "-o", str(tmp_path / "s.png"), "--json"])
     assert r.code == 0 and json.loads(r.out)["final_loss"] == {"short": 0.7}
+
+
+def test_forged_peft_configs_are_one_line_refusals(tiny_bert, tmp_path):
+    """r of the wrong type or range, a non-finite lora_alpha, deep JSON: DataError, never a crash."""
+    import peft
+
+    from xpeft_cli.bank_build import from_peft
+    from xpeft_cli.errors import DataError
+    from xpeft_cli.plm import resolve_model
+
+    plm = resolve_model(str(tiny_bert))
+    enc, _ = load_encoder(plm)
+    peft.get_peft_model(load_encoder(plm)[0], peft.LoraConfig(r=2, target_modules=["output.dense"])).save_pretrained(
+        str(tmp_path / "a")
+    )
+    good = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    for forged, needle in (
+        ({"r": "2"}, "r must be"),
+        ({"r": 0}, "r must be"),
+        ({"r": True}, "r must be"),
+        ({"lora_alpha": float("nan")}, "lora_alpha"),
+        ({"lora_alpha": None}, "lora_alpha"),
+    ):
+        (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(good | forged))
+        with pytest.raises(DataError, match=needle):
+            from_peft(plm, enc, [tmp_path / "a"])
+    (tmp_path / "a" / "adapter_config.json").write_text("[" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        from_peft(plm, enc, [tmp_path / "a"])

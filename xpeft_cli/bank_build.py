@@ -13,6 +13,7 @@ bottleneck LN (x Â B̂): a hard k=1 profile on such a bank *is* one of the sour
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -140,6 +141,8 @@ def from_peft(plm: PLMRef, encoder: torch.nn.Module, folders: list[Path], config
             )
         try:
             conf = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise DataError(f"{cfg_path}: JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{cfg_path}: not valid JSON ({exc})") from None
         if not isinstance(conf, dict) or conf.get("peft_type") != "LORA":
@@ -147,10 +150,14 @@ def from_peft(plm: PLMRef, encoder: torch.nn.Module, folders: list[Path], config
                 f"{cfg_path}: peft_type is {conf.get('peft_type') if isinstance(conf, dict) else None!r}, "
                 "only LORA adapters can join a bank"
             )
-        r = int(conf.get("r", 0))
+        r, alpha = conf.get("r", 0), conf.get("lora_alpha", conf.get("r", 0))
+        if not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= 65535):
+            raise DataError(f"{cfg_path}: r must be a whole number from 1 to 65535, got {r!r}")
+        if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha)):
+            raise DataError(f"{cfg_path}: lora_alpha must be a finite number, got {alpha!r}")
         if conf.get("use_dora") or conf.get("use_rslora"):
             raise DataError(f"{cfg_path}: DoRA / rsLoRA adapters are not plain LoRAs")
-        scale = float(conf.get("lora_alpha", r)) / r if r else 0.0
+        scale = float(alpha) / r
         _, tensors = safetensors_file.read(st_path)
         found = {}
         for key, t in tensors.items():

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 
 from ..atomic import atomic_write_text, atomic_write_with
@@ -106,6 +105,8 @@ def _pack(inputs: list[Path], out: Path, k: int | None, masks_only: bool) -> dic
 
 
 def _save_npy(path, array) -> None:
+    import numpy as np  # here, not at import: `xpeft --help` should not pay for numpy
+
     with open(path, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
 
