@@ -122,7 +122,7 @@ def main() -> None:
                     "create",
                     "--from-profiles",
                     train,
-                    "--profiles",
+                    "--profile-count",
                     "40",
                     "--method",
                     "mtl",

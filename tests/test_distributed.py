@@ -136,7 +136,7 @@ def test_mtl_bank_on_two_processes_sums_the_shared_head(dp):
             "create",
             "--from-profiles",
             "multi.jsonl",
-            "--profiles",
+            "--profile-count",
             "3",
             "--method",
             "mtl",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,7 +41,7 @@ def is_main_process() -> bool:
 class World:
     size: int = 1
     rank: int = 0
-    device: torch.device | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:

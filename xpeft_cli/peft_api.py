@@ -169,12 +169,15 @@ class XPeftModelForSequenceClassification(nn.Module):
         folder = Path(folder)
         config = XPeftConfig.from_pretrained(folder)
         if not isinstance(bank, Bank):
-            if bank is None:
+            where = bank
+            if where is None:
                 try:
-                    bank = json.loads((folder / "xpeft_bank.json").read_text(encoding="utf-8"))["folder"]
+                    where = json.loads((folder / "xpeft_bank.json").read_text(encoding="utf-8"))["folder"]
                 except (OSError, ValueError, KeyError, TypeError):
-                    raise UsageError(f"{folder}: give the bank (no recorded bank folder)") from None
-            bank = Bank.load(bank)
+                    where = None
+            if not isinstance(where, (str, Path)):
+                raise UsageError(f"{folder}: give the bank (no recorded bank folder)")
+            bank = Bank.load(where)
         profile = read_xpm(folder / PROFILE_NAME)
         if profile.bank_hash != bank.bank_hash:
             raise IntegrityError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -56,9 +56,13 @@ def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str
     """(task, class names) of a fit: the shared head's (an mtl bank's) if given, else from cfg and data."""
     if shared is not None:  # an mtl bank: its head and label set are every profile's
         return shared.task, shared.labels
+    if train.labels is None:
+        raise DataError(f"{train.source}: training data needs labels")
     task = infer_task(train.labels) if cfg.task == "auto" else cfg.task
-    names = (cfg.labels or label_names(train.labels)) if task == TASK_CLASSIFICATION else None
-    if task == TASK_CLASSIFICATION and len(names) < 2:
+    if task != TASK_CLASSIFICATION:
+        return task, None
+    names = cfg.labels or label_names(train.labels)
+    if len(names) < 2:
         raise DataError(f"{train.source}: training data has a single label ({names[0]!r}); need at least two")
     return task, names
 
@@ -75,6 +79,7 @@ def build_model(
     device: torch.device,
 ) -> tuple[EncoderClassifier, list[dict]]:
     """The model `cfg.method` trains, on `device`, and its param groups, each with its learning rate."""
+    model: Any  # an XPeftModel, a peft peer or a baseline: each has the head and the methods used here
     if cfg.method == "x-peft":
         spec = MaskSpec(kind=cfg.mask, k=k, nu=cfg.nu, tau=cfg.tau, generator=gumbel)
         model = XPeftModel(
@@ -93,6 +98,8 @@ def build_model(
             groups[2]["params"] = []
     elif cfg.method == "peft":
         from .peers import PeerModel  # peft is imported only for peers
+
+        assert cfg.peer, "FitConfig.validate() requires a peer for method peft"
 
         model = PeerModel(encoder, cfg.peer, [s.name for s in bank.sites], n_out, task=task, seed=cfg.seed).to(device)
         groups = model.parameter_groups(cfg.lr_adapter, cfg.lr_head)
@@ -163,7 +170,7 @@ def fit_profile(
     torch.manual_seed(cfg.seed)  # dropout inside the frozen PLM
     encoder, tokenizer = load_encoder(bank.plm)
     gumbel = torch.Generator(device=w.device).manual_seed(cfg.seed + 1)
-    n_out = 1 if task == TASK_REGRESSION else len(names)
+    n_out = 1 if names is None else len(names)  # task_and_labels gives names exactly for classification
     model, groups = build_model(bank, encoder, cfg, task, n_out, k, gumbel, shared, w.device)
     opt = make_optimizer(groups, w.device, capturable=cfg.cuda_graphs)
     max_len = min(cfg.max_length, max_tokens(encoder))
@@ -206,7 +213,14 @@ def fit_profile(
     )
     seconds = time.perf_counter() - t0
     profile = _profile(
-        model, bank, name, cfg, task, names, fit_metadata(cfg, k, task, train.labels, steps), own_head=shared is None
+        model,
+        bank,
+        name,
+        cfg,
+        task,
+        names,
+        fit_metadata(cfg, k, task, train.labels or [], steps),
+        own_head=shared is None,
     )
     return FitResult(profile, model, tokenizer, history, val_metrics, seconds, steps)
 
@@ -282,8 +296,10 @@ def _epochs(
     targets = torch.tensor(y_train, dtype=torch.float32 if task == TASK_REGRESSION else torch.long)
     enc_train = pretokenize(tokenizer, train, max_len)
     y_val = encode_labels(eval_data, task, names) if eval_data is not None else None
-    pos, history = ckpt.Position(epoch=1, batch=0, step=0), []
+    pos = ckpt.Position(epoch=1, batch=0, step=0)
+    history: list[dict] = []
     if resume:
+        assert checkpoints.path is not None  # fit_profile: --resume needs a checkpoint path
         pos, order_state, history = ckpt.load(
             checkpoints.path, model, opt, gumbel, checkpoints.config, checkpoints.fingerprint, n_batches, cfg.epochs
         )
@@ -306,7 +322,7 @@ def _epochs(
                 step += 1
                 loss_value = loss.item()
                 log.step({"epoch": epoch, "step": step, "loss": round(loss_value, 6)}, total, loss_value)
-                if checkpoints.due(step) and w.is_main:
+                if checkpoints.due(step) and w.is_main and checkpoints.path is not None:
                     log.flush()
                     ckpt.save(
                         checkpoints.path,
@@ -320,7 +336,7 @@ def _epochs(
                         log.history,
                         checkpoints.identity,
                     )
-            if eval_data is not None and w.is_main:  # the other ranks hold the same parameters
+            if eval_data is not None and y_val is not None and w.is_main:  # the other ranks hold the same parameters
                 val_metrics, _ = score(
                     model, tokenizer, eval_data, y_val, n_out, cfg.batch_size * 2, cfg.max_length, device, cfg.precision
                 )
