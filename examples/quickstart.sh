@@ -22,11 +22,11 @@ echo "== 3. what a profile file holds"
 xpeft inspect alice.xpm --bank bank
 
 echo "== 4. held-out accuracy"
-xpeft eval --profile alice.xpm --data "$here/alice_test.jsonl"
-xpeft eval --profile bob.xpm --data "$here/bob_test.jsonl"
+xpeft eval alice.xpm --data "$here/alice_test.jsonl"
+xpeft eval bob.xpm --data "$here/bob_test.jsonl"
 echo "-- the same sentences, labelled by each person's own profile:"
-xpeft eval --profile alice.xpm --data "$here/alice_test.jsonl" --predictions alice_predictions.jsonl --json >/dev/null
-xpeft eval --profile bob.xpm --data "$here/bob_test.jsonl" --predictions bob_predictions.jsonl --json >/dev/null
+xpeft eval alice.xpm --data "$here/alice_test.jsonl" --predictions alice_predictions.jsonl --json >/dev/null
+xpeft eval bob.xpm --data "$here/bob_test.jsonl" --predictions bob_predictions.jsonl --json >/dev/null
 python3 - <<'PY'
 import json
 alice = [json.loads(l) for l in open("alice_predictions.jsonl")]
@@ -36,6 +36,6 @@ for a, b in list(zip(alice, bob))[::6]:
 PY
 
 echo "== 5. Table 1, and the real files measured against the same profiles as LoRA adapters"
-xpeft report memory --bank bank --profile alice.xpm --profile bob.xpm
+xpeft report memory alice.xpm --bank bank --profile bob.xpm
 
 echo "== done in $(( $(date +%s) - start ))s; files in $(pwd)"

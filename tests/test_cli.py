@@ -414,3 +414,18 @@ def test_metadata_that_verifies_but_cannot_be_used_is_exit_4(cli, fitted):
         code, _, err = cli("eval", "-p", name, "-d", "alice_test.jsonl")
         assert code == 4, (name, err)
         one_line_error(err)
+
+
+def test_a_profile_file_to_score_is_an_argument(cli, fitted):
+    """`--profile` names a profile (fit); the file `eval` scores and `report memory` measures is an
+    argument. The old `-p FILE` spelling still works, hidden from --help."""
+    code, out, _ = cli("eval", "alice.xpm", "-d", "alice_test.jsonl", "--json")
+    assert code == 0 and json.loads(out)["profile"] == "alice"
+    code, old, _ = cli("eval", "-p", "alice.xpm", "-d", "alice_test.jsonl", "--json")
+    assert code == 0 and json.loads(old)["metrics"] == json.loads(out)["metrics"]
+    code, _, err = cli("eval", "alice.xpm", "-p", "alice.xpm", "-d", "alice_test.jsonl")
+    assert code == 2 and "once" in err
+    code, out, _ = cli("report", "memory", "alice.xpm", "--bank", "bank", "--json")
+    assert code == 0 and json.loads(out)["measured"][0]["profile"] == "alice"
+    help_text = cli("eval", "--help")[1]
+    assert "--profile " not in help_text and "FILE" in help_text

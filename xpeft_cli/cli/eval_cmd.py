@@ -27,7 +27,10 @@ from .common import (
 
 
 def evaluate(
-    profile: OptPath = typer.Option(None, "--profile", "-p", help="Profile file (.xpm, or a baseline's .safetensors)."),
+    file: OptPath = typer.Argument(None, metavar="FILE", help="Profile file (.xpm, or a baseline's .safetensors)."),
+    profile: OptPath = typer.Option(
+        None, "--profile", "-p", hidden=True, help="The profile file (old spelling of the FILE argument)."
+    ),
     profiles: OptPath = typer.Option(
         None,
         "--profiles",
@@ -80,8 +83,11 @@ def evaluate(
     from ..evaluate import evaluate_profile, read_profile, with_bank_head
     from ..tasks import load_split, official_metrics, preset
 
+    if file is not None and profile is not None:
+        raise UsageError("give the profile file once (as FILE)")
+    profile = file or profile  # `--profile` names a profile (fit); a file to score is an argument
     if (profile is None) == (profiles is None):
-        raise UsageError("give one profile with --profile FILE, or many with --profiles DIR|STORE")
+        raise UsageError("give one profile file (xpeft eval FILE …), or many with --profiles DIR|STORE")
     if profiles is not None:
         return _eval_many(
             profiles,

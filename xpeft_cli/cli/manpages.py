@@ -44,7 +44,7 @@ EXAMPLES = {
         "xpeft bank create --random -n 400",
         "xpeft fit --profile alice --data alice.jsonl",
         "xpeft inspect alice.xpm",
-        "xpeft eval --profile alice.xpm --data test.jsonl --json | jq .metrics",
+        "xpeft eval alice.xpm --data test.jsonl --json | jq .metrics",
     ],
     "xpeft-bank-create": [
         "xpeft bank create --random -n 400",
@@ -61,8 +61,8 @@ EXAMPLES = {
         "accelerate launch --num_processes 2 -m xpeft_cli fit -d authors.jsonl --profile-column author -o profiles/",
     ],
     "xpeft-inspect": ["xpeft inspect alice.xpm --bank bank", "xpeft inspect alice.xpm --json | jq .sections"],
-    "xpeft-eval": ["xpeft eval --profile alice.xpm --data alice_test.jsonl --predictions preds.jsonl"],
-    "xpeft-report-memory": ["xpeft report memory", "xpeft report memory --bank bank --profile alice.xpm --json"],
+    "xpeft-eval": ["xpeft eval alice.xpm --data alice_test.jsonl --predictions preds.jsonl"],
+    "xpeft-report-memory": ["xpeft report memory", "xpeft report memory alice.xpm --bank bank --json"],
     "xpeft-bench-glue": [
         "xpeft bench glue --data-dir ../shared/data --tasks rte --tasks mrpc --n 100 --n 400",
         "xpeft bench glue --data-dir data --methods x-peft --mask hard -o runs/hard",

@@ -16,19 +16,23 @@ app = typer.Typer(help="Reports.", no_args_is_help=True)
 
 @app.command("memory")
 def memory(
+    files: Optional[List[Path]] = typer.Argument(None, metavar="FILES", help="Profile files to measure (with --bank)."),
     n: Optional[List[int]] = typer.Option(
         None, "--n", min=1, max=1_000_000, help="Adapter counts N (repeatable; default 100, 200, 400)."
     ),
     rank: int = typer.Option(48, "--rank", min=1, max=65535, help="Bottleneck b (Table 1's numbers use 48)."),
     dim: int = typer.Option(768, "--dim", min=1, max=1_000_000, help="Adapter input dimension d."),
     layers: int = typer.Option(12, "--layers", min=1, max=100_000, help="Number of sites L."),
-    bank: OptPath = typer.Option(None, "--bank", "-b", help="With --profile: measure real files."),
-    profile: Optional[List[Path]] = typer.Option(None, "--profile", "-p", help="Profile file(s) to measure."),
+    bank: OptPath = typer.Option(None, "--bank", "-b", help="With FILES: the bank they belong to."),
+    profile: Optional[List[Path]] = typer.Option(
+        None, "--profile", "-p", hidden=True, help="Profile file(s) to measure (old spelling of FILES)."
+    ),
     model: OptStr = ModelOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Trainable parameters and bytes per profile (Table 1); with --bank/--profile, real sizes too."""
+    """Trainable parameters and bytes per profile (Table 1); with FILES and --bank, real sizes too."""
+    profile = list(files or []) + list(profile or [])
     from ..bank import Bank
     from ..baselines import read_adapter
     from ..memory import measured_sizes, table1
@@ -37,7 +41,7 @@ def memory(
     res = {"table1": table1(tuple(n or (100, 200, 400)), rank, dim, layers)}
     if profile:
         if bank is None:
-            raise typer.BadParameter("--profile needs --bank", param_hint="--profile")
+            raise typer.BadParameter("measuring profile files needs --bank", param_hint="--bank")
         b = Bank.load(bank, model=model)
         measured = []
         for path in profile:
