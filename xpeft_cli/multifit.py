@@ -87,16 +87,7 @@ def fit_profiles(
     masks and LN only), "own" trains a head per profile, "train" trains one head shared by all
     (the mtl bank builder).
     """
-    cfg.validate()
-    if train.profiles is None:
-        raise UsageError("fitting many profiles needs a profile column (--profile-column)")
-    if train.labels is None:
-        raise DataError(f"{train.source}: training data needs labels")
-    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.clip_norm:
-        # clipping the global norm of all profiles' gradients would couple profiles that a lone fit keeps apart
-        raise UsageError(
-            "fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, clip_norm or peers"
-        )
+    _check(train, cfg)
     groups = train.by_profile()  # checks every name (names.py); files use profile_filename
     use_bank_head = shared_head == "auto" and bank.head is not None and cfg.method == "x-peft"
     task, names = task_and_labels(train, cfg, bank.head if use_bank_head else None)  # from all rows, on every rank
@@ -123,17 +114,30 @@ def fit_profiles(
     seconds, history = time.perf_counter() - t0, log.history
     model.eval()
     val = _validate(model, tokenizer, enc, plans, task, n_out, cfg, w.device)
+    labels = train.labels or []
     profiles = {}
     for i, p in enumerate(plans):
-        meta = fit_metadata(cfg, k, task, [train.labels[r] for r in p.rows], p.total, one_run_of=len(all_names))
-        prof = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
-        profiles[p.name] = with_param_dtype(prof, cfg.param_dtype) if isinstance(prof, Profile) else prof
+        meta = fit_metadata(cfg, k, task, [labels[r] for r in p.rows], p.total, one_run_of=len(all_names))
+        profiles[p.name] = _extract(model, i, p.name, cfg, bank, task, names, k, shared, meta)
     if w.size > 1:
         profiles, val, history, seconds, steps = _gather(w, all_names, profiles, val, raw, seconds, steps)
         if log_path and w.is_main:
             with open(log_path, "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(rec) + "\n" for rec in history)
     return MultiFitResult(all_names, profiles, val, history, seconds, steps, model, tokenizer)
+
+
+def _check(train: Examples, cfg: FitConfig) -> None:
+    cfg.validate()
+    if train.profiles is None:
+        raise UsageError("fitting many profiles needs a profile column (--profile-column)")
+    if train.labels is None:
+        raise DataError(f"{train.source}: training data needs labels")
+    if cfg.soft_warmup or cfg.out_vector or cfg.ln_init != 1.0 or cfg.method == "peft" or cfg.clip_norm:
+        # clipping the global norm of all profiles' gradients would couple profiles that a lone fit keeps apart
+        raise UsageError(
+            "fits of many profiles in one run do not yet take soft_warmup, out_vector, ln_init, clip_norm or peers"
+        )
 
 
 def _plans(groups: dict[str, list[int]], y_all: list, task: str, cfg: FitConfig) -> list[_Plan]:
@@ -425,22 +429,25 @@ def _extract(
         ma, mb, k = stored_masks(cfg.mask, la, lb, k)
         ln_w = t.ln_w[i].detach().float().cpu().numpy() if len(t.ln_w) else None
         ln_b = t.ln_b[i].detach().float().cpu().numpy() if len(t.ln_b) else None
-        return Profile(
-            name=name,
-            mask_kind=cfg.mask,
-            n=bank.n,
-            L=bank.L,
-            k=k,
-            bank_hash=bank.bank_hash,
-            mask_a=ma,
-            mask_b=mb,
-            ln_weight=ln_w,
-            ln_bias=ln_b,
-            head_weight=None if hw is None else hw.numpy(),
-            head_bias=None if hb is None else hb.numpy(),
-            task=task,
-            labels=None if shared else names,
-            meta=meta,
+        return with_param_dtype(
+            Profile(
+                name=name,
+                mask_kind=cfg.mask,
+                n=bank.n,
+                L=bank.L,
+                k=k,
+                bank_hash=bank.bank_hash,
+                mask_a=ma,
+                mask_b=mb,
+                ln_weight=ln_w,
+                ln_bias=ln_b,
+                head_weight=None if hw is None else hw.numpy(),
+                head_bias=None if hb is None else hb.numpy(),
+                task=task,
+                labels=None if shared else names,
+                meta=meta,
+            ),
+            cfg.param_dtype,
         )
     if shared:  # a baseline keeps the shared head it was trained with (mtl: each profile's full model)
         hw, hb = heads.weight[0], heads.bias[0]

@@ -132,6 +132,37 @@ class _Checkpoints:
     def due(self, step: int) -> bool:
         return bool(self.path and self.every and step % self.every == 0)
 
+    @classmethod
+    def of(cls, path, every: int, cfg: FitConfig, bank: Bank, name: str, k: int, labelling: tuple, train, y_train):
+        """A fit's checkpointing: its settings and data fingerprint, and the identity `xpeft pack` needs."""
+        task, names, _ = labelling
+        settings = {
+            key: v for key, v in fit_settings(cfg).items() if key not in ("labels", "head", "gradient_checkpointing")
+        }
+        identity = {"name": name, "n": bank.n, "k": k, "mask": cfg.mask, "task": task, "labels": names}
+        return cls(
+            Path(path) if path else None,
+            every,
+            settings | {"name": name, "bank": bank.bank_hash},
+            ckpt.data_fingerprint(train.texts, train.pairs, y_train) if path else "",
+            identity | {"bank_hash": bank.bank_hash, "method": cfg.method},
+        )
+
+
+@dataclass
+class _Run:
+    """What the loop drives: the model and its step, and what the data becomes for it."""
+
+    model: Any
+    tokenizer: Any
+    opt: torch.optim.Optimizer
+    step_fn: Callable
+    cfg: FitConfig
+    world: Any
+    gumbel: torch.Generator
+    max_len: int
+    labelling: tuple  # (task, class names or None, outputs)
+
 
 def fit_profile(
     bank: Bank,
@@ -175,53 +206,13 @@ def fit_profile(
     opt = make_optimizer(groups, w.device, capturable=cfg.cuda_graphs)
     max_len = min(cfg.max_length, max_tokens(encoder))
     step_fn = _step_function(model, opt, cfg, task == TASK_REGRESSION, w, max_len, tokenizer.pad_token_id or 0, gumbel)
-    checkpoints = _Checkpoints(
-        Path(checkpoint_path) if checkpoint_path else None,
-        checkpoint_every,
-        {k2: v for k2, v in fit_settings(cfg).items() if k2 not in ("labels", "head", "gradient_checkpointing")}
-        | {"name": name, "bank": bank.bank_hash},
-        ckpt.data_fingerprint(train.texts, train.pairs, y_train) if checkpoint_path else "",
-        {
-            "name": name,
-            "n": bank.n,
-            "k": k,
-            "mask": cfg.mask,
-            "task": task,
-            "labels": names,
-            "bank_hash": bank.bank_hash,
-            "method": cfg.method,
-        },
-    )
+    run = _Run(model, tokenizer, opt, step_fn, cfg, w, gumbel, max_len, (task, names, n_out))
+    checkpoints = _Checkpoints.of(checkpoint_path, checkpoint_every, cfg, bank, name, k, run.labelling, train, y_train)
     t0 = time.perf_counter()
-    steps, val_metrics, history = _epochs(
-        model,
-        tokenizer,
-        opt,
-        step_fn,
-        cfg,
-        train,
-        y_train,
-        eval_data,
-        max_len,
-        (task, names, n_out),
-        gumbel,
-        w,
-        checkpoints,
-        resume,
-        log_path,
-        on_step,
-    )
+    steps, val_metrics, history = _epochs(run, train, y_train, eval_data, checkpoints, resume, log_path, on_step)
     seconds = time.perf_counter() - t0
-    profile = _profile(
-        model,
-        bank,
-        name,
-        cfg,
-        task,
-        names,
-        fit_metadata(cfg, k, task, train.labels or [], steps),
-        own_head=shared is None,
-    )
+    meta = fit_metadata(cfg, k, task, train.labels or [], steps)
+    profile = _profile(model, bank, name, cfg, task, names, meta, own_head=shared is None)
     return FitResult(profile, model, tokenizer, history, val_metrics, seconds, steps)
 
 
@@ -269,26 +260,21 @@ def _profile(model, bank: Bank, name: str, cfg: FitConfig, task: str, names, met
 
 
 def _epochs(
-    model,
-    tokenizer,
-    opt,
-    step_fn,
-    cfg: FitConfig,
-    train: Examples,
-    y_train: list,
-    eval_data,
-    max_len: int,
-    labelling: tuple,
-    gumbel,
-    w,
-    checkpoints: _Checkpoints,
-    resume: bool,
-    log_path,
-    on_step,
+    run: _Run, train: Examples, y_train: list, eval_data, checkpoints: _Checkpoints, resume: bool, log_path, on_step
 ):
-    """The loop: every epoch one seeded permutation of the rows, batch by batch through `step_fn`,
+    """The loop: every epoch one seeded permutation of the rows, batch by batch through `run.step_fn`,
     with checkpoints and a validation record after each epoch. Returns (steps, last validation, history)."""
-    task, names, n_out = labelling
+    model, tokenizer, opt, step_fn, cfg, w, gumbel = (
+        run.model,
+        run.tokenizer,
+        run.opt,
+        run.step_fn,
+        run.cfg,
+        run.world,
+        run.gumbel,
+    )
+    task, names, n_out = run.labelling
+    max_len = run.max_len
     device = w.device
     n_batches = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     total = n_batches * cfg.epochs
