@@ -262,3 +262,22 @@ def strip_to_masks(p: Profile) -> Profile:
     from dataclasses import replace
 
     return replace(p, ln_weight=None, ln_bias=None, head_weight=None, head_bias=None, labels=None, meta={})
+
+
+def convert(p: Profile, k: int | None = None, masks_only: bool = False) -> Profile:
+    """`xpeft pack`'s rules: `k` turns a soft profile into a hard one choosing k adapters (sign masks
+    choose none, a hard profile keeps its k: its logits are gone); `masks_only` drops LN, head, labels
+    and meta (the bank supplies them)."""
+    from .errors import UsageError
+
+    if k is not None and p.mask_kind == "soft":
+        if not 1 <= k <= p.n:
+            raise UsageError(f"--k must be in 1..{p.n}")
+        p = harden(p, k)
+    elif k is not None and p.mask_kind == "sign":
+        raise UsageError(
+            f"{p.name!r} has sign masks (every adapter joins, with a sign): --k selects adapters of soft profiles only"
+        )
+    elif k is not None and k != p.k:
+        raise UsageError(f"{p.name!r} is already hard with k={p.k}; its logits are gone, so k cannot change")
+    return strip_to_masks(p) if masks_only else p

@@ -69,27 +69,14 @@ def pack(
 
 
 def _pack(inputs: list[Path], out: Path, k: int | None, masks_only: bool) -> dict:
-    from ..profile import harden, strip_to_masks
+    from ..profile import convert
     from ..store import write_store
     from ..xpm import write_xpm
 
     profiles = [p for path in _expand(inputs) for p in _profiles(path, k)]
     if not profiles:
         raise DataError("no profiles found in the inputs")
-    converted = []
-    for p in profiles:
-        if k is not None and p.mask_kind == "soft":
-            if not 1 <= k <= p.n:
-                raise UsageError(f"--k must be in 1..{p.n}")
-            p = harden(p, k)
-        elif k is not None and p.mask_kind == "sign":
-            raise UsageError(
-                f"{p.name!r} has sign masks (every adapter joins, with a sign): --k selects adapters "
-                "of soft profiles only"
-            )
-        elif k is not None and k != p.k:
-            raise UsageError(f"{p.name!r} is already hard with k={p.k}; its logits are gone, so k cannot change")
-        converted.append(strip_to_masks(p) if masks_only else p)
+    converted = [convert(p, k, masks_only) for p in profiles]
     if out.suffix == ".xps":
         size = write_store(converted, out)
     elif len(converted) == 1:
