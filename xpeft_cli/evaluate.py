@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from .bank import Bank
 from .baselines import AdapterProfile, BaselineModel, read_adapter
@@ -34,6 +35,7 @@ def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", for
     """(model, tokenizer, device) with the profile loaded; refuses a profile of another bank unless forced."""
     encoder, tokenizer = load_encoder(bank.plm)
     dev = pick_device(device)
+    model: Any  # a baseline or an X-PEFT model: both are encoder classifiers
     if isinstance(profile, AdapterProfile):
         if profile.bank_hash != bank.bank_hash and not force:
             raise IntegrityError(
@@ -47,10 +49,11 @@ def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", for
         )
         model.load_tensors(profile.tensors)
     else:
-        profile = with_bank_head(bank, profile)
-        spec = MaskSpec(kind=profile.mask_kind, k=max(profile.k, 1))
-        model = XPeftModel(encoder, bank, profile.num_outputs, task=profile.task, spec=spec)
-        apply_profile(model, profile, force=force)
+        xp = with_bank_head(bank, profile)
+        assert isinstance(xp, Profile)
+        spec = MaskSpec(kind=xp.mask_kind, k=max(xp.k, 1))
+        model = XPeftModel(encoder, bank, outputs(xp), task=xp.task, spec=spec)
+        apply_profile(model, xp, force=force)
     return model.to(dev).eval(), tokenizer, dev
 
 
@@ -67,6 +70,14 @@ def with_bank_head(bank: Bank, profile: AnyProfile) -> AnyProfile:
         task=bank.head.task,
         labels=bank.head.labels,
     )
+
+
+def outputs(profile: AnyProfile) -> int:
+    """How many outputs the profile's head has (after with_bank_head, every profile has a head)."""
+    n = profile.num_outputs
+    if n is None:
+        raise DataError(f"profile {profile.name!r} has no head section, and this bank carries no shared head")
+    return n
 
 
 def default_max_length(profile: AnyProfile) -> int:
@@ -105,10 +116,10 @@ def evaluate_profile(
         targets = [known.get(k, -1) for k in keys]  # -1: a class the profile does not have
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
     metrics, preds = score(
-        model, tok, data, targets, profile.num_outputs, batch_size, max_length or default_max_length(profile), dev
+        model, tok, data, targets, outputs(profile), batch_size, max_length or default_max_length(profile), dev
     )
     if profile.task != TASK_REGRESSION:
-        preds = [profile.labels[i] for i in preds]
+        preds = [(profile.labels or [])[i] for i in preds]
     if unseen:
         metrics["unseen_labels"] = dict(unseen.most_common())
     return metrics, preds
@@ -127,4 +138,4 @@ def predict_profile(
     out = predict_outputs(model, tok, data, batch_size, max_length or default_max_length(profile), dev)
     if profile.task == TASK_REGRESSION:
         return out.tolist()
-    return [profile.labels[i] for i in out.argmax(-1).tolist()]
+    return [(profile.labels or [])[i] for i in out.argmax(-1).tolist()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from .metrics import classification_metrics, regression_metrics
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION
 
 ENV_DATA_DIR = "XPEFT_DATA_DIR"
-TSV = {"delimiter": "\t", "quoting": 3, "keep_default_na": False, "na_filter": False}  # csv.QUOTE_NONE
+TSV: dict[str, Any] = {"delimiter": "\t", "quoting": 3, "keep_default_na": False, "na_filter": False}  # csv.QUOTE_NONE
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ QQP = dict(
     label="is_duplicate",
     options=TSV | {"header": None, "column_names": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]},
 )
-NLI_JSON = dict(builder="json", text="premise", text_pair="hypothesis")
+NLI_JSON: dict[str, Any] = dict(builder="json", text="premise", text_pair="hypothesis")
 TO_BINARY = {"entailment": "entailment", "neutral": "not_entailment", "contradiction": "not_entailment"}
 
 PRESETS: dict[str, Preset] = {
@@ -232,26 +233,30 @@ def load_split(p: Preset, which: str, data_dir: str | Path) -> Loaded:
     for col in (split.text, split.text_pair, split.label):
         if col and col not in table:
             raise DataError(f"{path}: missing column {col!r}")
-    texts, pairs, labels, dropped = [], [] if split.text_pair else None, [], 0
+    texts: list[str] = []
+    pairs: list[str] | None = [] if split.text_pair else None
+    labels: list = []
+    dropped = 0
+    names = p.labels or ()
     for i, raw in enumerate(table[split.label]):
         text = table[split.text][i]
         if raw is None or (isinstance(raw, float) and np.isnan(raw)) or str(raw).strip() == "" or text is None:
             dropped += 1
             continue
         if p.task_type == TASK_REGRESSION:
-            label = float(raw)
+            labels.append(float(raw))
         else:
-            label = str(int(raw)) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else str(raw).strip()
+            name = str(int(raw)) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else str(raw).strip()
             if split.label_map:
-                label = split.label_map.get(label, label)
-            if label in ("True", "False"):
-                label = "1" if label == "True" else "0"
-            if label not in p.labels:
-                raise DataError(f"{path}: row {i + 1}: label {label!r} is not one of {', '.join(p.labels)}")
+                name = split.label_map.get(name, name)
+            if name in ("True", "False"):
+                name = "1" if name == "True" else "0"
+            if name not in names:
+                raise DataError(f"{path}: row {i + 1}: label {name!r} is not one of {', '.join(names)}")
+            labels.append(name)
         texts.append(str(text))
         if pairs is not None:
             pairs.append(str(table[split.text_pair][i] or ""))
-        labels.append(label)
     return Loaded(Examples(texts, pairs, labels, str(path)), dropped)
 
 
@@ -267,7 +272,7 @@ def official_metrics(p: Preset, y_true: list, y_pred: list) -> dict:
     if p.task_type == TASK_REGRESSION:
         m = regression_metrics(y_true, y_pred)
         return m | {"score": (m["pearson"] + m["spearman"]) / 2}
-    m = classification_metrics(y_true, y_pred, len(p.labels))
+    m = classification_metrics(y_true, y_pred, len(p.labels or ()))
     if p.metric == "mcc":
         return m | {"score": m["mcc"]}
     if p.metric == "acc_f1":
