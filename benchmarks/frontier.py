@@ -49,6 +49,11 @@ def peer(kind: str, spec: str, lrs: list[float]) -> list[dict]:
     return [{"label": f"{spec}@{lr:g}", "family": spec, "method": "peft", "peer": spec, "lr": lr} for lr in lrs]
 
 
+def variant(cells: list[dict], suffix: str, note: str, **over) -> list[dict]:
+    """Peer cells run another way (`over`: other sites, warm-up, a seed): label + `suffix`, family + ` (note)`."""
+    return [c | over | {"label": c["label"] + suffix, "family": f"{c['family']} ({note})"} for c in cells]
+
+
 def plan(name: str) -> list[dict]:
     """Method configurations, in the order they are run (most informative first)."""
     if name == "sweep":
@@ -111,10 +116,7 @@ def plan(name: str) -> list[dict]:
             + peer("vblora", "vblora", [1e-1])
             + peer("head", "head", [1e-1])
         )
-        seed1 = [
-            c | {"label": c["label"] + "-s1", "family": "lora:r=24 (seed 1)", "seed": 1}
-            for c in peer("lora", "lora:r=24", [3e-3])
-        ]
+        seed1 = variant(peer("lora", "lora:r=24", [3e-3]), "-s1", "seed 1", seed=1)
         return designs + peers + seed1
     if name == "final":  # after sweep2: sign masks on two sites per block, checked with another seed and N,
         # against hard masks and LoRA on the same two sites
@@ -123,10 +125,7 @@ def plan(name: str) -> list[dict]:
             xp("xp-sign-2sites-s1", mask="sign", lr_ln=1e-2, seed=1, **two),
             xp("xp-sign-2sites-n800", mask="sign", n=800, lr_ln=1e-2, **two),
             xp("xp-hard-2sites", **two),
-        ] + [
-            c | two | {"label": c["label"] + "-2sites", "family": c["family"] + " (two sites)"}
-            for c in peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2])
-        ]
+        ] + variant(peer("lora", "lora:r=24", [3e-3]) + peer("lora", "lora:r=1", [1e-2]), "-2sites", "two sites", **two)
     if name == "design3":  # after final: the default (sign, two sites, r=b) against low-rank banks, more sites,
         # and its own LR search (every peer has one)
         sg = {"mask": "sign", "family": "x-peft sign"}
@@ -173,10 +172,9 @@ def plan(name: str) -> list[dict]:
     if name == "mpnet3":  # after mpnet2: LoRA r=1/r=4 collapse on STS-B at every LR ≥ 1e-3; lower LRs, and
         # warm-up + clipping, for them and for X-PEFT's default
         wc = {"warmup": 0.06, "clip_norm": 1.0}
-        wcp = [
-            c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
-            for c in peer("lora", "lora:r=1", [3e-3]) + peer("lora", "lora:r=4", [1e-3])
-        ]
+        wcp = variant(
+            peer("lora", "lora:r=1", [3e-3]) + peer("lora", "lora:r=4", [1e-3]), "-wc", "warm-up + clipping", **wc
+        )
         return (
             [xp("xp-sign-wc", mask="sign", family="x-peft sign (warm-up + clipping)", **wc)]
             + wcp
@@ -194,10 +192,8 @@ def plan(name: str) -> list[dict]:
         wc = {"warmup": 0.06, "clip_norm": 1.0}
         sg = {"mask": "sign", "family": "x-peft sign"}
         tune = {"tune": "x-peft sign, warm-up + clipping"}
-        wcp = [
-            c | wc | {"label": c["label"] + "-wc", "family": c["family"] + " (warm-up + clipping)"}
-            for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
-        ]
+        lora_grid = peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
+        wcp = variant(lora_grid, "-wc", "warm-up + clipping", **wc)
         return [
             xp("s-wc", **wc, **sg, **tune),
             xp("s-wc-lrm1e-1", lr_masks=1e-1, **wc, **sg, **tune),
@@ -209,23 +205,13 @@ def plan(name: str) -> list[dict]:
         wc = {"warmup": 0.06, "clip_norm": 1.0}
         tune = {"tune": "x-peft sign, warm-up + clipping"}
         two = {"targets": TWO_SITES}  # the peers on X-PEFT's default sites (the default bank's)
-        wcp = [
-            c
-            | wc
-            | two
-            | {"label": c["label"] + "-wc-2sites", "family": c["family"] + " (two sites, warm-up + clipping)"}
-            for c in peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
-        ]
+        lora_grid = peer("lora", "lora:r=24", [1e-3, 3e-3, 1e-2]) + peer("lora", "lora:r=1", [3e-3, 1e-2, 3e-2])
+        wcp = variant(lora_grid, "-wc-2sites", "two sites, warm-up + clipping", **wc, **two)
         seeds = [
             c
-            | two
-            | {"label": c["label"] + f"-2sites-s{s}", "family": c["family"] + f" (two sites, seed {s})", "seed": s}
             for s in (1, 2)
-            for c in peer("lora", "lora:r=1", [1e-2])
-        ] + [
-            c | two | {"label": c["label"] + "-2sites-s2", "family": c["family"] + " (two sites, seed 2)", "seed": 2}
-            for c in peer("lora", "lora:r=24", [3e-3])
-        ]
+            for c in variant(peer("lora", "lora:r=1", [1e-2]), f"-2sites-s{s}", f"two sites, seed {s}", seed=s, **two)
+        ] + variant(peer("lora", "lora:r=24", [3e-3]), "-2sites-s2", "two sites, seed 2", seed=2, **two)
         return (
             [
                 xp("s-clip1", mask_clip=1.0, **sg),

@@ -144,65 +144,56 @@ def build_seeds(tmp: Path) -> dict:
     }
 
 
+# Where each kind's case is written, relative to the work folder; for a peft adapter, its two files
+# (the reader is given the first).
+STRUCTURED = {"store": store_structured, "manifest": manifest_structured, "checkpoint": checkpoint_structured}
+FILES = {
+    "store": ("case.xps",),
+    "manifest": ("bank/bank.json",),
+    "checkpoint": ("case.ckpt.safetensors",),
+    "peft": ("peft/adapter_config.json", "peft/adapter_model.safetensors"),
+}
+
+
+def write_case(work: Path, files: dict[str, bytes]) -> tuple[Path, int]:
+    """Write {path relative to `work`: bytes}; return (the first path, what the reader is given; bytes in all)."""
+    for rel, data in files.items():
+        (work / rel).parent.mkdir(exist_ok=True)
+        (work / rel).write_bytes(data)
+    return work / next(iter(files)), sum(len(d) for d in files.values())
+
+
 def run_case(kind: str, seeds: dict, rng: random.Random, work: Path) -> tuple[Path, int]:
     """Write one mutated input of `kind` and return (what to read, its size)."""
     structured = rng.random() < 0.6
-    if kind == "store":
-        data = store_structured(seeds["store"], rng) if structured else blind(seeds["store"], rng)
-        path = work / "case.xps"
-    elif kind == "manifest":
-        data = manifest_structured(seeds["manifest"], rng) if structured else blind(seeds["manifest"], rng)
-        path = work / "bank" / "bank.json"
-    elif kind == "checkpoint":
-        data = checkpoint_structured(seeds["checkpoint"], rng) if structured else blind(seeds["checkpoint"], rng)
-        path = work / "case.ckpt.safetensors"
-    elif kind == "peft":  # one of the two files mutated, the other as saved
-        folder = work / "peft"
-        folder.mkdir(exist_ok=True)
+    if kind in STRUCTURED:
+        data = STRUCTURED[kind](seeds[kind], rng) if structured else blind(seeds[kind], rng)
+        return write_case(work, {FILES[kind][0]: data})
+    if kind == "peft":  # one of the two files mutated, the other as saved
         cfg, st = seeds["peft_config"], seeds["peft_tensors"]
         if rng.random() < 0.5:
             cfg = manifest_structured(cfg, rng) if structured else blind(cfg, rng)
         else:
             st = checkpoint_structured(st, rng) if structured else blind(st, rng)
-        (folder / "adapter_config.json").write_bytes(cfg)
-        (folder / "adapter_model.safetensors").write_bytes(st)
-        return folder / "adapter_config.json", len(cfg) + len(st)
-    else:
-        suffix = rng.choice(sorted(seeds["data"]))
-        base = seeds["data"][suffix]
-        data = data_structured(base, rng, suffix) if structured else blind(base, rng)
-        if rng.random() < 0.0005:
-            data = b'{"text": "' + b"x" * 10_000_000 + b'", "label": "pos"}\n'  # one 10 MB line
-            suffix = ".jsonl"
-        path = work / f"case{suffix}"
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(data)
-    return path, len(data)
+        return write_case(work, dict(zip(FILES["peft"], (cfg, st))))
+    suffix = rng.choice(sorted(seeds["data"]))
+    base = seeds["data"][suffix]
+    data = data_structured(base, rng, suffix) if structured else blind(base, rng)
+    if rng.random() < 0.0005:
+        data = b'{"text": "' + b"x" * 10_000_000 + b'", "label": "pos"}\n'  # one 10 MB line
+        suffix = ".jsonl"
+    return write_case(work, {f"case{suffix}": data})
 
 
 def run_case_seed(kind: str, seeds: dict, work: Path) -> Path:
     """The unmutated seed of `kind`, written where its cases go."""
     if kind == "peft":
-        (work / "peft").mkdir(exist_ok=True)
-        (work / "peft" / "adapter_model.safetensors").write_bytes(seeds["peft_tensors"])
-        (work / "peft" / "adapter_config.json").write_bytes(seeds["peft_config"])
-        return work / "peft" / "adapter_config.json"
-    path = {
-        "store": work / "case.xps",
-        "manifest": work / "bank" / "bank.json",
-        "checkpoint": work / "case.ckpt.safetensors",
-        "data": work / "case.jsonl",
-    }[kind]
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(
-        {
-            "store": seeds["store"],
-            "manifest": seeds["manifest"],
-            "checkpoint": seeds["checkpoint"],
-            "data": seeds["data"][".jsonl"],
-        }[kind]
-    )
-    return path
+        files = dict(zip(FILES["peft"], (seeds["peft_config"], seeds["peft_tensors"])))
+    elif kind == "data":
+        files = {"case.jsonl": seeds["data"][".jsonl"]}
+    else:
+        files = {FILES[kind][0]: seeds[kind]}
+    return write_case(work, files)[0]
 
 
 def work(job: int, jobs: int, cases: int, seed: int, share: dict, trace_every: int) -> dict:

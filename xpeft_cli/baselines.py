@@ -131,6 +131,21 @@ class AdapterProfile:
     def trainable_parameters(self) -> int:
         return sum(t.numel() for t in self.tensors.values())
 
+    @classmethod
+    def fitted(cls, bank, name: str, method: str, task: str, labels, tensors: dict, meta: dict) -> "AdapterProfile":
+        """A baseline fitted on `bank`'s sites (its rank, site names and hash recorded with it)."""
+        return cls(
+            name=name,
+            method=method,
+            task=task,
+            labels=labels,
+            rank=bank.rank,
+            sites=[s.name for s in bank.sites],
+            bank_hash=bank.bank_hash,
+            tensors=tensors,
+            meta=meta,
+        )
+
 
 def write_adapter(p: AdapterProfile, path: str | Path) -> int:
     from safetensors.torch import save_file

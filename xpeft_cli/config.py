@@ -68,6 +68,10 @@ class FitConfig:
             f"--method must be one of {', '.join(METHODS)}",
         )
         need(self.mask in KINDS, f"--mask must be one of {', '.join(KINDS)}")
+        need(
+            self.task in ("auto", "classification", "regression"),
+            "--task-type must be auto, classification or regression",
+        )
         need(self.param_dtype in ("float16", "float32"), "--param-dtype must be float16 or float32")
         need(self.precision in ("auto", "bf16", "fp32"), "--precision must be one of auto, bf16, fp32")
         need(self.epochs >= 1 and self.batch_size >= 1, "--epochs and --batch-size must be at least 1")

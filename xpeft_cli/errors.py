@@ -9,6 +9,8 @@ Exit codes (also in README.md and the man pages):
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -60,7 +62,9 @@ class WriteError(XpeftError):
 
 
 # errno values that mean "this output cannot be written here", not a bug
-WRITE_ERRNOS = frozenset({28, 27, 122, 30, 13, 1})  # ENOSPC, EFBIG, EDQUOT, EROFS, EACCES, EPERM
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EFBIG", "EDQUOT", "EROFS", "EACCES", "EPERM") if hasattr(errno, name)
+)
 
 
 def write_error(dest: object, exc: OSError) -> WriteError:

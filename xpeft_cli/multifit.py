@@ -453,14 +453,4 @@ def _extract(
         hw, hb = heads.weight[0], heads.bias[0]
     a, b = model.table.adapter(i) if cfg.method == "single-adapter" else ([], [])
     tensors = adapter_tensors([s.name for s in bank.sites], a, b, hw, hb)
-    return AdapterProfile(
-        name=name,
-        method=cfg.method,
-        task=task,
-        labels=names,
-        rank=bank.rank,
-        sites=[s.name for s in bank.sites],
-        bank_hash=bank.bank_hash,
-        tensors=tensors,
-        meta=meta,
-    )
+    return AdapterProfile.fitted(bank, name, cfg.method, task, names, tensors, meta)

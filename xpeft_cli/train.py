@@ -246,17 +246,7 @@ def _profile(model, bank: Bank, name: str, cfg: FitConfig, task: str, names, met
         )
         apply_profile(model, profile)
         return profile
-    return AdapterProfile(
-        name=name,
-        method=cfg.method,
-        task=task,
-        labels=names,
-        rank=bank.rank,
-        sites=[s.name for s in bank.sites],
-        bank_hash=bank.bank_hash,
-        tensors=model.tensors(),
-        meta=meta,
-    )
+    return AdapterProfile.fitted(bank, name, cfg.method, task, names, model.tensors(), meta)
 
 
 def _epochs(

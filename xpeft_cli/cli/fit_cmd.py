@@ -208,8 +208,6 @@ def fit(
     )
     if mask not in STORED_KINDS:
         raise UsageError(f"--mask must be one of {', '.join(STORED_KINDS)}")
-    if task not in ("auto", "classification", "regression"):
-        raise UsageError("--task-type must be auto, classification or regression")
     cfg.validate()
     from ..bank import Bank
     from ..baselines import write_adapter
@@ -331,9 +329,15 @@ def fit(
 def remember_columns(profile, cols) -> None:
     """Keep the data's column names in the profile's metadata when they are not the defaults, so that
     `eval` reads the same columns without being told again."""
-    named = {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label}
-    if named != {"text": "text", "text_pair": None, "label": "label"}:
-        profile.meta.setdefault("fit", {})["columns"] = named
+    from ..data import Columns
+
+    default = Columns()
+    if (cols.text, cols.text_pair, cols.label) != (default.text, default.text_pair, default.label):
+        profile.meta.setdefault("fit", {})["columns"] = {
+            "text": cols.text,
+            "text_pair": cols.text_pair,
+            "label": cols.label,
+        }
 
 
 def _labels(labels: str | None) -> list[str] | None:
