@@ -2,8 +2,11 @@
 keep giving the same profiles. `python tests/golden_fits.py` rewrites tests/golden/ (only when a
 change is meant to alter results; say so in the commit).
 
-Each case fits on a tiny random BERT (built from a seed, as the fixtures do) and returns the bytes
-of what `xpeft fit` would write: an .xpm for X-PEFT, the safetensors file for a baseline.
+Each case fits on a tiny random BERT (helpers.save_tiny: its files are written byte for byte by the
+tests, never by save_pretrained, so the bank hash inside each file does not depend on the installed
+transformers) and returns the bytes of what `xpeft fit` would write: an .xpm for X-PEFT, the
+safetensors file for a baseline. Bit-exact where torch and the CPU kernels match tests/golden/MACHINE;
+elsewhere the decoded profiles are compared.
 """
 
 from __future__ import annotations
@@ -103,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code, not an installed copy
     main()

