@@ -226,6 +226,31 @@ def plan(name: str) -> list[dict]:
             + seeds
             + wcp
         )
+    if name.startswith("defaults"):  # issue 26: what `xpeft fit` gives a user who tunes nothing, 3 seeds,
+        # beside candidate defaults and a default single-adapter; run with --epochs 10 --batch-size 16
+        # --max-train-rows 0 (the CLI's) and graphs. "defaults-s0" runs seed 0 only, "defaults-s12" seeds 1, 2.
+        seeds = {"defaults": (0, 1, 2), "defaults-s0": (0,), "defaults-s12": (1, 2)}[name]
+        sign = {"mask": "sign", "family": "x-peft sign (CLI defaults)", "cuda_graphs": True}
+        configs = [
+            ("d-sign", sign),
+            ("d-sign-lrm2e-2", sign | {"lr_masks": 2e-2}),
+            ("d-sign-ln3e-3", sign | {"lr_ln": 3e-3}),
+            ("d-sign-head1e-3", sign | {"lr_head": 1e-3}),
+            ("d-sign-head1e-2", sign | {"lr_head": 1e-2}),
+            ("d-sign-wu", sign | {"warmup": 0.06}),
+            ("d-sign-wu-lrm1e-1", sign | {"warmup": 0.06, "lr_masks": 1e-1}),
+            ("d-sign-wu-head1e-2", sign | {"warmup": 0.06, "lr_head": 1e-2}),
+            ("d-soft", sign | {"mask": "soft", "family": "x-peft soft (CLI defaults)"}),
+        ]
+        sa = {
+            "label": "d-sa",
+            "family": "single-adapter (CLI defaults)",
+            "method": "single-adapter",
+            "cuda_graphs": True,
+        }
+        return [xp(f"{label}-s{s}", seed=s, **over) for s in seeds for label, over in configs] + [
+            sa | {"label": f"d-sa-s{s}", "seed": s} for s in seeds
+        ]
     if name == "smoke":  # seconds on a CPU, with --tiny data
         return (
             [
@@ -345,7 +370,9 @@ def run_cell(task: str, cfg: dict, args) -> dict:
         val_fraction=0.0,
         seed=args.seed,
     )
-    if cfg["method"] == "peft":
+    if cfg["method"] in ("single-adapter", "head-only"):  # a baseline with the CLI's defaults
+        fc = replace(base, method=cfg["method"], **over)
+    elif cfg["method"] == "peft":
         lr = cfg["lr"]
         fc = replace(
             base,
@@ -400,10 +427,15 @@ def run_cell(task: str, cfg: dict, args) -> dict:
     else:
         size32 = profile_bytes(fit.profile.tensors)
         size = profile_bytes({k: v.half() if v.is_floating_point() else v for k, v in fit.profile.tensors.items()})
+        baseline = cfg["method"] != "peft"  # xpeft's own single-adapter / head-only, or a peft peer
+        adapters = fit.model.adapter_parameters() if baseline else [q for _, q in fit.model.adapter_named_parameters()]
         with torch.no_grad():
-            for p_ in [q for _, q in fit.model.adapter_named_parameters()] + fit.model.head_parameters():
+            for p_ in adapters + fit.model.head_parameters():
                 p_.copy_(p_.half().float())
-    trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
+    if cfg["method"] in ("single-adapter", "head-only"):
+        trainable = fit.profile.trainable_parameters()  # its tensors: the LoRA and the head
+    else:
+        trainable = fit.model.trainable_parameter_count() + sum(p_.numel() for p_ in fit.model.head_parameters())
     _, preds = score(fit.model, fit.tokenizer, dev, y_dev, n_out, 128, fc.max_length, device, fc.precision)
     metrics = official_metrics(p, y_dev, preds)
     return {
@@ -589,6 +621,52 @@ def report(args) -> None:
     print(md)
 
 
+def seeds_report(args) -> None:
+    """Configurations run at several seeds (labels ending -sN): mean ± sd per task and of the task
+    average, over the seeds that ran every task; tasks some seeds lack are shown for those seeds."""
+    import re
+    import statistics
+
+    cells = [c for c in load_cells(args.output) if "error" not in c]
+    tasks = [t for t in args.tasks if any(c["task"] == t for c in cells)]
+    runs: dict[str, dict[int, dict[str, float]]] = {}
+    sizes: dict[str, list[int]] = {}
+    for c in cells:
+        m = re.fullmatch(r"(.+)-s(\d+)", c["config"]["label"])
+        if m:
+            runs.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[c["task"]] = c["score"]
+            sizes.setdefault(m.group(1), []).append(c["bytes"])
+    full = [t for t in tasks if all(t in by for r in runs.values() for by in r.values())]
+
+    def ms(xs: list[float]) -> str:
+        return f"{statistics.mean(xs):.3f}" + (f" ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else "")
+
+    lines = [
+        f"# {args.tag}: mean ± sd over seeds",
+        "",
+        "GLUE dev, official metric per task; avg over " + ", ".join(full) + " (the tasks every seed ran).",
+        "",
+        "| configuration | seeds | " + " | ".join(tasks) + " | avg | bytes/profile (mean over tasks) |",
+        "|---|---|" + "---|" * (len(tasks) + 2),
+    ]
+    rows = []
+    for label, by in runs.items():
+        avgs = [statistics.mean(sc[t] for t in full) for sc in by.values() if all(t in sc for t in full)]
+        cols = []
+        for t in tasks:
+            xs = [sc[t] for sc in by.values() if t in sc]
+            cols.append(ms(xs) + ("" if len(xs) == len(by) else f" ({len(xs)} seed)") if xs else "–")
+        rows.append((statistics.mean(avgs) if avgs else 0.0, label, len(by), cols, ms(avgs) if avgs else "–"))
+    for _, label, n, cols, avg in sorted(rows, reverse=True):
+        size = statistics.mean(sizes[label])
+        lines.append(f"| {label} | {n} | " + " | ".join(cols) + f" | **{avg}** | {size:,.0f} |")
+    md = "\n".join(lines) + "\n"
+    Path(args.output, f"seeds-{args.tag}.md").write_text(md)
+    cells.sort(key=lambda c: (c["config"]["label"], c["task"]))
+    Path(args.output, "cells.json").write_text(json.dumps(cells, indent=0, sort_keys=True) + "\n")
+    print(md)
+
+
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats on both fewer bytes and a higher score, by bytes."""
     best, out = -math.inf, []
@@ -649,7 +727,7 @@ def plot(rows: list[dict], path: Path, tag: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=["run", "report"])
+    ap.add_argument("action", choices=["run", "report", "seeds"])
     ap.add_argument("--plan", default="sweep")
     ap.add_argument("--only", nargs="*", help="run only configurations whose label contains one of these")
     ap.add_argument("--tasks", nargs="+", default=TASKS)
@@ -665,7 +743,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=math.inf, help="start no new cell after this many seconds")
     ap.add_argument("--tag", default="minilm")
     args = ap.parse_args()
-    (run if args.action == "run" else report)(args)
+    {"run": run, "report": report, "seeds": seeds_report}[args.action](args)
 
 
 if __name__ == "__main__":

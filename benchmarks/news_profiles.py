@@ -68,6 +68,60 @@ def save_and_score(bank, res, test: Examples, folder: Path) -> dict:
     }
 
 
+def majority_baseline(train: Examples, test: Examples) -> dict:
+    """What a user tries first, with no model: each profile answers its training rows' most common label
+    (ties: the first in label order), scored per profile as evaluate_many scores a method."""
+    from collections import Counter
+
+    from xpeft_cli.metrics import classification_metrics
+
+    label_of: dict[str, str] = {}
+    for name in dict.fromkeys(train.profiles):
+        counts = Counter(l for l, p in zip(train.labels, train.profiles) if p == name)
+        label_of[name] = min(counts, key=lambda lab: (-counts[lab], lab))
+    names = sorted(set(test.labels) | set(train.labels))
+    per, right = {}, 0
+    for name in dict.fromkeys(test.profiles):
+        gold = [names.index(l) for l, p in zip(test.labels, test.profiles) if p == name]
+        pred = [names.index(label_of[name])] * len(gold)
+        per[name] = classification_metrics(gold, pred, len(names), present_only=True)
+        right += sum(g == q for g, q in zip(gold, pred))
+    return {
+        "mean_accuracy": round(sum(m["accuracy"] for m in per.values()) / len(per), 4),
+        "mean_macro_f1": round(sum(m["macro_f1"] for m in per.values()) / len(per), 4),
+        "row_weighted_accuracy": round(right / len(test), 4),
+        "profiles": len(per),
+        "bytes_per_profile": 0,
+        "fit_s": 0.0,
+        "steps": 0,
+        "per_profile": {n: round(m["accuracy"], 4) for n, m in per.items()},
+    }
+
+
+def seed_summary(results: dict) -> list[str]:
+    """Rows of mean ± sd over seeds, for methods run at several ("… seed N" keys)."""
+    import re
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    for key, r in results.items():
+        m = re.fullmatch(r"(.+) seed \d+", key)
+        if m:
+            groups.setdefault(m.group(1), []).append(r)
+
+    def ms(rs: list[dict], k: str) -> str:
+        xs = [r[k] for r in rs]
+        return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+
+    rows = []
+    for key, rs in sorted(groups.items(), key=lambda kv: -statistics.mean(r["mean_accuracy"] for r in kv[1])):
+        rows.append(
+            f"| {key} | {len(rs)} | {ms(rs, 'mean_accuracy')} | {ms(rs, 'mean_macro_f1')} | "
+            f"{ms(rs, 'row_weighted_accuracy')} | {rs[0]['bytes_per_profile']} |"
+        )
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, default=Path(".devdata/news"))
@@ -79,6 +133,10 @@ def main() -> None:
     ap.add_argument("--skip-solo", action="store_true")
     ap.add_argument("--banks", nargs="+", default=["sa", "mtl", "random"], help="which banks to fit new authors on")
     ap.add_argument("--masks", nargs="+", default=["hard", "soft", "sign"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="fit every method at each seed")
+    ap.add_argument(
+        "--warmups", type=float, nargs="+", default=[0.0], help="x-peft fits at each of these LR warm-up shares"
+    )
     ap.add_argument("--tag", default=None)
     ap.add_argument("--results", type=Path, default=RESULTS, help="where news-TAG.json and .md are written")
     args = ap.parse_args()
@@ -130,18 +188,22 @@ def main() -> None:
         enc, _ = load_encoder(plm)
         if "random" in args.banks:
             banks["random N=400"] = Bank.create_random(plm, enc, n=400, seed=0)  # the default bank a user starts with
-        for base in ("single-adapter", "head-only"):
-            c = FitConfig(**{**cfg.__dict__, "method": base})
-            any_bank = next(iter(banks.values()))  # baselines use its PLM and sites only
-            record(base, any_bank, fit_profiles(any_bank, new_train, c))
-        for bname, bank in banks.items():
-            for mask in args.masks:
-                if mask == "sign" and bank.kind == "trained":
-                    continue  # ±1/N over a few trained LoRAs is not what sign masks are for
-                for k in (args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]:
-                    c = FitConfig(**{**cfg.__dict__, "mask": mask, "k": k or 50})
-                    key = f"x-peft {mask}{f' k={k}' if k else ''} on {bname} bank"
-                    record(key, bank, fit_profiles(bank, new_train, c))
+        out["results"]["majority label (no model)"] = majority_baseline(new_train, new_test)
+        for seed in args.seeds:
+            at = f" seed {seed}" if len(args.seeds) > 1 else ""
+            for base in ("single-adapter", "head-only"):
+                c = FitConfig(**{**cfg.__dict__, "method": base, "seed": seed})
+                any_bank = next(iter(banks.values()))  # baselines use its PLM and sites only
+                record(base + at, any_bank, fit_profiles(any_bank, new_train, c))
+            for bname, bank in banks.items():
+                for mask in args.masks:
+                    if mask == "sign" and bank.kind == "trained":
+                        continue  # ±1/N over a few trained LoRAs is not what sign masks are for
+                    for k in (args.ks if bank.kind == "trained" else [50]) if mask == "hard" else [0]:
+                        for wu in args.warmups:
+                            c = FitConfig(**{**cfg.__dict__, "mask": mask, "k": k or 50, "seed": seed, "warmup": wu})
+                            key = f"x-peft {mask}{f' k={k}' if k else ''}{f' warmup {wu:g}' if wu else ''} on {bname} bank"
+                            record(key + at, bank, fit_profiles(bank, new_train, c))
         # One run for all new authors against one run per author (same work, same bank and options).
         if not args.skip_solo:
             c = FitConfig(**{**cfg.__dict__, "mask": "hard", "k": args.ks[0]})
@@ -178,6 +240,15 @@ def main() -> None:
             f"| {key} | {r['mean_accuracy']} | {r['mean_macro_f1']} | {r['row_weighted_accuracy']} | "
             f"{r['bytes_per_profile']} | {r['fit_s']} |"
         )
+    summary = seed_summary(out["results"])
+    if summary:
+        md += [
+            "",
+            f"Over seeds {', '.join(map(str, args.seeds))} (mean ± sd):",
+            "",
+            "| mode | seeds | mean accuracy | mean macro-F1 | row-weighted acc | bytes/profile |",
+            "|---|---|---|---|---|---|",
+        ] + summary
     if "one_run_vs_per_profile" in out:
         o = out["one_run_vs_per_profile"]
         md += [

@@ -35,7 +35,7 @@ from .distributed import deal, world
 from .errors import DataError, UsageError
 from .loop import LossLog, Update, fit_metadata, make_optimizer, set_learning_rates
 from .masks import MaskSpec
-from .metrics import classification_metrics, regression_metrics
+from .metrics import classification_metrics, pooled_collapse, regression_metrics
 from .model import TASK_REGRESSION
 from .names import profile_filename
 from .plm import load_encoder, max_tokens
@@ -54,6 +54,12 @@ class MultiFitResult:
     steps: int = 0
     model: RoutedModel | None = None  # this process's profiles (all of them when it runs alone)
     tokenizer: object = None
+
+    @property
+    def collapse(self) -> dict | None:
+        """The holdouts against each profile's constant answer (metrics.pooled_collapse): how many
+        profiles learned nothing, and a one-line warning when all of them together did not."""
+        return pooled_collapse(self.val_metrics)
 
 
 @dataclass
@@ -402,9 +408,12 @@ def _validate(model, tokenizer, enc, plans: list[_Plan], task, n_out, cfg, devic
         if not p.val_rows:
             continue
         if task == TASK_REGRESSION:
-            res[p.name] = regression_metrics(p.val_targets, o.tolist())
+            res[p.name] = regression_metrics(p.val_targets, o.tolist(), train_mean=float(p.targets.mean()))
         else:
-            res[p.name] = classification_metrics(p.val_targets, o.argmax(-1).tolist(), n_out, present_only=True)
+            majority = int(torch.bincount(p.targets).argmax())  # ties: the lower label index
+            res[p.name] = classification_metrics(
+                p.val_targets, o.argmax(-1).tolist(), n_out, present_only=True, train_majority=majority
+            )
     return res
 
 

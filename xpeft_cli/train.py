@@ -36,6 +36,7 @@ from .loop import (
     set_learning_rates,
 )
 from .masks import MaskSpec
+from .metrics import collapse_warning
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION, EncoderClassifier, XPeftModel
 from .plm import load_encoder, max_tokens
 from .profile import Profile, apply_profile, profile_from_model, with_param_dtype
@@ -50,6 +51,12 @@ class FitResult:
     val_metrics: dict | None = None
     seconds: float = 0.0
     steps: int = 0
+
+    @property
+    def warning(self) -> str | None:
+        """One line when the validation score is no better than a constant answer (a fit that learned
+        nothing must not pass silently), else None."""
+        return collapse_warning(self.val_metrics)
 
 
 def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str, list[str] | None]:

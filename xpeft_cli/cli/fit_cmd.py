@@ -313,12 +313,14 @@ def fit(
         "seconds": round(result.seconds, 2),
         "final_loss": next((h["loss"] for h in reversed(result.history) if "loss" in h), None),
         "val": result.val_metrics,
+        "warning": result.warning,
         "log": str(log),
         "bank_hash": bank.bank_hash,
     }
     if json_out:
         output.emit_json(res)
     elif not quiet:
+        output.warn(result.warning)
         val = ""
         if result.val_metrics:
             val = ", ".join(f"{k} {v:.3f}" for k, v in result.val_metrics.items() if k != "n" and isinstance(v, float))
@@ -398,12 +400,15 @@ def _fit_many(cfg, *, data, cols, bank_dir, model, out, log, eval_data, max_batc
         "seconds": round(result.seconds, 2),
         "val": result.val_metrics,
         "val_mean_accuracy": (sum(accs) / len(accs)) if accs else None,
+        "collapse": result.collapse,
+        "warning": (result.collapse or {}).get("warning"),
         "log": str(log),
         "bank_hash": bank.bank_hash,
     }
     if json_out:
         output.emit_json(res)
     elif not quiet:
+        output.warn(res["warning"])
         val = f"; mean validation accuracy {res['val_mean_accuracy']:.3f}" if accs else ""
         output.stdout.print(
             f"wrote {len(result.names)} profiles to {out} ({total} bytes) in {result.seconds:.1f}s, "

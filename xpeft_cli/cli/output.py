@@ -32,6 +32,12 @@ def emit_json(obj: dict) -> None:
     EMITTED.append(True)
 
 
+def warn(msg: str | None) -> None:
+    """A result the user must not miss (a fit that learned nothing): one line on stderr."""
+    if msg:
+        stderr.print(plain(f"xpeft: warning: {msg}"))
+
+
 def note(msg: str, quiet: bool = False) -> None:
     """Human chatter goes to stderr so that stdout stays clean for pipes."""
     if not quiet:
