@@ -33,7 +33,8 @@ TASKS = ["cola", "sst2", "mrpc", "stsb", "rte"]
 TWO_SITES = "attention.output.dense,output.dense"  # BERT: both output projections of each block
 ALL_SIX = "attention.self.query,attention.self.key,attention.self.value," + TWO_SITES + ",intermediate.dense"
 TASK_BANK = os.environ.get("XPEFT_TASK_BANK", "/root/taskbank")
-XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard"}  # the defaults every x-peft config starts from
+# What every x-peft configuration starts from (warm-up 0: as the plans were recorded before it became the default)
+XP = {"method": "x-peft", "n": 400, "k": 50, "mask": "hard", "warmup": 0.0}
 
 
 def xp(label: str, **over) -> dict:

@@ -55,7 +55,7 @@ def save_and_score(bank, res, test: Examples, folder: Path) -> dict:
             sizes.append(write_xpm(prof, folder / f"{profile_filename(name)}.xpm"))
         else:
             sizes.append(write_adapter(prof, folder / f"{profile_filename(name)}.safetensors"))
-    ev = evaluate_many(bank, ProfileSource(folder), test, batch_size=256)
+    ev, _ = evaluate_many(bank, ProfileSource(folder), test, batch_size=256)
     return {
         "mean_accuracy": round(ev["mean"]["accuracy"], 4),
         "mean_macro_f1": round(ev["mean"]["macro_f1"], 4),

@@ -10,7 +10,7 @@ from typing import Any
 from .bank import Bank
 from .baselines import AdapterProfile, BaselineModel, read_adapter
 from .batches import predict_outputs, score
-from .data import Examples, encode_labels, label_key
+from .data import Columns, Examples, encode_labels, label_key
 from .distributed import pick_device
 from .errors import DataError, IntegrityError
 from .masks import MaskSpec
@@ -29,6 +29,22 @@ def read_profile(path: str | Path) -> AnyProfile:
             raise DataError(f"{path}: no such profile file")
         return read_adapter(path)
     return read_xpm(path)
+
+
+def columns_for(profile: AnyProfile, text: str | None, text_pair: str | None, label: str | None) -> Columns:
+    """The columns to read a profile's data from: each one named explicitly wins; otherwise the one the
+    profile was fitted from (its metadata remembers names other than the defaults); else the default."""
+    fit = profile.meta.get("fit") if isinstance(profile.meta, dict) else None
+    recorded = fit.get("columns") if isinstance(fit, dict) else None
+    named = {}
+    if isinstance(recorded, dict):  # metadata is untrusted: only non-empty strings count
+        named = {k: v for k, v in recorded.items() if isinstance(v, str) and v}
+    default = Columns()
+    return Columns(
+        text=text or named.get("text", default.text),
+        text_pair=text_pair or named.get("text_pair", default.text_pair),
+        label=label or named.get("label", default.label),
+    )
 
 
 def model_for_profile(bank: Bank, profile: AnyProfile, device: str = "auto", force: bool = False):
@@ -103,17 +119,8 @@ def evaluate_profile(
 
     Test rows whose label the profile never saw are scored (the profile cannot predict them, so they
     count as errors) and counted in metrics["unseen_labels"], rather than stopping the evaluation."""
-    if data.labels is None:
-        raise DataError(f"{data.source}: evaluation data needs labels")
     profile = with_bank_head(bank, profile)
-    unseen: Counter = Counter()
-    if profile.task == TASK_REGRESSION:
-        targets = encode_labels(data, profile.task, profile.labels)
-    else:
-        known = {n: i for i, n in enumerate(profile.labels or [])}
-        keys = [label_key(v) for v in data.labels]
-        unseen = Counter(k for k in keys if k not in known)
-        targets = [known.get(k, -1) for k in keys]  # -1: a class the profile does not have
+    targets, unseen = gold_targets(profile, data)
     model, tok, dev = model_for_profile(bank, profile, device, force=force)
     metrics, preds = score(
         model, tok, data, targets, outputs(profile), batch_size, max_length or default_max_length(profile), dev
@@ -121,8 +128,22 @@ def evaluate_profile(
     if profile.task != TASK_REGRESSION:
         preds = [(profile.labels or [])[i] for i in preds]
     if unseen:
-        metrics["unseen_labels"] = dict(unseen.most_common())
+        metrics["unseen_labels"] = unseen
     return metrics, preds
+
+
+def gold_targets(profile: AnyProfile, data: Examples) -> tuple[list, dict]:
+    """(targets, unseen): the rows' labels as the profile's class indices (numbers for regression) and,
+    for labels the profile was never fitted on, how many rows carry each. Such rows get index -1: the
+    profile cannot predict them, so they are scored as errors instead of stopping the evaluation."""
+    if data.labels is None:
+        raise DataError(f"{data.source}: evaluation data needs labels")
+    if profile.task == TASK_REGRESSION:
+        return encode_labels(data, profile.task, profile.labels), {}
+    known = {n: i for i, n in enumerate(profile.labels or [])}
+    keys = [label_key(v) for v in data.labels]
+    unseen = Counter(k for k in keys if k not in known)
+    return [known.get(k, -1) for k in keys], dict(unseen.most_common())
 
 
 def predict_profile(

@@ -196,11 +196,14 @@ class LossLog:
 def fit_settings(cfg: FitConfig) -> dict:
     """The settings that define a fit's result, for its metadata and checkpoint (not where it ran)."""
     default = FitConfig()
-    return {
+    settings = {
         k: v
         for k, v in asdict(cfg).items()
-        if k not in ("device", "cuda_graphs") and not (k in _KNOBS and v == getattr(default, k))
+        if k not in ("device", "cuda_graphs", "warmup") and not (k in _KNOBS and v == getattr(default, k))
     }
+    if cfg.lr_warmup():  # the share used, also when it is the method's default
+        settings["warmup"] = cfg.lr_warmup()
+    return settings
 
 
 def fit_metadata(cfg: FitConfig, k: int, task: str, labels: list, steps: int, **extra) -> dict:

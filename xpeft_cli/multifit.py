@@ -277,7 +277,7 @@ def _train(
                 p.perm = torch.randperm(len(p.rows), generator=p.order).tolist()
             local = p.perm[j * cfg.batch_size : (j + 1) * cfg.batch_size]
             picked.append((i, [p.rows[x] for x in local], p.targets[local]))
-        set_learning_rates(opt, t, warmup=cfg.warmup)  # each group's own schedule length
+        set_learning_rates(opt, t, warmup=cfg.lr_warmup())  # each group's own schedule length
         opt.zero_grad(set_to_none=True)
         step_losses: dict[int, float] = {}
         for chunk in _chunks(picked, max_batch_rows):

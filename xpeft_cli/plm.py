@@ -119,13 +119,16 @@ def resolve_model(ref: str | None = None) -> PLMRef:
             )
         return PLMRef(m.name, folder, fp, files_fingerprint(folder))
     folder = Path(ref).expanduser()
-    if not folder.is_dir():
+    if folder.is_dir():
+        # a folder is recorded as an absolute path: a bank made with --model ./m works from any folder
+        ref = str(folder.resolve())
+    else:
         snap = _hub_snapshot(ref)
         if snap is None:
             raise ModelNotFoundError(
                 f"model {ref!r} not found: not a folder and not in the local Hugging Face cache (no network is used)"
             )
-        folder = snap
+        folder = snap  # a hub id stays the reference: it names the model on every machine
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"model folder {folder} has no config.json")
     return PLMRef(str(ref), folder.resolve(), weights_fingerprint(folder), files_fingerprint(folder))

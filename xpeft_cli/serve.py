@@ -442,14 +442,16 @@ def evaluate_many(
     batch_size: int = 64,
     max_length: int | None = None,
     device: str = "auto",
-) -> dict:
+) -> tuple[dict, list]:
     """Per-profile metrics of a multi-profile labelled file (its `profiles` column), and their means.
 
-    X-PEFT profiles run together through one ProfileServer; baselines one by one. Macro-F1 is
-    over the classes present in a profile's rows (its truth or its predictions).
+    Returns (report, predictions): the per-profile metrics and means, and each row's prediction in
+    the data's order. X-PEFT profiles run together through one ProfileServer; baselines one by one.
+    Macro-F1 is over the classes present in a profile's rows (its truth or its predictions), as for
+    one profile (evaluate.evaluate_profile); rows whose label a profile was never fitted on count as
+    its errors and in its `unseen_labels`.
     """
-    from .data import encode_labels
-    from .evaluate import model_for_profile
+    from .evaluate import gold_targets, model_for_profile
     from .metrics import classification_metrics, regression_metrics
 
     groups = data.by_profile()
@@ -477,20 +479,31 @@ def evaluate_many(
                 model, tok, data.subset(groups[n]), batch_size, max_length or default_max_length(prof), dev
             ).reshape(len(groups[n]), -1)
     per: dict[str, dict] = {}
+    predictions: list = [None] * len(data)
     for n, prof in found.items():
-        y = encode_labels(data.subset(groups[n]), prof.task, prof.labels)
+        y, unseen = gold_targets(prof, data.subset(groups[n]))
         if prof.task == TASK_REGRESSION:
-            per[n] = regression_metrics(y, outputs[n][:, 0].tolist())
+            pred = outputs[n][:, 0].tolist()
+            per[n] = regression_metrics(y, pred)
         else:
-            per[n] = classification_metrics(y, outputs[n].argmax(-1).tolist(), prof.num_outputs, present_only=True)
+            idx = outputs[n].argmax(-1).tolist()
+            per[n] = classification_metrics(y, idx, prof.num_outputs, present_only=True)
+            pred = [(prof.labels or [])[i] for i in idx]
+        if unseen:
+            per[n]["unseen_labels"] = unseen
+        for row, p in zip(groups[n], pred):
+            predictions[row] = p
     keys = [k for k in ("accuracy", "macro_f1", "pearson", "spearman") if all(k in m for m in per.values())]
     mean = {k: sum(m[k] for m in per.values()) / len(per) for k in keys}
     rows_total = sum(m["n"] for m in per.values())
     pooled = {k: sum(m[k] * m["n"] for m in per.values()) / rows_total for k in keys if k == "accuracy"}
-    return {
+    unseen_rows = sum(sum(m.get("unseen_labels", {}).values()) for m in per.values())
+    report = {
         "profiles": {n: per[n] for n in groups},
         "mean": mean,
         "row_weighted": pooled,
         "count": len(per),
         "rows": rows_total,
+        "unseen_label_rows": unseen_rows,
     }
+    return report, predictions

@@ -62,6 +62,11 @@ class FitResult:
 def task_and_labels(train: Examples, cfg: "FitConfig", shared=None) -> tuple[str, list[str] | None]:
     """(task, class names) of a fit: the shared head's (an mtl bank's) if given, else from cfg and data."""
     if shared is not None:  # an mtl bank: its head and label set are every profile's
+        if cfg.labels is not None and list(cfg.labels) != list(shared.labels or []):
+            raise UsageError(
+                f"--labels does not apply to a bank with a shared head: its profiles answer with the bank's "
+                f"{len(shared.labels or [])} labels; add --own-head to train a head of your own for these labels"
+            )
         return shared.task, shared.labels
     if train.labels is None:
         raise DataError(f"{train.source}: training data needs labels")
@@ -300,7 +305,7 @@ def _epochs(
                 batch = collate(tokenizer, enc_train, idx, device)
                 if cfg.soft_warmup and cfg.method == "x-peft" and cfg.mask == "hard":  # soft → hard
                     model.spec.alpha = min(1.0, step / (cfg.soft_warmup * total))
-                set_learning_rates(opt, step, total, cfg.warmup)
+                set_learning_rates(opt, step, total, cfg.lr_warmup())
                 loss = step_fn(batch, targets[idx], weight)
                 step += 1
                 loss_value = loss.item()

@@ -16,13 +16,11 @@ from .common import (
     TOKENS_MAX,
     BankOpt,
     JsonOpt,
-    LabelCol,
     ModelOpt,
     OptPath,
     OptStr,
     PairCol,
     QuietOpt,
-    TextCol,
 )
 
 
@@ -58,10 +56,16 @@ def evaluate(
     max_length: int = typer.Option(
         None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example (default: as fitted)."
     ),
-    text_column: str = TextCol,
+    text_column: OptStr = typer.Option(
+        None, "--text-column", help="Column with the text (default: the one the profile was fitted from, else text)."
+    ),
     text_pair_column: OptStr = PairCol,
-    label_column: str = LabelCol,
-    predictions: OptPath = typer.Option(None, "--predictions", help="Also write one JSON line per row."),
+    label_column: OptStr = typer.Option(
+        None, "--label-column", help="Column with the label (default: as fitted, else label)."
+    ),
+    predictions: OptPath = typer.Option(
+        None, "--predictions", help="Also write one JSON line per row (with --profiles, the row's profile too)."
+    ),
     device: str = typer.Option(
         "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
     ),
@@ -80,7 +84,7 @@ def evaluate(
     """
     from ..bank import Bank
     from ..data import Columns, encode_labels, load_examples
-    from ..evaluate import evaluate_profile, read_profile, with_bank_head
+    from ..evaluate import columns_for, evaluate_profile, read_profile, with_bank_head
     from ..tasks import load_split, official_metrics, preset
 
     if file is not None and profile is not None:
@@ -89,36 +93,23 @@ def evaluate(
     if (profile is None) == (profiles is None):
         raise UsageError("give one profile file (xpeft eval FILE …), or many with --profiles DIR|STORE")
     if profiles is not None:
+        cols = Columns(
+            text=text_column or "text",
+            text_pair=text_pair_column,
+            label=label_column or "label",
+            profile=profile_column,
+        )
         return _eval_many(
-            profiles,
-            data,
-            profile_column,
-            bank_dir,
-            batch_size,
-            max_length,
-            text_column,
-            text_pair_column,
-            label_column,
-            device,
-            model,
-            json_out,
-            quiet,
+            profiles, data, cols, bank_dir, batch_size, max_length, predictions, device, model, json_out, quiet
         )
     if (data is None) == (task_preset is None):
         raise UsageError("give the data with --data FILE or --task PRESET (one of them)")
     prof = read_profile(profile)
-    fit = prof.meta.get("fit") if isinstance(prof.meta, dict) else None
-    recorded = fit.get("columns") if isinstance(fit, dict) else None
-    if isinstance(recorded, dict):  # the columns the profile was fitted from, unless others are named
-        named = {k: v for k, v in recorded.items() if isinstance(v, str) and v}  # metadata is untrusted
-        text_column = named.get("text", "text") if text_column == "text" else text_column
-        text_pair_column = named.get("text_pair") if text_pair_column is None else text_pair_column
-        label_column = named.get("label", "label") if label_column == "label" else label_column
     if task_preset:
         p = preset(task_preset)
         examples = load_split(p, "dev", data_dir).examples
     else:
-        examples = load_examples(data, Columns(text=text_column, text_pair=text_pair_column, label=label_column))
+        examples = load_examples(data, columns_for(prof, text_column, text_pair_column, label_column))
     bank = Bank.load(bank_dir, model=model)
     prof = with_bank_head(bank, prof)
     if force and prof.bank_hash != bank.bank_hash:
@@ -164,39 +155,40 @@ def evaluate(
         return
     t = Table("metric", "value", box=None, title=f"{prof.name} on {res['data']} ({metrics['n']} rows)")
     for k, v in metrics.items():
-        if k != "n":
+        if isinstance(v, float):
             t.add_row(k, f"{v:.4f}")
+    if metrics.get("unseen_labels"):
+        t.add_row("rows with unseen labels", str(sum(metrics["unseen_labels"].values())))
     output.stdout.print(t)
 
 
 def _eval_many(
-    profiles,
-    data,
-    profile_column,
-    bank_dir,
-    batch_size,
-    max_length,
-    text_column,
-    text_pair_column,
-    label_column,
-    device,
-    model,
-    json_out,
-    quiet,
+    profiles, data, cols, bank_dir, batch_size, max_length, predictions, device, model, json_out, quiet
 ) -> None:
     from ..bank import Bank
-    from ..data import Columns, load_examples
+    from ..data import load_examples
     from ..serve import ProfileSource, evaluate_many
 
     if data is None:
         raise UsageError("--profiles needs --data FILE with a profile column")
-    examples = load_examples(
-        data, Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
-    )
+    examples = load_examples(data, cols)
     source = ProfileSource(profiles)
     bank = Bank.load(bank_dir, model=model)
-    res = evaluate_many(bank, source, examples, batch_size, max_length, device)
+    res, preds = evaluate_many(bank, source, examples, batch_size, max_length, device)
+    if predictions:
+        labels = examples.labels or []
+        lines = [
+            json.dumps({"profile": p, "text": t, "label": y, "prediction": q})
+            for p, t, y, q in zip(examples.profiles or [], examples.texts, labels, preds)
+        ]
+        atomic_write_text(predictions, "\n".join(lines) + "\n")
     res = {"profiles_from": str(profiles), "data": str(data)} | res
+    if res["unseen_label_rows"]:
+        output.note(
+            f"note: {res['unseen_label_rows']} rows have labels their profile was not fitted on; they count as "
+            "errors (per profile: unseen_labels)",
+            quiet or json_out,
+        )
     if json_out:
         output.emit_json(res)
         return
@@ -205,6 +197,6 @@ def _eval_many(
     keys = list(res["mean"])
     t = Table("profile", "rows", *keys, box=None, title=f"{res['count']} profiles on {data} ({res['rows']} rows)")
     for name, m in res["profiles"].items():
-        t.add_row(name, str(m["n"]), *(f"{m[k]:.4f}" for k in keys))
+        t.add_row(output.plain(name), str(m["n"]), *(f"{m[k]:.4f}" for k in keys))
     t.add_row("mean over profiles", "", *(f"{res['mean'][k]:.4f}" for k in keys))
     output.stdout.print(t)

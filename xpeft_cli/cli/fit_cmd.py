@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -105,6 +106,14 @@ def fit(
     lr_adapter: float = typer.Option(
         D.lr_adapter, "--lr-adapter", min=0, max=LR_MAX, help="Learning rate of the LoRA matrices (single-adapter)."
     ),
+    warmup: Optional[float] = typer.Option(
+        None,
+        "--warmup",
+        min=0,
+        max=0.99,
+        help="Share of the steps over which the learning rates rise linearly from 0, before the linear decay "
+        "(default: 0.06 for x-peft, measured at 3 seeds; 0 for the baselines).",
+    ),
     nu: float = typer.Option(D.nu, "--nu", min=0, max=100, help="Gumbel noise level ν (hard masks)."),
     tau: float = typer.Option(D.tau, "--tau", min=1e-6, max=100, help="Softmax temperature τ (hard masks)."),
     seed: int = typer.Option(
@@ -192,6 +201,7 @@ def fit(
         lr_masks=lr_masks,
         lr_ln=lr_ln,
         lr_head=lr_head,
+        warmup=warmup,
         nu=nu,
         tau=tau,
         seed=seed,
@@ -274,6 +284,8 @@ def fit(
         if method == "x-peft"
         else method
     )
+    if main:  # the profile, its log and checkpoint go beside each other: make their folder, as -o DIR/ does
+        out.parent.mkdir(parents=True, exist_ok=True)
     output.note(f"fitting {profile!r}: {len(train)} rows, {what}", quiet or json_out)
     with output.progress(f"fit {profile}", enabled=not (quiet or json_out)) as update:
         result = fit_profile(
