@@ -137,3 +137,38 @@ def test_labels_on_a_bank_with_a_shared_head_is_refused(cli, tmp_path):
     assert json.loads(out)["labels"] == ["pos", "neg", "meh"]
     code, out, err = cli(*fit, "--json")  # masks only: the bank's head and labels answer, as before
     assert code == 0 and json.loads(out)["labels"] is None
+
+
+def test_option_choices_are_declared_and_complete(tmp_path):
+    """--mask, --method, --ln, --precision … list their choices in --help, refuse others with exit 2
+    before any work, and TAB completes them (they completed nothing)."""
+    import os
+    import shutil
+    import subprocess
+
+    xpeft = shutil.which("xpeft")
+    if xpeft is None:
+        pytest.skip("needs the installed xpeft command")
+    run = lambda *a, **env: subprocess.run(  # noqa: E731
+        [xpeft, *a], capture_output=True, text=True, env=dict(os.environ, COLUMNS="200", **env), cwd=tmp_path
+    )
+    fit_help = run("fit", "--help").stdout
+    for choices in ("sign|hard|soft", "x-peft|single-adapter|head-only", "auto|bf16|fp32", "float16|float32"):
+        assert choices in fit_help, choices
+    bank_help = run("bank", "create", "--help").stdout
+    assert "layernorm|none" in bank_help and "sa|mtl" in bank_help
+    bad = run("fit", "-p", "a", "-d", "nothing.jsonl", "--mask", "linear")
+    assert bad.returncode == 2 and "'linear' is not one of 'sign', 'hard', 'soft'" in bad.stderr
+    one_line_error(bad.stderr)
+    done = run(_XPEFT_COMPLETE="complete_bash", COMP_WORDS="xpeft fit --mask ", COMP_CWORD="3")
+    assert done.stdout.split() == ["sign", "hard", "soft"]
+
+
+def test_json_is_one_compact_line(cli, fitted, monkeypatch):
+    """`--json` printed 126 indented lines for one inspect: now one line per object; XPEFT_JSON_INDENT=2
+    indents it."""
+    code, out, _ = cli("inspect", "alice.xpm", "--bank", "bank", "--json")
+    assert code == 0 and len(out.splitlines()) == 1 and json.loads(out)["profile"] == "alice"
+    monkeypatch.setenv("XPEFT_JSON_INDENT", "2")
+    code, out2, _ = cli("inspect", "alice.xpm", "--bank", "bank", "--json")
+    assert code == 0 and len(out2.splitlines()) > 10 and json.loads(out2) == json.loads(out)

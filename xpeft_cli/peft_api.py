@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,6 +102,7 @@ class XPeftModelForSequenceClassification(nn.Module):
     def __init__(self, model: XPeftModel, bank: Bank, config: XPeftConfig):
         super().__init__()
         self.model, self.bank, self.xpeft_config = model, bank, config
+        self.tokenizer: Any = None  # set by from_pretrained; else loaded from the bank's PLM when predict needs it
         # What transformers.Trainer reads from a model: the encoder's own config.
         self.config = model.encoder.config
 
@@ -117,6 +119,42 @@ class XPeftModelForSequenceClassification(nn.Module):
             else:
                 loss = nn.functional.cross_entropy(logits.float(), labels.long().view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def predict_proba(
+        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128
+    ) -> torch.Tensor:
+        """Label probabilities (rows × labels, float32 on the CPU) for raw strings (and second texts of
+        pairs), as SetFit's `predict_proba`; for regression, the predicted values (rows × 1)."""
+        out = self._outputs(texts, text_pairs, batch_size, max_length)
+        return out if self.xpeft_config.task == TASK_REGRESSION else out.softmax(-1)
+
+    def predict(
+        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128
+    ) -> list:
+        """The label of each raw string (a number for regression), as SetFit's `predict`."""
+        out = self._outputs(texts, text_pairs, batch_size, max_length)
+        if self.xpeft_config.task == TASK_REGRESSION:
+            return out[:, 0].tolist()
+        labels = self.xpeft_config.labels or []
+        return [labels[i] for i in out.argmax(-1).tolist()]
+
+    def _outputs(self, texts, text_pairs, batch_size: int, max_length: int) -> torch.Tensor:
+        from .batches import predict_outputs
+        from .data import Examples
+
+        if isinstance(texts, str) or (text_pairs is not None and len(text_pairs) != len(texts)):
+            raise UsageError("give a list of texts (and, for pairs, a list of second texts of the same length)")
+        if self.tokenizer is None:  # wrapped from an encoder alone: the bank's PLM has the tokenizer
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.bank.plm.path, local_files_only=True)
+        device = next(self.model.parameters()).device
+        was = self.model.training
+        try:
+            ex = Examples(list(texts), list(text_pairs) if text_pairs is not None else None, None, "predict")
+            return predict_outputs(self.model, self.tokenizer, ex, batch_size, max_length, device)
+        finally:
+            self.model.train(was)
 
     def parameter_groups(self) -> list[dict]:
         """Masks, bottleneck LN and head, each with its learning rate (empty groups left out)."""
@@ -163,10 +201,11 @@ class XPeftModelForSequenceClassification(nn.Module):
     ) -> "XPeftModelForSequenceClassification":
         """Load what save_pretrained wrote onto `bank` (a Bank, or its folder; by default the folder
         recorded beside the profile). A profile of another bank is refused."""
-        from .plm import load_encoder
         from .xpm import read_xpm
 
         folder = Path(folder)
+        if folder.suffix == ".xpm" and folder.is_file():  # a profile file as `xpeft fit` writes it
+            return cls._from_xpm(folder, bank, encoder)
         config = XPeftConfig.from_pretrained(folder)
         if not isinstance(bank, Bank):
             where = bank
@@ -183,10 +222,47 @@ class XPeftModelForSequenceClassification(nn.Module):
             raise IntegrityError(
                 f"{folder}: profile of bank {profile.bank_hash[:16]}…, not of this bank ({bank.bank_hash[:16]}…)"
             )
+        return cls._wrap(profile, bank, config, encoder)
+
+    @classmethod
+    def _from_xpm(cls, path: Path, bank, encoder) -> "XPeftModelForSequenceClassification":
+        """A profile file of `xpeft fit`: its bank must be given (a Bank or its folder)."""
+        from .evaluate import with_bank_head
+        from .xpm import read_xpm
+
+        if bank is None:
+            raise UsageError(
+                f"{path}: an .xpm names its bank by hash only; give it: from_pretrained(path, bank=FOLDER)"
+            )
+        bank = bank if isinstance(bank, Bank) else Bank.load(bank)
+        profile = read_xpm(path)
+        if profile.bank_hash != bank.bank_hash:
+            raise IntegrityError(
+                f"{path}: profile of bank {profile.bank_hash[:16]}…, not of this bank ({bank.bank_hash[:16]}…)"
+            )
+        shaped = with_bank_head(bank, profile)  # a masks-only profile of an mtl bank: the bank's head
+        assert isinstance(shaped, Profile)
+        profile = shaped
+        config = XPeftConfig(
+            task=profile.task,
+            labels=profile.labels,
+            mask=profile.mask_kind,
+            k=max(profile.k, 1),
+            name=profile.name,
+            param_dtype=profile.param_dtype,
+        )
+        return cls._wrap(profile, bank, config, encoder)
+
+    @classmethod
+    def _wrap(cls, profile: Profile, bank: Bank, config: XPeftConfig, encoder) -> "XPeftModelForSequenceClassification":
+        from .plm import load_encoder
+
+        tokenizer = None
         if encoder is None:
-            encoder, _ = load_encoder(bank.plm)
+            encoder, tokenizer = load_encoder(bank.plm)
         wrapped = get_xpeft_model(encoder, bank, config)
         apply_profile(wrapped.model, profile)
+        wrapped.tokenizer = tokenizer
         return wrapped
 
 

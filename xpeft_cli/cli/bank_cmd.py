@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.table import Table
@@ -62,7 +62,7 @@ def create(
         help="Comma-separated Linear module-name suffixes (default: the attention output projection of each block).",
     ),
     init_scale: float = typer.Option(1.0, "--init-scale", min=1e-6, max=1e6, help="Scale of the random B matrices."),
-    ln: OptStr = typer.Option(
+    ln: Optional[Literal["layernorm", "none"]] = typer.Option(
         None,
         "--ln",
         help="Bottleneck normalisation of every site: layernorm (the "
@@ -83,7 +83,7 @@ def create(
         max=1_000_000,
         help="How many profiles (the ones with the most rows, ties by name) give the bank its adapters.",
     ),
-    method: str = typer.Option(
+    method: Literal["sa", "mtl"] = typer.Option(
         "sa",
         "--method",
         help="sa: a LoRA and a head per profile; mtl: the LoRAs trained "
@@ -125,7 +125,7 @@ def create(
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing bank in that folder."),
     devices: int = DevicesOpt,
-    precision: str = PrecisionOpt,
+    precision: Literal["auto", "bf16", "fp32"] = PrecisionOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -151,9 +151,7 @@ def create(
         raise UsageError("say which bank to make: --random, --from-profiles FILE or --from-peft DIR... (one of them)")
     if adapters and not from_peft:
         raise UsageError(f"unexpected argument {adapters[0]} (adapter folders go with --from-peft)")
-    ln = ln or ("layernorm" if random else "none")
-    if ln not in ("layernorm", "none"):
-        raise UsageError("--ln must be 'layernorm' or 'none'")
+    ln = ln or ("layernorm" if random else "none")  # the choices are declared: nothing else reaches here
     if (output_dir / MANIFEST).exists() and not force:
         raise UsageError(
             f"{output_dir} already holds a bank; pass --force to replace it "

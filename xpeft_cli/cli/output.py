@@ -27,7 +27,16 @@ EMITTED = []  # set once a command has written its JSON object: a failure after 
 
 
 def emit_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """One compact line (JSON Lines: `jq -c`, log shippers, one object per line of a loop's output);
+    XPEFT_JSON_INDENT=2 indents it for reading."""
+    import os
+
+    indent = os.environ.get("XPEFT_JSON_INDENT", "")
+    if indent.isdigit() and 0 < int(indent) <= 16:
+        text = json.dumps(obj, indent=int(indent), default=str)
+    else:
+        text = json.dumps(obj, separators=(",", ":"), default=str)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
     EMITTED.append(True)
 
