@@ -172,3 +172,41 @@ def test_json_is_one_compact_line(cli, fitted, monkeypatch):
     monkeypatch.setenv("XPEFT_JSON_INDENT", "2")
     code, out2, _ = cli("inspect", "alice.xpm", "--bank", "bank", "--json")
     assert code == 0 and len(out2.splitlines()) > 10 and json.loads(out2) == json.loads(out)
+
+
+def test_bank_from_profiles_takes_labels_holdout_and_pairs(cli, tmp_path):
+    """`bank create --from-profiles` always held out 10%, said so only in --json, and had no --labels,
+    --val-fraction or --text-pair-column."""
+    rows = [
+        {"a": r["text"], "b": "and the ending", "label": r["label"], "author": au}
+        for au, seed in (("ann", 0), ("bob", 1))
+        for r in sentiment_rows(20, seed)
+    ]
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    create = (
+        "bank", "create", "--from-profiles", "pairs.jsonl", "--profile-column", "author", "--method", "mtl",
+        "--profile-count", "2", "--epochs", "1", "--text-column", "a", "--text-pair-column", "b",
+        "--labels", "pos,neg,meh",
+    )  # fmt: skip
+    code, out, err = cli(*create, "--val-fraction", "0.25", "-o", "b1", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert set(info["training"]["val_accuracy"]) == {"ann", "bob"}
+    assert json.loads((tmp_path / "b1" / "bank.json").read_text())["head"]["labels"] == ["pos", "neg", "meh"]
+    code, out, err = cli(*create, "--val-fraction", "0.25", "-o", "b2")
+    assert code == 0 and "held out 25% of each profile's rows" in out
+    code, out, err = cli(*create, "--val-fraction", "0", "-o", "b3", "--json")
+    assert code == 0 and not json.loads(out)["training"]["val_accuracy"]
+
+
+def test_a_missing_device_is_refused_before_any_load(cli, tmp_path):
+    """`--device cuda` on a CPU machine was refused only after the bank and model loads: now while the
+    options are read, before the (here missing) bank is even looked at."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for args in (("eval", "nothing.xpm", "-d", "x.jsonl"), ("fit", "-p", "a", "-d", "x.jsonl"), ("predict",)):
+        code, _, err = cli(*args, "-b", "no-bank", "--device", "cuda")
+        assert code == 2 and "--device cuda: no such CUDA device" in err, (args, err)
+        one_line_error(err)

@@ -20,15 +20,18 @@ from .common import (
     LR_MAX,
     SEED_MAX,
     TOKENS_MAX,
+    DeviceOpt,
     DevicesOpt,
     JsonOpt,
     LabelCol,
     OptPath,
     OptStr,
+    PairCol,
     PrecisionOpt,
     QuietOpt,
     TextCol,
     devices_launch,
+    label_list,
 )
 
 app = typer.Typer(help="Create, describe and verify adapter banks.", no_args_is_help=True)
@@ -59,7 +62,8 @@ def create(
     targets: OptStr = typer.Option(
         None,
         "--targets",
-        help="Comma-separated Linear module-name suffixes (default: the attention output projection of each block).",
+        help="Comma-separated Linear module-name suffixes (default: both output projections of each block, "
+        "attention and feed-forward; attention.output.dense alone is the paper's one site per block).",
     ),
     init_scale: float = typer.Option(1.0, "--init-scale", min=1e-6, max=1e6, help="Scale of the random B matrices."),
     ln: Optional[Literal["layernorm", "none"]] = typer.Option(
@@ -108,10 +112,21 @@ def create(
     lr_head: float = typer.Option(FitConfig.lr_head, "--lr-head", min=0, max=LR_MAX, help="Head learning rate."),
     max_length: int = typer.Option(128, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example."),
     text_column: str = TextCol,
+    text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
-    device: str = typer.Option(
-        "auto", "--device", help="Where to train (--from-profiles): auto (a GPU when there is one), cpu, cuda, cuda:1 …"
+    labels: OptStr = typer.Option(
+        None,
+        "--labels",
+        help="Comma-separated class names in output order (--from-profiles; default: those in the data, sorted).",
     ),
+    val_fraction: float = typer.Option(
+        FitConfig.val_fraction,
+        "--val-fraction",
+        min=0,
+        max=0.99,
+        help="Share of each profile's rows held out to report its adapter's accuracy (--from-profiles; 0: none).",
+    ),
+    device: str = DeviceOpt,
     model: OptStr = typer.Option(
         None,
         "--model",
@@ -169,8 +184,11 @@ def create(
     elif from_peft:
         bank = from_peft_folders(plm, encoder, list(adapters or []), config=config)
     else:
-        data = load_examples(from_profiles, Columns(text=text_column, label=label_column, profile=profile_column))
+        cols = Columns(text=text_column, text_pair=text_pair_column, label=label_column, profile=profile_column)
+        data = load_examples(from_profiles, cols)
         cfg = FitConfig(
+            labels=label_list(labels),
+            val_fraction=val_fraction,
             epochs=epochs,
             batch_size=batch_size,
             lr_adapter=lr_adapter,
@@ -202,6 +220,12 @@ def create(
             f"rank {bank.rank}, model {plm.ref}" + (", shared head" if bank.head is not None else "")
         )
         output.stdout.print(f"bank hash {bank.bank_hash}")
+        accs = [a for a in ((report or {}).get("val_accuracy") or {}).values() if isinstance(a, float)]
+        if accs:
+            output.stdout.print(
+                f"held out {val_fraction:.0%} of each profile's rows: mean accuracy of its adapter "
+                f"{sum(accs) / len(accs):.3f} over {len(accs)} profiles"
+            )
         if bank.config.ln:
             output.note(
                 "note: its profiles do not export as peft LoRA adapters (LN(x Â) B̂ is not a LoRA); "

@@ -13,7 +13,7 @@ from ..atomic import atomic_write_text
 from ..config import METHODS, STORED_KINDS, FitConfig
 from ..errors import UsageError
 from . import output
-from .common import BATCH_MAX, EPOCHS_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX, JsonOpt, OptStr, QuietOpt
+from .common import BATCH_MAX, EPOCHS_MAX, ROWS_MAX, SEED_MAX, TOKENS_MAX, DeviceOpt, JsonOpt, OptStr, QuietOpt
 
 app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 D = FitConfig()
@@ -43,9 +43,7 @@ def glue(
         None, "--max-train-rows", min=1, max=ROWS_MAX, help="Seeded sample of at most this many training rows per task."
     ),
     max_length: int = typer.Option(D.max_length, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per example."),
-    device: str = typer.Option(
-        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
-    ),
+    device: str = DeviceOpt,
     model: OptStr = typer.Option(None, "--model", envvar="XPEFT_MODEL", help="PLM (default: the bundled one)."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,

@@ -56,6 +56,24 @@ DevicesOpt = typer.Option(
     "(or on CPU with --device cpu). Each profile's fit follows the steps one process takes: "
     "bit for bit on CPU, up to float noise on GPUs (README: Data-parallel fits).",
 )
+
+
+def _check_device(value: str) -> str:
+    """Refuse a device this machine does not have while the options are read, before any bank or model
+    is loaded (a CPU machine told --device cuda used to answer after the model load)."""
+    if value != "auto":
+        from ..distributed import pick_device  # torch: only when a device is named
+
+        pick_device(value)
+    return value
+
+
+DeviceOpt = typer.Option(
+    "auto",
+    "--device",
+    callback=_check_device,
+    help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …",
+)
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 autocast on a GPU, fp32 on CPU), bf16 or fp32.")
 TextCol = typer.Option("text", "--text-column", help="Column with the text.")
 PairCol = typer.Option(None, "--text-pair-column", help="Column with the second text of a pair task.")
@@ -77,3 +95,13 @@ def devices_launch(devices: int, device: str) -> None:
     if not ARGV:
         raise UsageError("--devices needs the xpeft command line (run it from the shell)")
     raise typer.Exit(relaunch(ARGV, devices, device))
+
+
+def label_list(labels: str | None) -> list[str] | None:
+    """--labels a,b,c as a list of at least two distinct names (None when not given)."""
+    if labels is None:
+        return None
+    names = [x.strip() for x in labels.split(",") if x.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise UsageError("--labels needs at least two distinct comma-separated names")
+    return names

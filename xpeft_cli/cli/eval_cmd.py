@@ -15,6 +15,7 @@ from .common import (
     BATCH_MAX,
     TOKENS_MAX,
     BankOpt,
+    DeviceOpt,
     JsonOpt,
     ModelOpt,
     OptPath,
@@ -66,9 +67,7 @@ def evaluate(
     predictions: OptPath = typer.Option(
         None, "--predictions", help="Also write one JSON line per row (with --profiles, the row's profile too)."
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
-    ),
+    device: str = DeviceOpt,
     force: bool = typer.Option(
         False,
         "--force",

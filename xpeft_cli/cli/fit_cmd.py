@@ -20,6 +20,7 @@ from .common import (
     SEED_MAX,
     TOKENS_MAX,
     BankOpt,
+    DeviceOpt,
     DevicesOpt,
     JsonOpt,
     LabelCol,
@@ -31,6 +32,7 @@ from .common import (
     QuietOpt,
     TextCol,
     devices_launch,
+    label_list,
 )
 
 D = FitConfig()
@@ -136,7 +138,7 @@ def fit(
     text_column: str = TextCol,
     text_pair_column: OptStr = PairCol,
     label_column: str = LabelCol,
-    device: str = typer.Option(D.device, "--device", help="auto (GPU when there is one), cpu, cuda, cuda:1 …"),
+    device: str = DeviceOpt,
     checkpoint_every: int = typer.Option(
         0,
         "--checkpoint-every",
@@ -211,7 +213,7 @@ def fit(
         val_fraction=val_fraction,
         task=task,
         device=device,
-        labels=_labels(labels),
+        labels=label_list(labels),
         head="own" if own_head else "auto",
         gradient_checkpointing=gradient_checkpointing,
         precision=precision,
@@ -352,15 +354,6 @@ def remember_columns(profile, cols) -> None:
             "text_pair": cols.text_pair,
             "label": cols.label,
         }
-
-
-def _labels(labels: str | None) -> list[str] | None:
-    if labels is None:
-        return None
-    names = [x.strip() for x in labels.split(",") if x.strip()]
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise UsageError("--labels needs at least two distinct comma-separated names")
-    return names
 
 
 def _fit_many(cfg, *, data, cols, bank_dir, model, out, log, eval_data, max_batch_rows, json_out, quiet, main) -> None:

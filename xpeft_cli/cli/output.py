@@ -71,9 +71,11 @@ def progress(description: str, enabled: bool):
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=stderr, transient=False) as bar:
-        task = bar.add_task(description, total=None, loss=float("nan"))
+        tasks = []  # the bar appears at the first step, not as "0/None loss nan" while the model loads
 
         def update(step: int, total: int, loss: float) -> None:
-            bar.update(task, completed=step, total=total, loss=loss)
+            if not tasks:
+                tasks.append(bar.add_task(description, total=total, loss=loss))
+            bar.update(tasks[0], completed=step, total=total, loss=loss)
 
         yield update

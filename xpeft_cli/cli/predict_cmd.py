@@ -12,7 +12,7 @@ import typer
 from ..atomic import atomic_write_text
 from ..errors import DataError, UsageError
 from . import output
-from .common import BATCH_MAX, TOKENS_MAX, BankOpt, CacheGbOpt, ModelOpt, OptStr, QuietOpt
+from .common import BATCH_MAX, TOKENS_MAX, BankOpt, CacheGbOpt, DeviceOpt, ModelOpt, OptStr, QuietOpt
 
 
 def predict(
@@ -31,9 +31,7 @@ def predict(
     max_length: int = typer.Option(
         None, "--max-length", min=1, max=TOKENS_MAX, help="Tokens per request (default: each profile's own, as fitted)."
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
-    ),
+    device: str = DeviceOpt,
     cuda_graphs: bool = typer.Option(
         False,
         "--cuda-graphs",

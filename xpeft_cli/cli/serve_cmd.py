@@ -9,7 +9,7 @@ import typer
 
 from ..config import MAX_TEXT_CHARS
 from . import output
-from .common import ROWS_MAX, BankOpt, CacheGbOpt, ModelOpt, OptStr, QuietOpt
+from .common import ROWS_MAX, BankOpt, CacheGbOpt, DeviceOpt, ModelOpt, OptStr, QuietOpt
 
 
 def serve(
@@ -22,9 +22,7 @@ def serve(
     bank_dir: Path = BankOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0: a free one, printed at start)."),
-    device: str = typer.Option(
-        "auto", "--device", help="Where to compute: auto (a GPU when there is one), cpu, cuda, cuda:1 …"
-    ),
+    device: str = DeviceOpt,
     cuda_graphs: bool = typer.Option(
         False, "--cuda-graphs", help="Replay each batch as a captured CUDA graph (GPU only)."
     ),
