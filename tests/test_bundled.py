@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from xpeft_cli.bundled import MPNET, SplitZipModel, model_folder
+from xpeft_cli.bundled import MPNET, SplitZipModel, is_installed, model_folder
 from xpeft_cli.errors import IntegrityError, ModelNotFoundError
 from xpeft_cli.plm import load_encoder, resolve_model, sha256_file
 
@@ -77,15 +76,7 @@ def test_a_damaged_or_foreign_piece_is_refused_and_leaves_no_folder(split, tmp_p
         model_folder(m, pieces2, cache=tmp_path / "c2")
 
 
-def _installed(name: str) -> bool:
-    try:
-        metadata.distribution(name)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
-
-
-MPNET_INSTALLED = all(_installed(n) for n in MPNET.packages)
+MPNET_INSTALLED = all(is_installed(n) for n in MPNET.packages)
 
 
 @pytest.mark.skipif(MPNET_INSTALLED, reason="the mpnet packages are installed here")

