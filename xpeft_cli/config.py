@@ -10,6 +10,7 @@ from dataclasses import dataclass
 KINDS = ("hard", "soft", "sign", "linear")  # mask kinds a fit can train
 STORED_KINDS = ("sign", "hard", "soft")  # the kinds an .xpm holds (linear masks were measured, not kept)
 METHODS = ("x-peft", "single-adapter", "head-only")  # what `fit --method` trains
+TASK_CLASSIFICATION, TASK_REGRESSION = "classification", "regression"  # what a head predicts
 ENV_BANK = "XPEFT_BANK"
 MANIFEST = "bank.json"
 DEFAULT_CACHE_GB = 4.0  # bert-base, N=400: ~1.8 MB a profile in bf16, so ~2,300 profiles; MiniLM ~9,000 (fp32)

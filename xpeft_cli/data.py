@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .config import TASK_CLASSIFICATION, TASK_REGRESSION
 from .errors import DataError
-from .model import TASK_CLASSIFICATION, TASK_REGRESSION
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 

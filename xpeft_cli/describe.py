@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .baselines import read_adapter
 from .profile import Profile
 from .xpm import Decoded, decode, encode, read_xpm_full
 
@@ -52,6 +51,8 @@ def describe_profile(p: Profile) -> dict:
 
 def describe_adapter(path: Path) -> dict:
     """A baseline (single-adapter / head-only) written by `xpeft fit --method …`."""
+    from .baselines import read_adapter  # torch: only for a baseline's file
+
     a = read_adapter(path)
     return {
         "file": str(path),

@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from .bank import Bank, stack_by_shape
+from .config import TASK_CLASSIFICATION, TASK_REGRESSION  # noqa: F401  (defined torch-free, re-exported)
 from .layer import XPeftLinear
 from .masks import MaskSpec, initial_logits, mask_choice
 from .mixing import mix
-
-TASK_CLASSIFICATION = "classification"
-TASK_REGRESSION = "regression"
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,24 @@
 """A profile: what one user owns. Masks (bits or logits), optional LN affine, optional head, labels.
 
-Moving a profile in and out of an XPeftModel lives here; the bytes on disk live in xpm.py.
+Moving a profile in and out of an XPeftModel lives here; the bytes on disk live in xpm.py. The
+profile itself, its JSON form and its conversions need numpy alone: torch is imported by the
+functions that meet a model (so the file layer, xpm.py and store.py, reads profiles without torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from .config import TASK_CLASSIFICATION, TASK_REGRESSION
 from .errors import IntegrityError
-from .masks import bits_to_logits, hard_inference_weights, sign_weights, soft_weights
-from .model import TASK_CLASSIFICATION, TASK_REGRESSION, XPeftModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import XPeftModel
 
 
 @dataclass
@@ -49,6 +55,8 @@ class Profile:
 def stored_masks(kind: str, la: torch.Tensor, lb: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Trained (L, N) logits as a profile stores them, with the k it records: hard, the bits of the
     noiseless top-k; sign, one bit per adapter, set for +; soft, the float32 logits (k = 0)."""
+    from .masks import hard_inference_weights
+
     if kind == "hard":
         return (hard_inference_weights(la, k) > 0).numpy(), (hard_inference_weights(lb, k) > 0).numpy(), k
     if kind == "sign":
@@ -60,6 +68,8 @@ def profile_from_model(
     model: XPeftModel, name: str, n: int, labels: list[str] | None, meta: dict | None = None, with_head: bool = True
 ) -> Profile:
     """Freeze a trained model's profile parameters. Hard masks become their noiseless top-k bits."""
+    import torch
+
     la, lb = (t.detach().float().cpu() for t in model.mask_logits())
     spec = model.spec
     mask_a, mask_b, k = stored_masks(spec.kind, la, lb, spec.k)
@@ -113,6 +123,9 @@ def with_param_dtype(p: Profile, dtype: str) -> Profile:
 def inference_weights(p: Profile) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_A, W_B), each (L, N) float32: the weights a stored profile mixes the bank with.
     hard: k-hot/k; sign: ±1/N; soft: softmax of the logits."""
+    import torch
+
+    from .masks import bits_to_logits, sign_weights, soft_weights
 
     def weights(m) -> torch.Tensor:
         if p.mask_kind == "hard":
@@ -126,6 +139,10 @@ def inference_weights(p: Profile) -> tuple[torch.Tensor, torch.Tensor]:
 
 def apply_profile(model: XPeftModel, profile: Profile, force: bool = False) -> None:
     """Load a profile into a model built on the same bank (`force` skips the bank-hash check only)."""
+    import torch
+
+    from .masks import bits_to_logits
+
     if profile.bank_hash != model.bank_hash and not force:
         raise IntegrityError(
             f"profile {profile.name!r} was fitted on bank {profile.bank_hash[:16]}…, not on this bank "
@@ -240,6 +257,10 @@ def profile_from_json(obj: dict) -> Profile:
 def harden(p: Profile, k: int) -> Profile:
     """A soft profile as a hard one: per site, the k adapters with the largest logits (ties to the lower index)."""
     from dataclasses import replace
+
+    import torch
+
+    from .masks import hard_inference_weights
 
     if p.mask_kind == "hard" and k == p.k:
         return p

@@ -20,8 +20,8 @@ import numpy as np
 from bitarray import bitarray
 
 from .atomic import atomic_write_bytes
+from .config import STORED_KINDS
 from .errors import DataError, IntegrityError
-from .masks import STORED_KINDS
 from .profile import Profile
 
 # §2 Header -------------------------------------------------------------------------------
