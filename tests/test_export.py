@@ -99,3 +99,53 @@ def test_auto_peft_class_loads_the_export_and_the_head_gives_xpeft_answers(cli, 
         logits = mean_pool(hidden, attn) @ head["weight"].T + head["bias"]
         expected = ours(ids, attn)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_load_exported_predicts_raw_strings_as_xpeft_does(cli, fitted):
+    """Issue 30: there was no code that turns the export into predictions (a user wrote the mean-pooling
+    head by hand). load_exported gives predict / predict_proba on raw strings, equal to xpeft's."""
+    from xpeft_cli import Bank, Examples, predict_profile, read_xpm
+    from xpeft_cli.export import load_exported
+
+    from helpers import sentiment_rows
+
+    assert cli("bank", "create", "--random", "-n", "16", "--ln", "none", "-o", "bank-nl")[0] == 0
+    assert cli("fit", "-p", "nl", "-d", "alice.jsonl", "--bank", "bank-nl", "--epochs", "2", "--quiet")[0] == 0
+    assert cli("export", "nl.xpm", "--bank", "bank-nl", "-o", "lora", "--quiet")[0] == 0
+    clf = load_exported(fitted / "lora")
+    texts = [r["text"] for r in sentiment_rows(12, 4)]
+    bank = Bank.load(fitted / "bank-nl")
+    ours = predict_profile(bank, read_xpm(fitted / "nl.xpm"), Examples(texts, None, None, "t"), device="cpu")
+    assert clf.predict(texts) == ours
+    proba = clf.predict_proba(texts)
+    assert proba.shape == (12, 2) and torch.allclose(proba.sum(-1), torch.ones(12), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_export_of_the_default_plm_loads_offline(tmp_path, monkeypatch):
+    """The export names the bundled PLM by its hub id (portable); offline, load_exported resolves that id
+    to the installed, hash-checked package instead of the hub (AutoPeftModel… needed --base-model DIR)."""
+    from xpeft_cli import Bank, Examples, FitConfig, fit_profile, load_encoder, predict_profile, resolve_model
+    from xpeft_cli.bank import SiteConfig
+    from xpeft_cli.export import export_peft, load_exported
+
+    from helpers import sentiment_rows
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plm = resolve_model(None)
+    bank = Bank.create_random(
+        plm, load_encoder(plm)[0], n=4, targets="attention.output.dense", config=SiteConfig(ln=False)
+    )
+    rows = sentiment_rows(24, 0)
+    res = fit_profile(
+        bank,
+        Examples([r["text"] for r in rows], None, [r["label"] for r in rows], "t"),
+        "d",
+        FitConfig(epochs=1, device="cpu"),
+    )
+    rep = export_peft(bank, res.profile, tmp_path / "lora")
+    assert rep["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    texts = [r["text"] for r in sentiment_rows(6, 1)]
+    assert load_exported(tmp_path / "lora").predict(texts) == predict_profile(
+        bank, res.profile, Examples(texts, None, None, "t"), device="cpu"
+    )

@@ -95,3 +95,75 @@ def export_peft(bank: Bank, profile: Profile, out_dir: str | Path, base_model: s
         "sites": len(bank.sites),
         "bytes": sum((out / f).stat().st_size for f in files),
     }
+
+
+class ExportedClassifier:
+    """An exported adapter with its head, ready to answer raw strings: the base encoder with the LoRA
+    (peft), mean pooling over real tokens, then the head. What `load_exported` returns."""
+
+    def __init__(self, model, tokenizer, weight, bias, task: str, labels: list[str] | None, device):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.weight, self.bias, self.task, self.labels = weight.to(device), bias.to(device), task, labels
+
+    def _outputs(self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_length: int):
+        import torch
+
+        from .model import mean_pool
+
+        if isinstance(texts, str) or (text_pairs is not None and len(text_pairs) != len(texts)):
+            raise UsageError("give a list of texts (and, for pairs, a list of second texts of the same length)")
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                pairs = text_pairs[i : i + batch_size] if text_pairs is not None else None
+                enc = self.tokenizer(
+                    texts[i : i + batch_size], pairs, padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt",
+                ).to(self.device)  # fmt: skip
+                hidden = self.model(**enc).last_hidden_state
+                outs.append((mean_pool(hidden, enc["attention_mask"]) @ self.weight.T + self.bias).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.labels or [None]))
+
+    def predict_proba(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128):
+        """Label probabilities (rows × labels); for regression, the values (rows × 1)."""
+        out = self._outputs(texts, text_pairs, batch_size, max_length)
+        return out if self.task == "regression" else out.softmax(-1)
+
+    def predict(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128) -> list:
+        """The label of each string (a number for regression)."""
+        out = self._outputs(texts, text_pairs, batch_size, max_length)
+        if self.task == "regression":
+            return out[:, 0].tolist()
+        return [(self.labels or [])[i] for i in out.argmax(-1).tolist()]
+
+
+def load_exported(folder: str | Path, base_model: str | None = None, device: str = "cpu") -> ExportedClassifier:
+    """Load what `export_peft` wrote, offline: the base model the adapter names (a bundled PLM's hub id
+    resolves to its installed, hash-checked copy; `base_model` overrides), the LoRA through
+    peft.PeftModel, and the head beside it. Answers as `xpeft predict` does."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from .distributed import pick_device
+    from .errors import DataError
+    from .plm import load_encoder, resolve_model
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        head_meta = json.loads((folder / "head.json").read_text(encoding="utf-8"))
+        head = load_file(str(folder / "head.safetensors"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{folder}: not an xpeft export with its head ({exc.__class__.__name__}: {exc})") from None
+    if head_meta.get("pooling", "mean") != "mean":
+        raise DataError(f"{folder}: head.json names pooling {head_meta.get('pooling')!r}; only mean is known")
+    name = base_model or config.get("base_model_name_or_path")
+    if not isinstance(name, str):
+        raise DataError(f"{folder}: adapter_config.json names no base model; pass base_model")
+    encoder, tokenizer = load_encoder(resolve_model(name))
+    dev = pick_device(device)
+    model = PeftModel.from_pretrained(encoder, str(folder)).to(dev).eval()
+    return ExportedClassifier(
+        model, tokenizer, head["weight"], head["bias"], head_meta.get("task", "classification"),
+        head_meta.get("labels"), dev,
+    )  # fmt: skip
