@@ -98,3 +98,35 @@ def score(
     preds = out.argmax(-1).tolist()
     # macro-F1 over the classes in the rows' labels or predictions (scikit-learn's default), as eval -P
     return classification_metrics(targets, preds, num_classes, present_only=True), preds
+
+
+class PredictsText:
+    """`predict` / `predict_proba` on raw strings, as SetFit's models have them, for any model that turns
+    a list of texts (and second texts of pairs) into head outputs (`_outputs`) and knows its task and
+    labels (`_task_labels`): the peft-style wrapper and an exported adapter share them."""
+
+    def _outputs(
+        self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_length: int
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _task_labels(self) -> tuple[str, list[str] | None]:
+        raise NotImplementedError
+
+    def _checked_outputs(self, texts, text_pairs, batch_size: int, max_length: int) -> torch.Tensor:
+        if isinstance(texts, str) or (text_pairs is not None and len(text_pairs) != len(texts)):
+            raise UsageError("give a list of texts (and, for pairs, a list of second texts of the same length)")
+        return self._outputs(list(texts), list(text_pairs) if text_pairs is not None else None, batch_size, max_length)
+
+    def predict_proba(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
+        """Label probabilities (rows × labels, float32 on the CPU); for regression, the values (rows × 1)."""
+        out = self._checked_outputs(texts, text_pairs, batch_size, max_length)
+        return out if self._task_labels()[0] == TASK_REGRESSION else out.softmax(-1)
+
+    def predict(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128) -> list:
+        """The label of each string (a number for regression)."""
+        out = self._checked_outputs(texts, text_pairs, batch_size, max_length)
+        task, labels = self._task_labels()
+        if task == TASK_REGRESSION:
+            return out[:, 0].tolist()
+        return [(labels or [])[i] for i in out.argmax(-1).tolist()]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_text, atomic_write_with
 from .bank import Bank
+from .batches import PredictsText
 from .errors import UsageError
 from .lora import materialize
 from .profile import Profile
@@ -97,7 +98,7 @@ def export_peft(bank: Bank, profile: Profile, out_dir: str | Path, base_model: s
     }
 
 
-class ExportedClassifier:
+class ExportedClassifier(PredictsText):
     """An exported adapter with its head, ready to answer raw strings: the base encoder with the LoRA
     (peft), mean pooling over real tokens, then the head. What `load_exported` returns."""
 
@@ -105,14 +106,15 @@ class ExportedClassifier:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.weight, self.bias, self.task, self.labels = weight.to(device), bias.to(device), task, labels
 
+    def _task_labels(self) -> tuple[str, list[str] | None]:
+        return self.task, self.labels
+
     def _outputs(self, texts: list[str], text_pairs: list[str] | None, batch_size: int, max_length: int):
         import torch
 
         from .model import mean_pool
 
-        if isinstance(texts, str) or (text_pairs is not None and len(text_pairs) != len(texts)):
-            raise UsageError("give a list of texts (and, for pairs, a list of second texts of the same length)")
-        outs = []
+        outs = [torch.zeros(0, self.weight.shape[0])]
         with torch.no_grad():
             for i in range(0, len(texts), batch_size):
                 pairs = text_pairs[i : i + batch_size] if text_pairs is not None else None
@@ -122,19 +124,7 @@ class ExportedClassifier:
                 ).to(self.device)  # fmt: skip
                 hidden = self.model(**enc).last_hidden_state
                 outs.append((mean_pool(hidden, enc["attention_mask"]) @ self.weight.T + self.bias).float().cpu())
-        return torch.cat(outs) if outs else torch.zeros(0, len(self.labels or [None]))
-
-    def predict_proba(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128):
-        """Label probabilities (rows × labels); for regression, the values (rows × 1)."""
-        out = self._outputs(texts, text_pairs, batch_size, max_length)
-        return out if self.task == "regression" else out.softmax(-1)
-
-    def predict(self, texts, text_pairs=None, batch_size: int = 64, max_length: int = 128) -> list:
-        """The label of each string (a number for regression)."""
-        out = self._outputs(texts, text_pairs, batch_size, max_length)
-        if self.task == "regression":
-            return out[:, 0].tolist()
-        return [(self.labels or [])[i] for i in out.argmax(-1).tolist()]
+        return torch.cat(outs)
 
 
 def load_exported(folder: str | Path, base_model: str | None = None, device: str = "cpu") -> ExportedClassifier:

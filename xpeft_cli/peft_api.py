@@ -28,6 +28,7 @@ from torch import nn
 
 from .atomic import atomic_write_text
 from .bank import Bank
+from .batches import PredictsText
 from .errors import IntegrityError, UsageError
 from .masks import MaskSpec
 from .model import TASK_CLASSIFICATION, TASK_REGRESSION, XPeftModel
@@ -96,8 +97,9 @@ class XPeftConfig:
             raise IntegrityError(f"{path}: not valid JSON ({exc})") from None
 
 
-class XPeftModelForSequenceClassification(nn.Module):
-    """An encoder with X-PEFT sites and a head; forward returns a loss when given labels."""
+class XPeftModelForSequenceClassification(nn.Module, PredictsText):
+    """An encoder with X-PEFT sites and a head; forward returns a loss when given labels; `predict` and
+    `predict_proba` answer raw strings (batches.PredictsText)."""
 
     def __init__(self, model: XPeftModel, bank: Bank, config: XPeftConfig):
         super().__init__()
@@ -120,30 +122,13 @@ class XPeftModelForSequenceClassification(nn.Module):
                 loss = nn.functional.cross_entropy(logits.float(), labels.long().view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
-    def predict_proba(
-        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128
-    ) -> torch.Tensor:
-        """Label probabilities (rows × labels, float32 on the CPU) for raw strings (and second texts of
-        pairs), as SetFit's `predict_proba`; for regression, the predicted values (rows × 1)."""
-        out = self._outputs(texts, text_pairs, batch_size, max_length)
-        return out if self.xpeft_config.task == TASK_REGRESSION else out.softmax(-1)
-
-    def predict(
-        self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 64, max_length: int = 128
-    ) -> list:
-        """The label of each raw string (a number for regression), as SetFit's `predict`."""
-        out = self._outputs(texts, text_pairs, batch_size, max_length)
-        if self.xpeft_config.task == TASK_REGRESSION:
-            return out[:, 0].tolist()
-        labels = self.xpeft_config.labels or []
-        return [labels[i] for i in out.argmax(-1).tolist()]
+    def _task_labels(self) -> tuple[str, list[str] | None]:
+        return self.xpeft_config.task, self.xpeft_config.labels
 
     def _outputs(self, texts, text_pairs, batch_size: int, max_length: int) -> torch.Tensor:
         from .batches import predict_outputs
         from .data import Examples
 
-        if isinstance(texts, str) or (text_pairs is not None and len(text_pairs) != len(texts)):
-            raise UsageError("give a list of texts (and, for pairs, a list of second texts of the same length)")
         if self.tokenizer is None:  # wrapped from an encoder alone: the bank's PLM has the tokenizer
             from transformers import AutoTokenizer
 
@@ -151,7 +136,7 @@ class XPeftModelForSequenceClassification(nn.Module):
         device = next(self.model.parameters()).device
         was = self.model.training
         try:
-            ex = Examples(list(texts), list(text_pairs) if text_pairs is not None else None, None, "predict")
+            ex = Examples(texts, text_pairs, None, "predict")
             return predict_outputs(self.model, self.tokenizer, ex, batch_size, max_length, device)
         finally:
             self.model.train(was)
